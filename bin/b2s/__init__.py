@@ -1,0 +1,8 @@
+"""nf-bulk2single: the science behind the pipeline's stages (one module per concern).
+
+Scripts in ``bin/`` stay thin: they parse arguments and call functions from this package.
+Nextflow puts ``bin/`` on the task PATH, and each script's own directory is on ``sys.path``,
+so ``import b2s`` works in every task without installing anything.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,26 @@
+"""User-facing errors: one line naming the file or parameter, the problem and the fix."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class InputError(Exception):
+    """Bad input from the user. Printed as one line, without a traceback.
+
+    The message must say what (file or parameter), what is wrong, and how to fix it, e.g.
+    ``"--celltype_key 'cluster' is not a column of reference.h5ad obs (found: bulk_labels, ...); set --celltype_key to one of them"``.
+    """
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a stage script's ``main``; turn :class:`InputError` into ``ERROR: <line>`` and exit 2.
+
+    Any other exception is a bug and keeps its traceback.
+    """
+    try:
+        main()
+    except InputError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(2)
