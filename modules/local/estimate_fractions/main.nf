@@ -1,0 +1,36 @@
+process ESTIMATE_FRACTIONS {
+    tag "all groups"
+    label 'process_low'
+
+    input:
+    path bulk
+    path groups
+    path reference
+
+    output:
+    path 'fractions.csv'         , emit: fractions
+    path 'sample_fractions.csv'  , emit: sample_fractions
+    path 'cell_targets.csv'      , emit: targets
+    path 'fractions_barplot.png' , emit: plot
+    path 'fractions_summary.json', emit: summary
+    path 'versions.yml'          , emit: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    estimate_fractions.py \\
+        --bulk ${bulk} \\
+        --groups ${groups} \\
+        --reference ${reference} \\
+        ${args} \\
+        --outdir .
+    b2s_versions.py "${task.process}" torch scikit-learn scipy omicverse > versions.yml
+    """
+
+    stub:
+    """
+    touch fractions.csv sample_fractions.csv cell_targets.csv fractions_barplot.png
+    echo '{}' > fractions_summary.json
+    b2s_versions.py "${task.process}" torch scikit-learn scipy omicverse > versions.yml
+    """
+}

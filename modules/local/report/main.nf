@@ -1,0 +1,31 @@
+process REPORT {
+    tag "all groups"
+    label 'process_single'
+
+    input:
+    path inputs, stageAs: 'inputs/*'
+    path params_json
+    path versions
+
+    output:
+    path 'bulk2single_report.html', emit: html
+    path 'versions.yml'           , emit: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    make_report.py \\
+        --inputs inputs \\
+        --params ${params_json} \\
+        --versions ${versions} \\
+        ${args} \\
+        --outdir .
+    b2s_versions.py "${task.process}" matplotlib pandas > versions.yml
+    """
+
+    stub:
+    """
+    echo '<html></html>' > bulk2single_report.html
+    b2s_versions.py "${task.process}" matplotlib pandas > versions.yml
+    """
+}

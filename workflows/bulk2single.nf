@@ -1,0 +1,84 @@
+/*
+ * Bulk2Single, cohort-aware: inputs are prepared and fractions estimated for all groups at once,
+ * the beta-VAE is trained ONCE (it depends on the reference only) and shared by every group,
+ * then GENERATE -> FILTER -> QC fan out per group ([id: group] meta maps).
+ */
+include { PREPARE_INPUTS     } from '../modules/local/prepare_inputs'
+include { ESTIMATE_FRACTIONS } from '../modules/local/estimate_fractions'
+include { PREPROCESS         } from '../modules/local/preprocess'
+include { TRAIN_VAE          } from '../modules/local/train_vae'
+include { GENERATE           } from '../modules/local/generate'
+include { FILTER             } from '../modules/local/filter'
+include { QC                 } from '../modules/local/qc'
+include { REPORT             } from '../modules/local/report'
+
+workflow BULK2SINGLE {
+    main:
+    ch_versions = Channel.empty()
+
+    def optional = { p -> p ? file(p, checkIfExists: true) : [] }
+    PREPARE_INPUTS(
+        file(params.bulk, checkIfExists: true),
+        file(params.reference, checkIfExists: true),
+        optional(params.gene_map),
+        optional(params.samplesheet)
+    )
+    ch_versions = ch_versions.mix(PREPARE_INPUTS.out.versions)
+
+    ESTIMATE_FRACTIONS(PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups, PREPARE_INPUTS.out.reference)
+    ch_versions = ch_versions.mix(ESTIMATE_FRACTIONS.out.versions)
+
+    PREPROCESS(PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups, PREPARE_INPUTS.out.reference)
+    ch_versions = ch_versions.mix(PREPROCESS.out.versions)
+
+    // Trained once per run, or reused from a previous run with --vae_weights.
+    ch_train_files = Channel.empty()
+    if (params.vae_weights) {
+        ch_weights = Channel.value(file(params.vae_weights, checkIfExists: true))
+    } else {
+        def checkpoint_dir = params.checkpoint_dir ?: "${workflow.workDir}/b2s_checkpoints"
+        TRAIN_VAE(PREPROCESS.out.model_input, checkpoint_dir)
+        ch_weights = TRAIN_VAE.out.weights
+        ch_train_files = TRAIN_VAE.out.plot.mix(TRAIN_VAE.out.summary, TRAIN_VAE.out.history)
+        ch_versions = ch_versions.mix(TRAIN_VAE.out.versions)
+    }
+
+    // One [id: group] item per bulk group, each with the shared cell-target table.
+    ch_groups = PREPARE_INPUTS.out.groups
+        .splitCsv(header: true)
+        .map { row -> row.group }
+        .unique()
+        .map { group -> [id: group] }
+
+    GENERATE(ch_groups.combine(ESTIMATE_FRACTIONS.out.targets), PREPROCESS.out.model_input, ch_weights)
+    ch_versions = ch_versions.mix(GENERATE.out.versions)
+
+    FILTER(GENERATE.out.generated)
+    ch_versions = ch_versions.mix(FILTER.out.versions)
+
+    QC(GENERATE.out.generated.join(FILTER.out.filtered), PREPROCESS.out.model_input, ESTIMATE_FRACTIONS.out.targets)
+    ch_versions = ch_versions.mix(QC.out.versions)
+
+    ch_versions_file = ch_versions
+        .unique()
+        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true)
+
+    ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)))
+        .collectFile(name: 'params.json', storeDir: "${params.outdir}/pipeline_info")
+
+    ch_report_inputs = Channel.empty()
+        .mix(
+            ESTIMATE_FRACTIONS.out.fractions, ESTIMATE_FRACTIONS.out.sample_fractions,
+            ESTIMATE_FRACTIONS.out.targets, ESTIMATE_FRACTIONS.out.plot, ESTIMATE_FRACTIONS.out.summary,
+            PREPARE_INPUTS.out.summary, PREPROCESS.out.summary, ch_train_files,
+            FILTER.out.summary.map { meta, f -> f },
+            QC.out.files.map { meta, files -> files }.flatten()
+        )
+        .collect()
+
+    REPORT(ch_report_inputs, ch_params_file, ch_versions_file)
+
+    emit:
+    report   = REPORT.out.html
+    versions = ch_versions
+}
