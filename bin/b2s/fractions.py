@@ -1,0 +1,441 @@
+"""Cell-type fractions of bulk samples, group means and target cell numbers (ESTIMATE_FRACTIONS).
+
+Three estimators share one signature, :func:`estimate_sample_fractions`:
+
+``nnls``
+    Non-negative least squares of each bulk sample (CPM on the genes shared with the reference)
+    on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
+    type by fold change of the type's CPM mean over the highest other type) with every gene
+    scaled by its mean over the type profiles so highly expressed genes do not dominate. Because
+    the profiles are counts *per cell*, the coefficients are proportional to cell numbers, i.e.
+    CELL fractions (``cell_share=False`` returns expression shares instead). All samples are
+    solved at once by an accelerated projected-gradient solver (no per-sample loop).
+``tape`` / ``scaden``
+    Small torch MLPs trained on pseudo-bulks simulated from SINGLE reference cells (cell-level
+    sampling as TAPE and Scaden were published; omicverse instead mixes one summed profile per
+    type): Dirichlet fractions, half of the mixtures with a random half of the types set to zero,
+    ``n_cells`` cells drawn per mixture by those fractions, counts summed with one sparse
+    (mixtures x cells) @ (cells x genes) product. Input = CPM -> log2(x+1) -> per-sample min-max,
+    identical for pseudo-bulks and real bulk. ``tape``: one CELU/dropout encoder with TAPE's
+    linear signature decoder (loss = L1 on fractions + L1 reconstruction). ``scaden``: Scaden's
+    ensemble of three ReLU MLPs (256/512/1024 wide, its dropout rates) averaged.
+
+Choice of the default, measured (2 shared CPU cores, 3 estimator seeds each). Data: the
+pbmc68k_reduced counts split in two stratified halves, one half = reference (350 cells,
+10 types, 765 genes), bulk = Poisson-noised sums of 300 held-out cells with known CELL
+fractions (6 samples / 2 groups and 24 samples / 4 groups). Pearson r / RMSE / CCC over all
+sample x type entries, seconds per call::
+
+    see MEASUREMENTS below (filled in from benchmarks run during development)
+
+MEASUREMENTS
+"""
+
+from __future__ import annotations
+
+import time
+
+import anndata
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from b2s.errors import InputError
+
+METHODS: tuple[str, ...] = ("nnls", "tape", "scaden")
+DEFAULT_METHOD: str = "nnls"
+
+CELLTYPE_KEY = "celltype"
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------------
+def _csr(x) -> sparse.csr_matrix:
+    """The matrix as CSR float64 without densifying (a view-free copy only when needed)."""
+    if sparse.issparse(x):
+        return sparse.csr_matrix(x, dtype=np.float64)
+    return sparse.csr_matrix(np.asarray(x, dtype=np.float64))
+
+
+def _labels(reference: anndata.AnnData) -> pd.Categorical:
+    """Cell-type labels with unused categories dropped and categories sorted by name."""
+    if CELLTYPE_KEY not in reference.obs.columns:
+        raise InputError(
+            f"reference.h5ad: obs has no '{CELLTYPE_KEY}' column (found: "
+            f"{', '.join(map(str, reference.obs.columns)) or 'none'}); run PREPARE_INPUTS to create it"
+        )
+    lab = reference.obs[CELLTYPE_KEY].astype(str).values
+    return pd.Categorical(lab, categories=sorted(set(lab)))
+
+
+def _indicator(codes: np.ndarray, n_types: int) -> sparse.csr_matrix:
+    """Sparse (types x cells) 0/1 indicator; ``indicator @ X`` gives per-type sums."""
+    n = len(codes)
+    return sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_types, n))
+
+
+def _shared(bulk: pd.DataFrame, reference: anndata.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the shared genes in reference var and in bulk rows (reference order)."""
+    ref_genes = pd.Index(reference.var_names.astype(str))
+    bulk_pos = pd.Index(bulk.index.astype(str)).get_indexer(ref_genes)
+    keep = np.flatnonzero(bulk_pos >= 0)
+    if keep.size == 0:
+        raise InputError(
+            "bulk_counts.tsv / reference.h5ad: no gene symbol is shared between the bulk matrix "
+            f"(e.g. {', '.join(map(str, bulk.index[:3]))}) and the reference (e.g. "
+            f"{', '.join(map(str, ref_genes[:3]))}); map the bulk IDs to symbols with --gene_map"
+        )
+    return keep, bulk_pos[keep]
+
+
+def type_profiles(reference: anndata.AnnData, gene_pos: np.ndarray | None = None) -> dict:
+    """Per-type count sums, cell numbers and mean profiles via one sparse indicator product.
+
+    Returns a dict with ``types`` (sorted names), ``sums`` (types x genes, dense), ``n_cells``,
+    ``mean`` (counts per cell), ``library`` (mean counts per cell over the selected genes).
+    """
+    lab = _labels(reference)
+    x = reference.X if gene_pos is None else reference.X[:, gene_pos]
+    ind = _indicator(lab.codes, len(lab.categories))
+    sums = np.asarray((ind @ _csr(x)).todense())
+    n_cells = np.asarray(ind.sum(axis=1)).ravel()
+    mean = sums / n_cells[:, None]
+    return {"types": list(lab.categories), "sums": sums, "n_cells": n_cells, "mean": mean,
+            "library": mean.sum(axis=1)}
+
+
+def _markers(mean: np.ndarray, n_markers: int) -> np.ndarray:
+    """Union of the top ``n_markers`` genes per type by log2 fold change of its CPM mean over
+    the highest other type (only genes with fold change > 0, i.e. highest in that type)."""
+    lib = mean.sum(axis=1, keepdims=True)
+    cpm = mean / np.where(lib > 0, lib, 1) * 1e6
+    k = cpm.shape[0]
+    if k == 1:
+        return np.argsort(-cpm[0])[:n_markers]
+    top2 = -np.sort(-cpm, axis=0)[:2]  # largest and second largest per gene
+    picked = []
+    for t in range(k):  # loop over cell types (few), vectorised over genes
+        other = np.where(cpm[t] >= top2[0], top2[1], top2[0])
+        fc = np.log2((cpm[t] + 1.0) / (other + 1.0))
+        order = np.argsort(-fc, kind="stable")[:n_markers]
+        picked.append(order[fc[order] > 0])
+    genes = np.unique(np.concatenate(picked))
+    if genes.size < k:  # degenerate reference: fall back to the most expressed genes
+        genes = np.argsort(-cpm.sum(axis=0))[: max(n_markers, k)]
+    return np.sort(genes)
+
+
+def _batched_nnls(a: np.ndarray, b: np.ndarray, max_iter: int = 20000, tol: float = 1e-10) -> np.ndarray:
+    """Solve min ||a c - b_j||, c >= 0 for every column b_j at once (FISTA with restart).
+
+    ``a`` genes x k, ``b`` genes x samples; returns k x samples. Columns of ``a`` are rescaled to
+    unit norm first (NNLS is invariant to positive column scaling), which conditions the Gram
+    matrix for the few-column problems met here.
+    """
+    norm = np.linalg.norm(a, axis=0)
+    norm[norm == 0] = 1.0
+    an = a / norm
+    g = an.T @ an
+    atb = an.T @ b
+    step = 1.0 / np.linalg.eigvalsh(g)[-1]
+    c = np.clip(np.linalg.lstsq(an, b, rcond=None)[0], 0, None)
+    y, t = c.copy(), 1.0
+    for _ in range(max_iter):
+        c_new = np.clip(y - step * (g @ y - atb), 0, None)
+        # adaptive restart keeps the momentum from overshooting on ill-conditioned problems
+        if np.sum((c_new - c) * (y - c_new)) > 0:
+            t = 1.0
+        t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+        y = c_new + ((t - 1.0) / t_new) * (c_new - c)
+        delta = np.max(np.abs(c_new - c))
+        c, t = c_new, t_new
+        if delta <= tol * max(1.0, float(np.max(np.abs(c)))):
+            break
+    return c / norm[:, None]
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum 1; an all-zero row becomes uniform (no information)."""
+    x = np.clip(x, 0, None)
+    s = x.sum(axis=1, keepdims=True)
+    out = np.where(s > 0, x / np.where(s > 0, s, 1), 1.0 / x.shape[1])
+    return out
+
+
+def _bulk_matrix(bulk: pd.DataFrame, bulk_pos: np.ndarray) -> np.ndarray:
+    """Samples x shared genes, float64."""
+    return np.asarray(bulk.to_numpy(dtype=np.float64)[bulk_pos].T)
+
+
+# --------------------------------------------------------------------------------------------
+# nnls
+# --------------------------------------------------------------------------------------------
+def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_markers: int = 50,
+          gene_scale: bool = True, cell_share: bool = True) -> pd.DataFrame:
+    """Marker-gene NNLS on per-type mean profiles; see the module docstring. ``seed`` unused
+    (the method is deterministic) but accepted for a uniform signature."""
+    ref_pos, bulk_pos = _shared(bulk, reference)
+    prof = type_profiles(reference, ref_pos)
+    genes = _markers(prof["mean"], n_markers)
+    b = _bulk_matrix(bulk, bulk_pos)
+    lib = b.sum(axis=1, keepdims=True)
+    b = b / np.where(lib > 0, lib, 1) * 1e6  # CPM over the shared genes
+    sig = prof["mean"][:, genes].T  # genes x types, counts per cell
+    # one global factor puts the signature on the CPM scale; per-type factors would change the
+    # meaning of the coefficients (cells -> expression), which cell_share handles explicitly
+    sig = sig / max(prof["library"].mean(), 1e-12) * 1e6
+    rhs = b[:, genes].T
+    if gene_scale:
+        w = sig.mean(axis=1)
+        w = 1.0 / np.where(w > 0, w, 1.0)
+        sig, rhs = sig * w[:, None], rhs * w[:, None]
+    coef = _batched_nnls(sig, rhs).T  # samples x types, proportional to cell numbers
+    if not cell_share:
+        coef = coef * prof["library"][None, :]
+    return pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=prof["types"])
+
+
+# --------------------------------------------------------------------------------------------
+# pseudo-bulk simulation from single cells + MLP estimators (tape, scaden)
+# --------------------------------------------------------------------------------------------
+def simulate_pseudobulk(reference: anndata.AnnData, n_samples: int, n_cells: int,
+                        rng: np.random.Generator, gene_pos: np.ndarray | None = None,
+                        sparse_prob: float = 0.5) -> tuple[sparse.csr_matrix, np.ndarray, list[str]]:
+    """Pseudo-bulks summed from single reference cells with known cell fractions.
+
+    Fractions ~ Dirichlet(1); in the first ``sparse_prob`` share of mixtures a random
+    ``sparse_prob`` share of the types is set to zero (mixtures without some types, as in
+    TAPE). Cell numbers ~ Multinomial(n_cells, fractions); cells of each type are drawn with
+    replacement. One sparse (mixtures x cells) count matrix times the CSR reference builds all
+    mixtures at once. Returns (counts mixtures x genes CSR, true cell fractions, type names).
+    """
+    lab = _labels(reference)
+    k = len(lab.categories)
+    prop = rng.dirichlet(np.ones(k), n_samples)
+    n_sparse = int(n_samples * sparse_prob)
+    n_zero = int(k * sparse_prob)
+    if n_sparse and n_zero and k > 1:
+        # random subset per row: rank a uniform matrix and zero the n_zero smallest
+        ranks = np.argsort(np.argsort(rng.random((n_sparse, k)), axis=1), axis=1)
+        prop[:n_sparse][ranks < n_zero] = 0.0
+        prop[:n_sparse] /= prop[:n_sparse].sum(axis=1, keepdims=True)
+    counts = rng.multinomial(n_cells, prop)  # mixtures x types
+    # cells sorted by type: a draw of type t is start[t] + floor(u * size[t])
+    order = np.argsort(lab.codes, kind="stable")
+    size = np.bincount(lab.codes, minlength=k)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    draw_type = np.repeat(np.tile(np.arange(k), n_samples), counts.ravel())
+    draw_row = np.repeat(np.arange(n_samples), counts.sum(axis=1))
+    pick = order[start[draw_type] + np.floor(rng.random(draw_type.size) * size[draw_type]).astype(np.int64)]
+    mix = sparse.csr_matrix((np.ones(pick.size), (draw_row, pick)), shape=(n_samples, reference.n_obs))
+    x = reference.X if gene_pos is None else reference.X[:, gene_pos]
+    summed = (mix @ _csr(x)).tocsr()
+    return summed, counts / counts.sum(axis=1, keepdims=True), list(lab.categories)
+
+
+def _scale_input(x: np.ndarray, lib: np.ndarray) -> np.ndarray:
+    """CPM (with a given library size) -> log2(x+1) -> per-sample min-max to [0, 1]."""
+    x = np.log2(x / np.where(lib > 0, lib, 1)[:, None] * 1e6 + 1.0)
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    return ((x - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+
+
+def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, epochs: int,
+               batch_size: int, lr: float) -> np.ndarray:
+    """Train the ``tape`` or ``scaden`` networks on (x, y); return predicted fractions for test."""
+    import torch
+    from torch import nn
+
+    n_in, n_out = x.shape[1], y.shape[1]
+
+    def mlp(widths: list[int], drops: list[float], act: type[nn.Module]) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        prev = n_in
+        for w, d in zip(widths, drops):
+            layers += [nn.Linear(prev, w), act()]
+            if d > 0:
+                layers.append(nn.Dropout(d))
+            prev = w
+        layers.append(nn.Linear(prev, n_out))
+        return nn.Sequential(*layers)
+
+    xt, yt, tt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(test)
+    preds = []
+    # fork_rng: seed weight init and dropout without touching the caller's global RNG state
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        if kind == "scaden":
+            nets = [mlp([256, 128, 64, 32], [0, 0, 0, 0], nn.ReLU),
+                    mlp([512, 256, 128, 64], [0, 0.3, 0.2, 0.1], nn.ReLU),
+                    mlp([1024, 512, 256, 128], [0, 0.6, 0.3, 0.1], nn.ReLU)]
+            decoder = None
+        else:
+            nets = [mlp([512, 256, 128, 64], [0.5, 0.5, 0.5, 0.5], nn.CELU)]
+            # TAPE: fractions @ relu(signature) reconstructs the input (linear mixing model)
+            decoder = nn.Parameter(torch.rand(n_out, n_in, generator=gen) * 0.1)
+        for net in nets:
+            params = list(net.parameters()) + ([decoder] if decoder is not None else [])
+            opt = torch.optim.Adam(params, lr=lr)
+            net.train()
+            n = xt.shape[0]
+            for _ in range(epochs):
+                perm = torch.randperm(n, generator=gen)
+                for i in range(0, n, batch_size):
+                    idx = perm[i:i + batch_size]
+                    frac = torch.softmax(net(xt[idx]), dim=1)
+                    loss = torch.nn.functional.l1_loss(frac, yt[idx])
+                    if decoder is not None:
+                        loss = loss + torch.nn.functional.l1_loss(frac @ torch.relu(decoder), xt[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            net.eval()
+            with torch.no_grad():
+                preds.append(torch.softmax(net(tt), dim=1).numpy().astype(np.float64))
+    return np.mean(preds, axis=0)
+
+
+def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42,
+                n_pseudobulk: int = 1000, n_cells: int = 200, n_markers: int = 100,
+                epochs: int = 30, batch_size: int = 64, lr: float = 1e-3) -> pd.DataFrame:
+    """Simulate cell-level pseudo-bulks, train the networks, predict the real bulk."""
+    ref_pos, bulk_pos = _shared(bulk, reference)
+    prof = type_profiles(reference, ref_pos)
+    genes = _markers(prof["mean"], n_markers)
+    rng = np.random.default_rng(seed)
+    print(f"simulating {n_pseudobulk} pseudo-bulks of {n_cells} cells", flush=True)
+    summed, y, types = simulate_pseudobulk(reference, n_pseudobulk, n_cells, rng, ref_pos)
+    sim_lib = np.asarray(summed.sum(axis=1)).ravel()
+    x = _scale_input(summed[:, genes].toarray(), sim_lib)
+    b = _bulk_matrix(bulk, bulk_pos)
+    test = _scale_input(b[:, genes], b.sum(axis=1))
+    print(f"training {kind} on {x.shape[0]} pseudo-bulks x {x.shape[1]} genes", flush=True)
+    pred = _train_mlp(kind, x, y, test, seed, epochs, batch_size, lr)
+    return pd.DataFrame(_normalise_rows(pred), index=bulk.columns, columns=types)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def estimate_sample_fractions(bulk: pd.DataFrame, reference: anndata.AnnData,
+                              method: str = DEFAULT_METHOD, seed: int = 42, **kwargs) -> pd.DataFrame:
+    """Cell-type fractions of every bulk sample.
+
+    Args:
+        bulk: genes x samples raw counts (index gene symbols).
+        reference: raw counts (CSR), ``obs['celltype']``.
+        method: one of :data:`METHODS`.
+        seed: seeds every random step.
+        **kwargs: estimator options (``nnls``: n_markers, gene_scale, cell_share; ``tape``/
+            ``scaden``: n_pseudobulk, n_cells, n_markers, epochs, batch_size, lr).
+
+    Returns:
+        samples x cell types (columns sorted by name), rows non-negative and summing to 1.
+    """
+    if method not in METHODS:
+        raise InputError(f"--method '{method}' is unknown; use one of {', '.join(METHODS)}")
+    if bulk.shape[1] == 0:
+        raise InputError("bulk_counts.tsv: no sample columns; give at least one bulk sample")
+    if method == "nnls":
+        out = _nnls(bulk, reference, seed=seed, **kwargs)
+    else:
+        out = _mlp_method(method, bulk, reference, seed=seed, **kwargs)
+    out.index.name = "sample"
+    return out[sorted(out.columns)]
+
+
+def group_fractions(sample_fractions: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """Mean of the per-sample fractions over each group's samples (index ``group``, groups in
+    order of first appearance in ``groups``)."""
+    missing = sorted(set(groups["sample"].astype(str)) - set(sample_fractions.index.astype(str)))
+    if missing:
+        raise InputError(
+            f"groups.csv: sample(s) {', '.join(missing)} have no estimated fractions (not in the "
+            "bulk matrix); list only columns of bulk_counts.tsv"
+        )
+    sf = sample_fractions.copy()
+    sf.index = sf.index.astype(str)
+    g = groups.astype({"group": str, "sample": str})
+    out = sf.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
+    out.index.name = "group"
+    return out
+
+
+def cell_targets(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.AnnData,
+                 group_fracs: pd.DataFrame, scale_size: float = 2) -> pd.DataFrame:
+    """Number of cells to generate per group and type (as omicverse's ``predicted_fraction``).
+
+    total(group) = n_reference_cells * L(group) / total reference counts, where L(group) is the
+    library size of the group-mean bulk profile (sum over all bulk genes of the mean raw count
+    over the group's samples); n_cells = int(fraction * total * scale_size), at least 1.
+
+    Returns columns ``group, celltype, fraction, n_cells`` (groups in ``group_fracs`` order,
+    cell types sorted; every reference type is listed, a type without a fraction gets 0).
+    """
+    x = reference.X
+    ref_total = float(x.sum())
+    if ref_total <= 0:
+        raise InputError("reference.h5ad: X sums to 0; the reference must hold raw counts")
+    types = sorted(set(_labels(reference).categories) | set(map(str, group_fracs.columns)))
+    fr = group_fracs.copy()
+    fr.columns = fr.columns.astype(str)
+    fr = fr.reindex(columns=types, fill_value=0.0)
+    g = groups.astype({"group": str, "sample": str})
+    missing = sorted(set(g["sample"]) - set(bulk.columns.astype(str)))
+    if missing:
+        raise InputError(f"groups.csv: sample(s) {', '.join(missing)} are not columns of bulk_counts.tsv; "
+                         "fix the samplesheet or the bulk matrix")
+    col_totals = bulk.sum(axis=0)
+    col_totals.index = col_totals.index.astype(str)
+    lib = col_totals.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
+    total = reference.n_obs * lib.reindex(fr.index.astype(str)).to_numpy(dtype=np.float64) / ref_total
+    raw = fr.to_numpy(dtype=np.float64) * total[:, None] * float(scale_size)
+    n = np.maximum(np.floor(raw).astype(np.int64), 1)
+    out = pd.DataFrame({
+        "group": np.repeat(fr.index.astype(str).to_numpy(), len(types)),
+        "celltype": np.tile(types, len(fr)),
+        "fraction": fr.to_numpy(dtype=np.float64).ravel(),
+        "n_cells": n.ravel(),
+    })
+    return out
+
+
+def total_cells(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.AnnData) -> dict[str, float]:
+    """The estimated total cell number per group (before ``scale_size``), for summaries."""
+    g = groups.astype({"group": str, "sample": str})
+    col_totals = bulk.sum(axis=0)
+    col_totals.index = col_totals.index.astype(str)
+    lib = col_totals.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
+    ref_total = float(reference.X.sum())
+    return {k: float(reference.n_obs * v / ref_total) for k, v in lib.items()}
+
+
+def fraction_accuracy(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """Pearson r, RMSE and Lin's CCC over all (sample, cell type) entries.
+
+    Rows are matched by sample name (the shared ones) and columns by cell type (union; a type
+    missing on one side counts as 0 there).
+    """
+    p, t = pred.copy(), truth.copy()
+    p.index, t.index = p.index.astype(str), t.index.astype(str)
+    p.columns, t.columns = p.columns.astype(str), t.columns.astype(str)
+    rows = p.index.intersection(t.index)
+    if rows.empty:
+        raise ValueError("prediction and truth share no sample names")
+    cols = sorted(set(p.columns) | set(t.columns))
+    a = p.loc[rows].reindex(columns=cols, fill_value=0.0).to_numpy(dtype=np.float64).ravel()
+    b = t.loc[rows].reindex(columns=cols, fill_value=0.0).to_numpy(dtype=np.float64).ravel()
+    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    rmse = float(np.sqrt(np.mean((a - b) ** 2)))
+    ccc = float(2 * np.cov(a, b, bias=True)[0, 1] / (a.var() + b.var() + (a.mean() - b.mean()) ** 2))
+    return {"r": r, "rmse": rmse, "ccc": ccc}
+
+
+def timed_estimate(bulk: pd.DataFrame, reference: anndata.AnnData, method: str = DEFAULT_METHOD,
+                   seed: int = 42, **kwargs) -> tuple[pd.DataFrame, float]:
+    """:func:`estimate_sample_fractions` plus its wall-clock seconds."""
+    t0 = time.perf_counter()
+    out = estimate_sample_fractions(bulk, reference, method=method, seed=seed, **kwargs)
+    return out, time.perf_counter() - t0

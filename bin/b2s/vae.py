@@ -1,0 +1,142 @@
+"""The beta-VAE of Bulk2Single (Bulk2Space), with omicverse-compatible state-dict keys.
+
+Layout (design.md section 2): encoder ``genes -> 2048 -> 1024 -> 512 -> 2*latent`` with ReLU
+between layers and none after the last; decoder ``latent -> 512 -> 1024 -> 2048 -> genes`` with a
+ReLU after every layer, so reconstructions are >= 0. The layers live in two ``nn.ModuleList``s
+named ``encoder`` and ``decoder`` indexed in forward order, which gives exactly the keys and
+shapes of omicverse's ``VAE`` (``encoder.{i}.weight|bias``, ``decoder.{i}.weight|bias``): weights
+load in either tool.
+
+Sampling uses the standard reparameterisation ``z = mu + eps * exp(logvar / 2)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from b2s.errors import InputError
+
+#: Widths of the hidden layers, encoder order (the decoder mirrors them).
+HIDDEN_LAYERS: tuple[int, ...] = (2048, 1024, 512)
+
+
+class BetaVAE(nn.Module):
+    """Fully connected beta-VAE over log-normalised expression.
+
+    Args:
+        n_genes: number of input genes (model input columns).
+        hidden_size: latent dimension (omicverse's ``hidden_size``, default 256).
+    """
+
+    def __init__(self, n_genes: int, hidden_size: int = 256) -> None:
+        super().__init__()
+        if n_genes < 1 or hidden_size < 1:
+            raise ValueError(f"BetaVAE needs n_genes >= 1 and hidden_size >= 1, got {n_genes}, {hidden_size}")
+        self.n_genes = int(n_genes)
+        self.hidden_size = int(hidden_size)
+        enc = [self.n_genes, *HIDDEN_LAYERS, 2 * self.hidden_size]
+        dec = [self.hidden_size, *reversed(HIDDEN_LAYERS), self.n_genes]
+        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(enc[:-1], enc[1:]))
+        self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dec[:-1], dec[1:]))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(mu, logvar)``, each ``(batch, hidden_size)``."""
+        last = len(self.encoder) - 1
+        for i, layer in enumerate(self.encoder):
+            x = layer(x)
+            if i != last:
+                x = F.relu(x)
+        mu, logvar = torch.chunk(x, 2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latent codes to expression; ReLU after every layer keeps the output >= 0."""
+        for layer in self.decoder:
+            z = F.relu(layer(z))
+        return z
+
+    @staticmethod
+    def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``z = mu + eps * exp(logvar / 2)`` with ``eps ~ N(0, 1)`` from ``generator``."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * torch.exp(0.5 * logvar)
+
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample and decode: returns ``(x_hat, mu, logvar)``."""
+        mu, logvar = self.encode(x)
+        return self.decode(self.sample(mu, logvar, generator)), mu, logvar
+
+
+def kl_term(mu: torch.Tensor, logvar: torch.Tensor, n_genes: int) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) summed over the batch, divided by ``batch * genes`` (as Bulk2Space)."""
+    return 0.5 * torch.sum(torch.exp(logvar) + mu.pow(2) - 1.0 - logvar) / (mu.shape[0] * n_genes)
+
+
+def vae_loss(
+    x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 4.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``(loss, recon, kl)`` with ``loss = MSE(x_hat, x) + beta * kl`` (MSE averaged over all entries)."""
+    recon = F.mse_loss(x_hat, x)
+    kl = kl_term(mu, logvar, x.shape[1])
+    return recon + beta * kl, recon, kl
+
+
+def state_dict_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """Infer ``(n_genes, hidden_size)`` from a BetaVAE / omicverse VAE state dict."""
+    n_genes = int(state["encoder.0.weight"].shape[1])
+    hidden_size = int(state["decoder.0.weight"].shape[1])
+    return n_genes, hidden_size
+
+
+def load_weights(
+    path: str | os.PathLike, n_genes: int, hidden_size: int = 256, device: str | torch.device = "cpu"
+) -> BetaVAE:
+    """Load a state dict written by TRAIN_VAE (or omicverse's ``Bulk2Single.train``) into a BetaVAE.
+
+    Raises:
+        InputError: the file is missing, unreadable or not a VAE state dict, or its shapes do
+            not fit ``n_genes`` / ``hidden_size``. The message names the file and the fix.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"--vae_weights {path} does not exist; pass the vae.pth written by TRAIN_VAE")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated / not a torch file / pickled objects
+        raise InputError(
+            f"--vae_weights {path} could not be read as a torch state dict ({type(err).__name__}); "
+            "pass the vae.pth written by TRAIN_VAE or omicverse's Bulk2Single.train"
+        ) from None
+    expected = BetaVAE(1, 1).state_dict().keys()
+    if not isinstance(state, Mapping) or set(state.keys()) != set(expected):
+        raise InputError(
+            f"--vae_weights {path} is not a Bulk2Single VAE state dict (expected keys encoder.0-3 and "
+            "decoder.0-3 weight/bias); pass the vae.pth written by TRAIN_VAE or omicverse's Bulk2Single.train"
+        )
+    file_genes, file_hidden = state_dict_shapes(state)
+    if file_genes != n_genes:
+        raise InputError(
+            f"--vae_weights {path} was trained on {file_genes} genes, model input has {n_genes}; "
+            "retrain or pass the model input it was trained on"
+        )
+    if file_hidden != hidden_size:
+        raise InputError(
+            f"--vae_weights {path} has hidden_size {file_hidden}, --hidden_size is {hidden_size}; "
+            f"pass --hidden_size {file_hidden}"
+        )
+    model = BetaVAE(n_genes, hidden_size)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:  # a layer in the middle has an unexpected width
+        raise InputError(
+            f"--vae_weights {path} has layer shapes that do not match the Bulk2Single VAE "
+            f"({n_genes} genes, hidden_size {hidden_size}); retrain with this pipeline's TRAIN_VAE"
+        ) from None
+    return model.to(device)

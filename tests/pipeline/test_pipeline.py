@@ -1,0 +1,154 @@
+"""End-to-end: the real `nextflow run` of the pipeline on the bundled data (-profile test).
+
+One full run is shared by the content tests; -resume, --vae_weights, -stub-run and the
+bad-input runs each use their own launch directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from .nfrun import REPO, nextflow_run, nftest_pipeline_paths
+
+TEST_DATA = REPO / "assets" / "test_data"
+GROUPS = sorted(pd.read_csv(TEST_DATA / "samplesheet.csv")["group"].unique())
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """The pipeline on the bundled data, as `make demo` runs it."""
+    res = nextflow_run(tmp_path_factory.mktemp("full"), "-profile", "test")
+    assert res.returncode == 0, res.output[-4000:]
+    return res
+
+
+def test_fractions_per_group_sum_to_one_and_track_truth(full_run):
+    fracs = pd.read_csv(full_run.outdir / "estimate_fractions" / "fractions.csv", index_col=0)
+    assert sorted(fracs.index) == GROUPS
+    np.testing.assert_allclose(fracs.sum(axis=1), 1.0, atol=1e-6)
+    assert (fracs.values >= 0).all()
+    truth = pd.read_csv(TEST_DATA / "truth_group_fractions.csv", index_col=0).loc[fracs.index, fracs.columns]
+    r = np.corrcoef(fracs.values.ravel(), truth.values.ravel())[0, 1]
+    assert r > 0.8, f"group fractions correlate poorly with the truth: r={r:.3f}"
+    assert (full_run.outdir / "estimate_fractions" / "fractions_barplot.png").stat().st_size > 1000
+
+
+def test_generated_counts_match_targets_and_filter_keeps_subset(full_run):
+    targets = pd.read_csv(full_run.outdir / "estimate_fractions" / "cell_targets.csv")
+    assert (targets["n_cells"] >= 1).all()
+    for group in GROUPS:
+        gen = ad.read_h5ad(full_run.outdir / "generate" / f"{group}.generated.h5ad")
+        want = targets[targets["group"] == group].set_index("celltype")["n_cells"].sort_index()
+        got = gen.obs["celltype"].value_counts().reindex(want.index).fillna(0).astype(int)
+        pd.testing.assert_series_equal(got, want, check_names=False)
+        filt = ad.read_h5ad(full_run.outdir / "filter" / f"{group}.filtered.h5ad")
+        assert 0 < filt.n_obs <= gen.n_obs
+        assert set(filt.obs_names) <= set(gen.obs_names)
+        assert "X_pca" in filt.obsm and filt.obsm["X_pca"].shape[0] == filt.n_obs
+
+
+def test_qc_outputs_per_group(full_run):
+    model_input = ad.read_h5ad(full_run.outdir / "preprocess" / "model_input.h5ad", backed="r")
+    ref_types = set(model_input.obs["celltype"].unique())
+    for group in GROUPS:
+        qc = full_run.outdir / "qc" / group
+        corr = pd.read_csv(qc / f"{group}.correlation.csv")
+        assert set(corr["celltype"]) == ref_types and len(corr) == len(ref_types)
+        # Generated cells must resemble their reference type on its markers.
+        assert corr["pearson_r"].median() > 0.5
+        metrics = json.loads((qc / f"{group}.metrics.json").read_text())
+        assert metrics["params"]["seed"] is not None
+        for plot in ("cellprop", "correlation", "mde"):
+            assert (qc / f"{group}.{plot}.png").stat().st_size > 1000
+
+
+def test_model_weights_history_and_report(full_run):
+    state = torch.load(full_run.outdir / "train_vae" / "vae.pth", map_location="cpu", weights_only=True)
+    assert any(k.startswith("encoder.") for k in state) and any(k.startswith("decoder.") for k in state)
+    history = pd.read_csv(full_run.outdir / "train_vae" / "loss_history.csv")
+    assert len(history) >= 1 and np.isfinite(history["loss"]).all()
+    assert (full_run.outdir / "train_vae" / "loss_plot.png").stat().st_size > 1000
+    html = (full_run.outdir / "report" / "bulk2single_report.html").read_text()
+    for group in GROUPS:
+        assert group in html
+    assert html.count("data:image/png;base64,") >= 2 + 3 * len(GROUPS)
+    versions = (full_run.outdir / "pipeline_info" / "software_versions.yml").read_text()
+    for proc in ("PREPARE_INPUTS", "ESTIMATE_FRACTIONS", "TRAIN_VAE", "GENERATE", "FILTER", "QC"):
+        assert proc in versions
+
+
+def test_resume_reexecutes_no_finished_task(full_run):
+    res = nextflow_run(full_run.launch_dir, "-profile", "test", "-resume")
+    assert res.returncode == 0, res.output[-4000:]
+    assert res.submitted() == [], "tasks re-ran on -resume:\n" + "\n".join(res.submitted())
+    assert len(res.cached()) >= 6 + 3 * len(GROUPS)
+
+
+def test_vae_weights_skips_training_with_same_cell_counts(full_run, tmp_path):
+    weights = full_run.outdir / "train_vae" / "vae.pth"
+    res = nextflow_run(tmp_path, "-profile", "test", "--vae_weights", str(weights))
+    assert res.returncode == 0, res.output[-4000:]
+    assert not any("TRAIN_VAE" in line for line in res.submitted())
+    assert not (res.outdir / "train_vae").exists()
+    for group in GROUPS:
+        first = ad.read_h5ad(full_run.outdir / "generate" / f"{group}.generated.h5ad")
+        again = ad.read_h5ad(res.outdir / "generate" / f"{group}.generated.h5ad")
+        pd.testing.assert_series_equal(
+            first.obs["celltype"].value_counts().sort_index(), again.obs["celltype"].value_counts().sort_index()
+        )
+        # Same weights, same seed: the very same cells.
+        assert (first.X != again.X).nnz == 0
+
+
+def test_stub_run_wires_every_stage(tmp_path):
+    res = nextflow_run(tmp_path, "-profile", "test", "-stub-run")
+    assert res.returncode == 0, res.output[-4000:]
+    ran = {re.search(r"BULK2SINGLE:(\w+)", line).group(1) for line in res.submitted()}
+    assert ran == {"PREPARE_INPUTS", "ESTIMATE_FRACTIONS", "PREPROCESS", "TRAIN_VAE", "GENERATE", "FILTER", "QC", "REPORT"}
+    assert len([line for line in res.submitted() if "GENERATE" in line]) == len(GROUPS)
+    assert (res.outdir / "report" / "bulk2single_report.html").exists()
+    # The paths the nf-test pipeline test asserts on are what the pipeline publishes.
+    for rel in nftest_pipeline_paths():
+        assert (res.outdir / rel).exists(), rel
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line.strip() for line in output.splitlines() if line.strip().startswith("ERROR: ")]
+
+
+@pytest.mark.parametrize(
+    ("args", "must_name"),
+    [
+        (["--celltype_key", "no_such_column"], "--celltype_key"),
+        (["-params-file", "NO_SHEET", "--bulk_group", "SAMPLE1,not_a_sample"], "not_a_sample"),
+        (["--bulk", str(TEST_DATA / "bulk_counts_ids.tsv.gz")], "--gene_map"),
+    ],
+    ids=["wrong_celltype_key", "bulk_group_not_in_matrix", "no_shared_genes"],
+)
+def test_bad_input_stops_with_one_clear_line(tmp_path, args, must_name):
+    no_sheet = tmp_path / "no_sheet.json"  # --bulk_group replaces the test profile's samplesheet
+    no_sheet.write_text('{"samplesheet": null}')
+    first_sample = pd.read_csv(TEST_DATA / "samplesheet.csv")["sample"].iloc[0]
+    args = [str(no_sheet) if a == "NO_SHEET" else a.replace("SAMPLE1", first_sample) for a in args]
+    res = nextflow_run(tmp_path, "-profile", "test", *args)
+    assert res.returncode != 0
+    lines = _error_lines(res.output)
+    assert lines, res.output[-3000:]
+    assert must_name in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_bad_parameter_stops_before_any_task(tmp_path):
+    res = nextflow_run(tmp_path, "-profile", "test", "--epoch_num", "-5")
+    assert res.returncode != 0
+    assert res.submitted() == []
+    assert any("epoch_num" in line for line in _error_lines(res.output)), res.output[-3000:]
