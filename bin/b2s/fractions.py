@@ -241,8 +241,16 @@ def _scale_input(x: np.ndarray, lib: np.ndarray) -> np.ndarray:
     return ((x - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
 
 
+def _zscore(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene standardisation with the training (pseudo-bulk) mean and sd."""
+    mu, sd = train.mean(axis=0), train.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    return ((train - mu) / sd).astype(np.float32), ((test - mu) / sd).astype(np.float32)
+
+
 def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, epochs: int,
-               batch_size: int, lr: float) -> np.ndarray:
+               batch_size: int, lr: float, recon: np.ndarray | None = None,
+               tape_dropout: float = 0.5) -> np.ndarray:
     """Train the ``tape`` or ``scaden`` networks on (x, y); return predicted fractions for test."""
     import torch
     from torch import nn
@@ -261,6 +269,7 @@ def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: 
         return nn.Sequential(*layers)
 
     xt, yt, tt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(test)
+    rt = xt if recon is None else torch.from_numpy(recon)
     preds = []
     # fork_rng: seed weight init and dropout without touching the caller's global RNG state
     with torch.random.fork_rng(devices=[]):
@@ -272,9 +281,9 @@ def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: 
                     mlp([1024, 512, 256, 128], [0, 0.6, 0.3, 0.1], nn.ReLU)]
             decoder = None
         else:
-            nets = [mlp([512, 256, 128, 64], [0.5, 0.5, 0.5, 0.5], nn.CELU)]
+            nets = [mlp([512, 256, 128, 64], [tape_dropout] * 4, nn.CELU)]
             # TAPE: fractions @ relu(signature) reconstructs the input (linear mixing model)
-            decoder = nn.Parameter(torch.rand(n_out, n_in, generator=gen) * 0.1)
+            decoder = nn.Parameter(torch.rand(n_out, rt.shape[1], generator=gen) * 0.1)
         for net in nets:
             params = list(net.parameters()) + ([decoder] if decoder is not None else [])
             opt = torch.optim.Adam(params, lr=lr)
@@ -287,7 +296,7 @@ def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: 
                     frac = torch.softmax(net(xt[idx]), dim=1)
                     loss = torch.nn.functional.l1_loss(frac, yt[idx])
                     if decoder is not None:
-                        loss = loss + torch.nn.functional.l1_loss(frac @ torch.relu(decoder), xt[idx])
+                        loss = loss + torch.nn.functional.l1_loss(frac @ torch.relu(decoder), rt[idx])
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -299,7 +308,8 @@ def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: 
 
 def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42,
                 n_pseudobulk: int = 1000, n_cells: int = 200, n_markers: int = 100,
-                epochs: int = 30, batch_size: int = 64, lr: float = 1e-3) -> pd.DataFrame:
+                epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3,
+                scaling: str = "zscore", tape_dropout: float = 0.5) -> pd.DataFrame:
     """Simulate cell-level pseudo-bulks, train the networks, predict the real bulk."""
     ref_pos, bulk_pos = _shared(bulk, reference)
     prof = type_profiles(reference, ref_pos)
@@ -311,8 +321,15 @@ def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed:
     x = _scale_input(summed[:, genes].toarray(), sim_lib)
     b = _bulk_matrix(bulk, bulk_pos)
     test = _scale_input(b[:, genes], b.sum(axis=1))
+    if epochs is None:
+        epochs = 20 if kind == "tape" else 10
+    if scaling not in ("zscore", "minmax"):
+        raise InputError(f"fraction option scaling='{scaling}' is unknown; use zscore or minmax")
+    recon = x  # TAPE's decoder reconstructs the non-negative min-max scaled input
+    if scaling == "zscore":
+        x, test = _zscore(x, test)
     print(f"training {kind} on {x.shape[0]} pseudo-bulks x {x.shape[1]} genes", flush=True)
-    pred = _train_mlp(kind, x, y, test, seed, epochs, batch_size, lr)
+    pred = _train_mlp(kind, x, y, test, seed, epochs, batch_size, lr, recon if kind == "tape" else None, tape_dropout)
     return pd.DataFrame(_normalise_rows(pred), index=bulk.columns, columns=types)
 
 

@@ -7,7 +7,6 @@ run (the palette depends only on the set of names, not on the order they are pas
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 import matplotlib
@@ -27,18 +26,18 @@ _BASE = [to_hex(c) for c in plt.get_cmap("tab20").colors]
 _BASE = _BASE[0::2] + _BASE[1::2]
 
 
-def _natural_key(name: str) -> list:
-    """Sort key treating digit runs as numbers ('T2' < 'T10')."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
+def _sort_key(name: str) -> str:
+    """Plain lexicographic order: the order AnnData gives categorical cell types."""
+    return str(name)
 
 
 def celltype_palette(celltypes: Iterable[str]) -> dict[str, str]:
     """Map each cell type to a hex colour, independent of input order.
 
-    Names are de-duplicated and naturally sorted before colours are assigned, so any caller that
+    Names are de-duplicated and sorted before colours are assigned, so any caller that
     passes the same set of types (e.g. the reference's types) gets the same colours.
     """
-    names = sorted({str(c) for c in celltypes}, key=_natural_key)
+    names = sorted({str(c) for c in celltypes}, key=_sort_key)
     if len(names) <= len(_BASE):
         colours = _BASE[: len(names)]
     else:  # many types: evenly spaced hues, still deterministic
@@ -209,10 +208,10 @@ def plot_embedding(coords: np.ndarray, labels: Sequence[str], path: str, title: 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.6),
                              sharex=True, sharey=True, squeeze=False)
     axes = axes[0]
-    size = float(np.clip(3000.0 / max(len(labels), 1), 2, 30))
-    order = sorted(set(labels), key=_natural_key)
+    order = sorted(set(labels), key=_sort_key)
     for ax, panel in zip(axes, panels):
         mask = src == panel
+        size = float(np.clip(4000.0 / max(int(mask.sum()), 1), 3, 30))
         for name in order:
             m = mask & (labels == name)
             # every type gets a legend entry (also if absent from this panel) for a full key

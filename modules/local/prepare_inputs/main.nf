@@ -3,10 +3,11 @@ process PREPARE_INPUTS {
     label 'process_single'
 
     input:
-    path bulk
-    path reference
-    path gene_map       // [] when --gene_map is not given
-    path samplesheet    // [] when --samplesheet is not given
+    // Staged under input/ so a user file named like an output is never overwritten.
+    path bulk       , stageAs: 'input/*'
+    path reference  , stageAs: 'input/*'
+    path gene_map   , stageAs: 'input/*'   // [] when --gene_map is not given
+    path samplesheet, stageAs: 'input/*'   // [] when --samplesheet is not given
 
     output:
     path 'bulk_counts.tsv'     , emit: bulk

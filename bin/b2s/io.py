@@ -1,0 +1,703 @@
+"""Reading and validating the pipeline's inputs; output and provenance helpers used by every stage.
+
+Inputs (PREPARE_INPUTS):
+
+* bulk counts: genes x samples TSV/CSV (optionally ``.gz``), first column gene IDs
+  (:func:`read_counts`);
+* an optional gene ID -> symbol map (:func:`apply_gene_map`, like omicverse's
+  ``ov.bulk.Matrix_ID_mapping``);
+* the bulk groups: a samplesheet ``group,sample``, a ``--bulk_group a,b,c`` list, or neither
+  (:func:`read_groups`);
+* the scRNA-seq reference h5ad with raw counts and a cell-type column (:func:`read_reference`).
+
+Every problem a user can fix raises :class:`~b2s.errors.InputError` with ONE line naming the
+file or parameter, the problem and the fix. Decisions (documented here because they change data):
+
+* Duplicate gene rows (in the bulk, or several IDs mapped to one symbol): the row with the
+  largest total count is kept (ties: the first), as omicverse's ``data_drop_duplicates_index``
+  does; the original gene order is kept otherwise.
+* Gene map: IDs missing from the map (or mapped to an empty symbol) are dropped (they could
+  never match reference genes); Ensembl-style version suffixes (``ENSG..1.5``) are ignored
+  when the exact ID is not in the map.
+* Counts must be non-negative integers (``12.0`` is accepted). Non-integer values such as
+  RSEM expected counts or TPM are rejected with a hint, rather than silently rounded.
+* Reference counts are taken from ``layers['counts']``, else ``.raw``, else ``X``: the first
+  that holds non-negative integers. Cells with no cell-type label are dropped with a warning;
+  cell types with fewer than ``min_cells`` (2) labelled cells are an error (a type needs at
+  least two cells for markers and generation). Duplicate cell names are made unique (note).
+* Subsampling to ``max_single_cells`` is uniform at random with ``numpy.random.default_rng(seed)``
+  except that each type keeps at least ``min_cells`` cells, so no type vanishes by chance.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from b2s.errors import InputError
+
+#: Values within this distance of an integer count as integral (float32 storage, "12.0").
+INTEGRAL_TOL = 1e-3
+#: Fewer shared bulk/reference genes than this gives a warning.
+MIN_SHARED_GENES = 50
+#: Group name used when ``--bulk_group a,b,c`` defines one group.
+BULK_GROUP_NAME = "bulk_group"
+#: Group names become file names and Nextflow meta ids.
+GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CELLTYPE_KEY = "celltype"
+_ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d+)\.\d+$")
+
+
+# --------------------------------------------------------------------------------------------
+# messages
+# --------------------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    """Progress line on stdout (flushed, so Nextflow's .command.log shows it live)."""
+    print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    """Warning line on stderr."""
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def examples(values: Iterable[Any], n: int = 5) -> str:
+    """Up to ``n`` values joined for a message, with an ellipsis when there are more."""
+    vals = [str(v) for v in values]
+    text = ", ".join(vals[:n])
+    return text + (", ..." if len(vals) > n else "")
+
+
+# --------------------------------------------------------------------------------------------
+# bulk counts
+# --------------------------------------------------------------------------------------------
+def _open_text(path: Path):
+    """Open a text file, transparently gunzipping ``.gz`` (also detected by magic bytes)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return open(path, newline="", encoding="utf-8-sig")
+
+
+def _first_line(path: Path, what: str) -> str:
+    """First non-empty line of a (possibly gzipped) text file; InputError when there is none."""
+    try:
+        with _open_text(path) as fh:
+            for line in fh:
+                if line.strip():
+                    return line.rstrip("\r\n")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise InputError(f"{what} {path}: cannot be read ({err}); provide an uncorrupted text (or .gz) file") from None
+    raise InputError(f"{what} {path}: the file is empty; provide a non-empty table")
+
+
+def _sniff_sep(path: Path, first_line: str) -> str:
+    """Column delimiter: tab or comma from the header line, else from the file extension."""
+    if "\t" in first_line:
+        return "\t"
+    if "," in first_line:
+        return ","
+    name = path.name.lower().removesuffix(".gz")
+    return "," if name.endswith(".csv") else "\t"
+
+
+def _check_exists(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {path}: file not found; check the path")
+    if p.is_dir():
+        raise InputError(f"{what} {path}: is a directory, not a file; give the file path")
+    return p
+
+
+def drop_duplicate_genes(counts: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep, per duplicated gene, the row with the largest total count (ties: first), at the
+    position where the gene first appears.
+
+    Returns (deduplicated frame, number of rows dropped).
+    """
+    dup = counts.index.duplicated(keep=False)
+    if not dup.any():
+        return counts, 0
+    totals = counts.sum(axis=1).to_numpy()
+    order = pd.DataFrame({"gene": counts.index, "total": totals, "pos": np.arange(len(counts))})
+    # Stable sort by total descending keeps the first row among equal totals.
+    best = order.sort_values(["total", "pos"], ascending=[False, True], kind="stable").drop_duplicates("gene")
+    # Each gene stays where it first appeared.
+    first = order.groupby("gene", sort=False)["pos"].min()
+    keep = best.assign(first=first.reindex(best["gene"]).to_numpy()).sort_values("first")["pos"].to_numpy()
+    return counts.iloc[keep], len(counts) - keep.size
+
+
+def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
+    """Read a genes x samples count table (TSV/CSV, optionally gzipped; first column gene IDs).
+
+    Validates: readable, non-empty, at least one sample column, unique non-empty sample
+    names, gene IDs present, numeric, no NaN, non-negative, integral (``12.0`` accepted), no
+    all-zero sample. Duplicate gene rows are collapsed (:func:`drop_duplicate_genes`).
+
+    Returns an int64 DataFrame, index ``gene`` (str), columns = sample names (str).
+    """
+    p = _check_exists(path, what)
+    header = _first_line(p, what)
+    sep = _sniff_sep(p, header)
+    try:
+        head = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+                           compression="infer", encoding="utf-8-sig")
+        df = pd.read_csv(p, sep=sep, header=0, index_col=0, dtype={0: str}, compression="infer",
+                         encoding="utf-8-sig", skip_blank_lines=True)
+    except (EOFError, OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{what} {path}: cannot be read, the file looks truncated or corrupted ({err}); "
+                         "re-create or re-download it") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {path}: the file is empty; provide a genes x samples count table") from None
+    except pd.errors.ParserError as err:
+        msg = str(err).strip().splitlines()[-1]
+        raise InputError(f"{what} {path}: malformed table ({msg}); every row needs one gene ID and one value "
+                         "per sample, separated by tabs or commas") from None
+
+    fields = [str(v).strip() for v in head.iloc[0].tolist()]
+    # R's write.table omits the gene column's name: then the header has one field fewer.
+    names = fields if len(fields) == df.shape[1] else fields[1:]
+    if len(names) != df.shape[1]:
+        raise InputError(f"{what} {path}: the header has {len(fields)} fields but rows have {df.shape[1] + 1}; "
+                         "give the header one name per column")
+    if not names:
+        raise InputError(f"{what} {path}: no sample columns found (delimiter "
+                         f"{'tab' if sep == chr(9) else 'comma'}); the table needs a gene column followed by "
+                         "one column per sample")
+    if any(n == "" for n in names):
+        raise InputError(f"{what} {path}: a sample column has an empty name in the header; "
+                         "give every sample column a name")
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise InputError(f"{what} {path}: duplicate sample names {examples(dups)}; make sample names unique")
+    df.columns = names
+    if df.shape[0] == 0:
+        raise InputError(f"{what} {path}: header only, no gene rows; provide a genes x samples count table")
+
+    genes = df.index.to_series()
+    if genes.isna().any() or (genes.str.strip() == "").any():
+        row = int(np.flatnonzero(genes.isna().to_numpy() | (genes.fillna("").str.strip() == "").to_numpy())[0])
+        raise InputError(f"{what} {path}: gene ID missing in data row {row + 1}; the first column must hold a "
+                         "gene ID on every row")
+    df.index = pd.Index(genes.str.strip().to_numpy(), name="gene")
+
+    # Non-numeric cells: pandas leaves such columns as object dtype.
+    for col in df.columns[df.dtypes.map(lambda d: not pd.api.types.is_numeric_dtype(d)).to_numpy()]:
+        coerced = pd.to_numeric(df[col], errors="coerce")
+        bad = coerced.isna() & df[col].notna()
+        if bad.any():
+            gene = df.index[np.flatnonzero(bad.to_numpy())[0]]
+            raise InputError(f"{what} {path}: non-numeric value {df[col][bad].iloc[0]!r} (gene {gene}, sample "
+                             f"{col}); the table must hold numbers only, with gene IDs in the first column")
+        df[col] = coerced
+    values = df.to_numpy(dtype=np.float64)
+
+    nan = np.isnan(values)
+    if nan.any():
+        r, c = np.argwhere(nan)[0]
+        raise InputError(f"{what} {path}: {int(nan.sum())} missing/NaN values (first: gene {df.index[r]}, sample "
+                         f"{df.columns[c]}); the file may be truncated, fill or remove them (counts must be complete)")
+    if not np.isfinite(values).all():
+        raise InputError(f"{what} {path}: infinite values; provide raw integer counts")
+    neg = values < 0
+    if neg.any():
+        r, c = np.argwhere(neg)[0]
+        raise InputError(f"{what} {path}: {int(neg.sum())} negative values (first: {values[r, c]:g} at gene "
+                         f"{df.index[r]}, sample {df.columns[c]}); provide raw counts, not log-ratios or "
+                         "batch-corrected values")
+    frac = np.abs(values - np.rint(values)) > INTEGRAL_TOL
+    if frac.any():
+        r, c = np.argwhere(frac)[0]
+        raise InputError(f"{what} {path}: {int(frac.sum())} non-integer values (first: {values[r, c]:g} at gene "
+                         f"{df.index[r]}, sample {df.columns[c]}); provide raw integer counts (not TPM/FPKM/"
+                         "normalised values; round RSEM/salmon expected counts first)")
+    counts = pd.DataFrame(np.rint(values).astype(np.int64), index=df.index, columns=df.columns)
+
+    zero = counts.columns[(counts.sum(axis=0) == 0).to_numpy()]
+    if len(zero):
+        raise InputError(f"{what} {path}: sample(s) {examples(zero)} have no counts at all; remove them")
+
+    counts, n_dup = drop_duplicate_genes(counts)
+    if n_dup:
+        warn(f"{what} {path}: {n_dup} duplicate gene rows dropped (kept the row with the largest total count)")
+    counts.attrs["duplicate_genes_dropped"] = n_dup
+    return counts
+
+
+def write_counts(counts: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write genes x samples counts as TSV with first column ``gene`` (atomically)."""
+    out = counts.copy()
+    out.index.name = "gene"
+    _atomic_write(Path(path), lambda tmp: out.to_csv(tmp, sep="\t", lineterminator="\n"))
+
+
+# --------------------------------------------------------------------------------------------
+# gene map
+# --------------------------------------------------------------------------------------------
+def read_gene_map(path: str | os.PathLike, what: str = "--gene_map") -> pd.Series:
+    """Read a gene ID -> symbol map (TSV/CSV, optionally gzipped; header optional).
+
+    Uses the first column as ID and the column named ``symbol`` (any case) when the header has
+    one, else the second column. Empty symbols are dropped; for repeated IDs the first wins.
+    Returns a Series indexed by ID.
+    """
+    p = _check_exists(path, what)
+    first = _first_line(p, what)
+    sep = _sniff_sep(p, first)
+    fields = [f.strip().lower() for f in first.split(sep)]
+    if len(fields) < 2:
+        raise InputError(f"{what} {path}: needs two columns (gene ID, symbol) separated by a tab or comma; "
+                         f"first line is {first[:60]!r}")
+    has_header = "symbol" in fields[1:]
+    try:
+        table = pd.read_csv(p, sep=sep, header=0 if has_header else None, dtype=str, keep_default_na=True,
+                            compression="infer", encoding="utf-8-sig")
+    except (EOFError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise InputError(f"{what} {path}: cannot be parsed ({str(err).strip().splitlines()[-1]}); "
+                         "provide a two-column ID<TAB>symbol table") from None
+    sym_col = fields.index("symbol", 1) if has_header else 1
+    ids = table.iloc[:, 0].astype("string").str.strip()
+    sym = table.iloc[:, sym_col].astype("string").str.strip()
+    ok = ids.notna() & sym.notna() & (ids != "") & (sym != "")
+    mapping = pd.Series(sym[ok].to_numpy(dtype=str), index=ids[ok].to_numpy(dtype=str))
+    n_conflict = int(mapping.index.duplicated().sum())
+    if n_conflict:
+        warn(f"{what} {path}: {n_conflict} repeated gene IDs; the first symbol of each is used")
+        mapping = mapping[~mapping.index.duplicated(keep="first")]
+    if mapping.empty:
+        raise InputError(f"{what} {path}: no ID/symbol pairs found; provide a two-column ID<TAB>symbol table")
+    return mapping
+
+
+def _strip_version(ids: Iterable[str]) -> list[str]:
+    return [_ENSEMBL_VERSION.sub(r"\1", i) for i in ids]
+
+
+def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name: str = "--bulk") -> pd.DataFrame:
+    """Rename bulk genes from IDs to symbols with the map at ``map_path``.
+
+    Unmapped IDs are dropped; several IDs with the same symbol are collapsed to the row with
+    the largest total count (as for duplicate genes). Version suffixes of Ensembl-style IDs are
+    ignored when the exact ID is not in the map. Stats go to ``result.attrs['gene_map']``.
+    """
+    mapping = read_gene_map(map_path)
+    ids = counts.index.to_numpy(dtype=str)
+    symbols = mapping.reindex(ids)
+    missing = symbols.isna().to_numpy()
+    if missing.any():
+        unversioned = pd.Series(mapping.to_numpy(), index=_strip_version(mapping.index))
+        unversioned = unversioned[~unversioned.index.duplicated(keep="first")]
+        retry = unversioned.reindex(_strip_version(ids[missing]))
+        symbols.iloc[np.flatnonzero(missing)] = retry.to_numpy()
+        missing = symbols.isna().to_numpy()
+    n_mapped = int((~missing).sum())
+    if n_mapped == 0:
+        hint = "check that its first column holds the IDs used in the bulk matrix"
+        if np.isin(ids, mapping.to_numpy()).any():
+            hint = "the bulk IDs appear in its SECOND column: swap the columns (ID first, symbol second)"
+        raise InputError(f"--gene_map {map_path}: none of the {len(ids)} gene IDs of {bulk_name} (e.g. "
+                         f"{examples(ids, 3)}) are in the map (IDs e.g. {examples(mapping.index, 3)}); {hint}")
+    mapped = counts.iloc[np.flatnonzero(~missing)].copy()
+    mapped.index = pd.Index(symbols.to_numpy()[~missing].astype(str), name="gene")
+    mapped, n_collapsed = drop_duplicate_genes(mapped)
+    log(f"gene map {map_path}: {n_mapped} of {len(ids)} genes mapped, {int(missing.sum())} unmapped dropped, "
+        f"{n_collapsed} rows collapsed onto duplicate symbols")
+    if missing.sum() > 0.5 * len(ids):
+        warn(f"--gene_map {map_path}: {int(missing.sum())} of {len(ids)} bulk gene IDs are not in the map "
+             f"(e.g. {examples(ids[missing], 3)}); check the map matches the bulk annotation")
+    mapped.attrs = dict(counts.attrs)
+    mapped.attrs["gene_map"] = {"n_ids": len(ids), "n_mapped": n_mapped, "n_unmapped": int(missing.sum()),
+                                "n_collapsed": n_collapsed}
+    return mapped
+
+
+# --------------------------------------------------------------------------------------------
+# groups
+# --------------------------------------------------------------------------------------------
+def _check_group_names(names: Iterable[str], what: str) -> None:
+    bad = sorted({n for n in names if not GROUP_NAME_RE.match(n)})
+    if bad:
+        raise InputError(f"{what}: group name(s) {examples([repr(b) for b in bad])} are not usable as file names; "
+                         "use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+
+
+def _sanitise(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return clean or "sample"
+
+
+def _missing_samples(wanted: list[str], counts: pd.DataFrame, what: str) -> None:
+    have = set(counts.columns)
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        raise InputError(f"{what}: sample(s) {examples(missing)} not found in the bulk matrix columns "
+                         f"(available: {examples(counts.columns, 8)}); use the bulk matrix's column names")
+
+
+def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = None,
+                bulk_group: str | None = None) -> pd.DataFrame:
+    """The bulk groups as a DataFrame with columns ``group,sample`` (str).
+
+    * ``samplesheet``: CSV/TSV with columns ``group`` and ``sample`` (extra columns ignored);
+      each sample at most once; group names must be file-name safe.
+    * ``bulk_group`` ``"a,b,c"``: one group named :data:`BULK_GROUP_NAME` (``bulk_group``)
+      holding those samples (as the seed's ``bulk_group`` list).
+    * neither: every bulk column is its own group (group name = sample name made file-name safe).
+
+    Every sample must be a column of ``counts``.
+    """
+    if samplesheet is not None and bulk_group:
+        raise InputError("--samplesheet and --bulk_group were both given; pass only one "
+                         "(the samplesheet can hold many groups)")
+    if samplesheet is not None:
+        what = f"--samplesheet {samplesheet}"
+        p = _check_exists(samplesheet, "--samplesheet")
+        first = _first_line(p, "--samplesheet")
+        try:
+            sheet = pd.read_csv(p, sep=_sniff_sep(p, first), dtype=str, keep_default_na=False,
+                                encoding="utf-8-sig", compression="infer")
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise InputError(f"{what}: cannot be parsed ({str(err).strip().splitlines()[-1]}); "
+                             "provide a CSV with columns group,sample") from None
+        sheet.columns = [str(c).strip().lower() for c in sheet.columns]
+        need = [c for c in ("group", "sample") if c not in sheet.columns]
+        if need:
+            raise InputError(f"{what}: missing column(s) {', '.join(need)} (found: {examples(sheet.columns)}); "
+                             "the header must be 'group,sample'")
+        groups = sheet[["group", "sample"]].apply(lambda s: s.str.strip())
+        if groups.empty:
+            raise InputError(f"{what}: no rows; list one 'group,sample' row per bulk sample")
+        empty = groups.index[(groups == "").any(axis=1)]
+        if len(empty):
+            raise InputError(f"{what}: empty group or sample in data row {int(empty[0]) + 1}; fill in both columns")
+        dup = groups["sample"][groups["sample"].duplicated()].unique()
+        if len(dup):
+            raise InputError(f"{what}: sample(s) {examples(dup)} listed more than once; "
+                             "list each sample in exactly one group")
+        _check_group_names(groups["group"], what)
+        _missing_samples(groups["sample"].tolist(), counts, what)
+    elif bulk_group:
+        what = f"--bulk_group '{bulk_group}'"
+        samples = [s.strip() for s in str(bulk_group).split(",") if s.strip()]
+        if not samples:
+            raise InputError(f"{what}: no sample names; give comma-separated bulk column names")
+        dup = sorted({s for s in samples if samples.count(s) > 1})
+        if dup:
+            raise InputError(f"{what}: sample(s) {examples(dup)} listed more than once; list each sample once")
+        _missing_samples(samples, counts, what)
+        groups = pd.DataFrame({"group": BULK_GROUP_NAME, "sample": samples})
+    else:
+        names, seen = [], set()
+        for s in counts.columns:
+            base = name = _sanitise(s)
+            k = 1
+            while name in seen:
+                k += 1
+                name = f"{base}_{k}"
+            seen.add(name)
+            names.append(name)
+        groups = pd.DataFrame({"group": names, "sample": list(counts.columns)})
+    return groups.reset_index(drop=True).astype(str)
+
+
+def write_groups(groups: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``group,sample`` CSV (atomically)."""
+    _atomic_write(Path(path), lambda tmp: groups[["group", "sample"]].to_csv(tmp, index=False, lineterminator="\n"))
+
+
+# --------------------------------------------------------------------------------------------
+# reference
+# --------------------------------------------------------------------------------------------
+def _count_problem(x) -> str | None:
+    """Why matrix ``x`` is not raw counts (None if it is): NaN, negative or non-integer values."""
+    data = x.data if sp.issparse(x) else np.asarray(x)
+    data = np.asarray(data, dtype=np.float64).ravel()
+    if data.size == 0:
+        return None
+    if np.isnan(data).any():
+        return f"{int(np.isnan(data).sum())} NaN values"
+    if (data < 0).any():
+        return f"negative values (min {data.min():g})"
+    off = np.abs(data - np.rint(data)) > INTEGRAL_TOL
+    if off.any():
+        return f"non-integer values (e.g. {data[np.flatnonzero(off)[0]]:g}), it looks normalised/log-transformed"
+    return None
+
+
+def subsample_indices(labels: np.ndarray, max_cells: int, seed: int, min_cells: int = 2) -> np.ndarray:
+    """Sorted indices of at most ``max_cells`` cells chosen at random with ``default_rng(seed)``.
+
+    Each label keeps ``min(min_cells, its size)`` cells so no type disappears by chance; the
+    remaining places are filled uniformly from the other cells. All cells when ``n <= max_cells``.
+    """
+    n = labels.size
+    if n <= max_cells:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    codes, uniques = pd.factorize(labels, sort=True)
+    order = rng.permutation(n)
+    # First `min_cells` cells of each label in the random order are reserved.
+    rank = pd.Series(codes[order]).groupby(codes[order]).cumcount().to_numpy()
+    reserved = order[rank < min_cells]
+    if reserved.size > max_cells:
+        raise InputError(f"--max_single_cells {max_cells}: too small to keep {min_cells} cells of each of the "
+                         f"{uniques.size} cell types; raise it to at least {reserved.size}")
+    rest = order[rank >= min_cells]
+    chosen = np.concatenate([reserved, rest[: max_cells - reserved.size]])
+    return np.sort(chosen)
+
+
+def read_reference(path: str | os.PathLike, celltype_key: str, max_single_cells: int | None = None,
+                   seed: int = 0, min_cells: int = 2) -> ad.AnnData:
+    """Read, validate, standardise and subsample the scRNA-seq reference.
+
+    Returns an AnnData with X = raw counts (CSR float32), ``obs['celltype']`` categorical
+    (sorted categories, no other obs columns), unique var/obs names. Statistics go to
+    ``result.uns['prepare']`` (a dict; callers replace it before writing).
+    """
+    p = _check_exists(path, "--reference")
+    what = f"--reference {path}"
+    try:
+        adata = ad.read_h5ad(p)
+    except Exception as err:  # h5py/anndata raise many types for corrupt or non-h5ad files
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{what}: cannot be read as h5ad ({msg[:150]}); provide an AnnData .h5ad file "
+                         "(e.g. written by adata.write_h5ad)") from None
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"{what}: empty ({adata.n_obs} cells x {adata.n_vars} genes); provide a populated reference")
+    if celltype_key not in adata.obs.columns:
+        raise InputError(f"--celltype_key '{celltype_key}' is not a column of {path} obs (found: "
+                         f"{examples(adata.obs.columns, 12) or 'no columns'}); "
+                         "set --celltype_key to the cell-type column")
+    stats: dict[str, Any] = {"n_cells_input": int(adata.n_obs), "n_genes_input": int(adata.n_vars)}
+
+    lab = adata.obs[celltype_key]
+    labels = lab.astype("string").str.strip()
+    unlabelled = (labels.isna() | (labels == "") | labels.str.lower().isin(["nan", "none", "na"])).to_numpy()
+    if unlabelled.all():
+        raise InputError(f"--celltype_key '{celltype_key}': every cell of {path} has an empty label; "
+                         "choose the column that holds cell types")
+    if unlabelled.any():
+        warn(f"{what}: {int(unlabelled.sum())} cells without a label in obs['{celltype_key}'] are dropped")
+    stats["n_cells_unlabelled_dropped"] = int(unlabelled.sum())
+    keep = np.flatnonzero(~unlabelled)
+    labels_np = labels.to_numpy(dtype=object)[keep].astype(str)
+
+    sizes = pd.Series(labels_np).value_counts()
+    small = sizes[sizes < min_cells]
+    if len(small):
+        listed = examples([f"{k!r} ({v})" for k, v in small.items()])
+        raise InputError(f"{what}: cell type(s) with fewer than {min_cells} cells in obs['{celltype_key}']: {listed}; "
+                         "remove those cells or merge them into another type")
+    stats["celltype_counts_input"] = {str(k): int(v) for k, v in sizes.sort_index().items()}
+
+    sub = keep
+    if max_single_cells is not None and keep.size > max_single_cells:
+        sub = keep[subsample_indices(labels_np, max_single_cells, seed, min_cells)]
+        log(f"reference: randomly selected {sub.size} of {keep.size} cells (seed {seed})")
+    final_labels = labels.to_numpy(dtype=object)[sub].astype(str)
+
+    # Raw counts: layers['counts'], then .raw, then X (the first holding non-negative integers).
+    candidates = []
+    if "counts" in adata.layers:
+        candidates.append(("layers['counts']", adata.layers["counts"], adata.var_names))
+    if adata.raw is not None:
+        candidates.append((".raw.X", adata.raw.X, adata.raw.var_names))
+    candidates.append(("X", adata.X, adata.var_names))
+    problems = []
+    for source, matrix, var_names in candidates:
+        if matrix is None:
+            problems.append(f"{source} is empty")
+            continue
+        x = matrix[sub]
+        x = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else sp.csr_matrix(x).astype(np.float32)
+        problem = _count_problem(x)
+        if problem is None:
+            break
+        problems.append(f"{source} has {problem}")
+    else:
+        raise InputError(f"{what}: no raw counts found ({'; '.join(problems)}); the reference needs raw integer "
+                         "counts in X, layers['counts'] or .raw")
+    x.sum_duplicates()
+    x.eliminate_zeros()
+    if problems:
+        log(f"reference: using raw counts from {source} ({'; '.join(problems)})")
+    stats["counts_source"] = source
+
+    obs_names = pd.Index(adata.obs_names[sub].astype(str))
+    out = ad.AnnData(
+        X=x,
+        obs=pd.DataFrame({CELLTYPE_KEY: pd.Categorical(final_labels, categories=sorted(set(final_labels)))},
+                         index=obs_names),
+        var=pd.DataFrame(index=pd.Index(np.asarray(var_names, dtype=str))),
+    )
+    n_dup_genes = int(out.var_names.duplicated().sum())
+    if n_dup_genes:
+        out.var_names_make_unique()
+        warn(f"{what}: {n_dup_genes} duplicate gene names made unique (suffix -1, -2, ...)")
+    n_dup_cells = int(out.obs_names.duplicated().sum())
+    if n_dup_cells:
+        out.obs_names_make_unique()
+        warn(f"{what}: {n_dup_cells} duplicate cell names made unique (suffix -1, -2, ...)")
+    zero_cells = np.asarray(x.sum(axis=1)).ravel() == 0
+    if zero_cells.all():
+        raise InputError(f"{what}: every selected cell has zero counts in {source}; provide a reference with counts")
+    stats.update({
+        "n_cells": int(out.n_obs), "n_genes": int(out.n_vars), "duplicate_genes_renamed": n_dup_genes,
+        "duplicate_cells_renamed": n_dup_cells, "n_cells_zero_counts": int(zero_cells.sum()),
+        "celltype_counts": {str(k): int(v) for k, v in out.obs[CELLTYPE_KEY].value_counts().sort_index().items()},
+    })
+    out.uns["prepare"] = stats
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# shared genes
+# --------------------------------------------------------------------------------------------
+def check_shared_genes(bulk_genes: Iterable[str], ref_genes: Iterable[str], bulk_name: str = "--bulk",
+                       ref_name: str = "--reference", min_shared: int = MIN_SHARED_GENES) -> list[str]:
+    """Genes present in both (in bulk order); InputError when none, warning when fewer than ``min_shared``."""
+    bulk_list = [str(g) for g in bulk_genes]
+    ref_set = {str(g) for g in ref_genes}
+    shared = [g for g in bulk_list if g in ref_set]
+    if not shared:
+        hint = "pass --gene_map ID<TAB>symbol to translate the bulk gene IDs"
+        upper = {g.upper() for g in ref_set}
+        if any(g.upper() in upper for g in bulk_list):
+            hint = "names differ only in letter case (species? e.g. human TP53 vs mouse Trp53); use matching annotation"
+        elif {_ENSEMBL_VERSION.sub(r"\1", g) for g in bulk_list} & {_ENSEMBL_VERSION.sub(r"\1", g) for g in ref_set}:
+            hint = "IDs differ only by version suffix (.N); strip the versions or pass --gene_map"
+        raise InputError(f"no genes shared between {bulk_name} and {ref_name} (bulk genes look like "
+                         f"{examples(bulk_list, 3)}; reference genes like {examples(sorted(ref_set)[:3], 3)}); {hint}")
+    if len(shared) < min_shared:
+        warn(f"only {len(shared)} genes shared between {bulk_name} and {ref_name} (fewer than {min_shared}); "
+             "fractions and generated cells will be unreliable, check gene annotation or --gene_map")
+    return shared
+
+
+# --------------------------------------------------------------------------------------------
+# outputs and provenance (used by every stage)
+# --------------------------------------------------------------------------------------------
+def _json_default(obj: Any) -> Any:
+    """JSON encoder for numpy scalars/arrays, paths and sets."""
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (Path, os.PathLike)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then rename onto ``path``.
+
+    The rename replaces a symlink at ``path`` instead of writing through it, so a staged input
+    with the same name as an output (Nextflow work dirs) is never modified.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def params_from_args(args: Any) -> dict[str, Any]:
+    """An argparse Namespace (or mapping) as a JSON-ready params dict."""
+    items = vars(args).items() if not isinstance(args, Mapping) else args.items()
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in items}
+
+
+def write_json(path: str | os.PathLike, obj: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
+    """Write ``obj`` as pretty JSON (atomically); ``params`` is stored under ``"params"``.
+
+    Raises ValueError when neither ``obj`` nor ``params`` supplies ``"params"`` (the contract
+    requires every JSON output to record its parameters).
+    """
+    data = dict(obj)
+    if params is not None:
+        data["params"] = dict(params)
+    if "params" not in data:
+        raise ValueError(f"{path}: JSON outputs must carry a 'params' object")
+    text = json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n"
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def package_versions(
+    packages: Iterable[str] = ("numpy", "pandas", "scipy", "anndata", "scanpy", "torch"),
+) -> dict[str, str]:
+    """Installed versions of ``packages`` from distribution metadata (no imports)."""
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def provenance(params: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """Provenance block for outputs: stage, params, b2s and package versions (no timestamps,
+    so identical runs give identical files)."""
+    import b2s
+
+    return {"stage": stage, "b2s_version": b2s.__version__, "versions": package_versions(),
+            "params": dict(params)}
+
+
+def set_uns_params(adata: ad.AnnData, params: Mapping[str, Any]) -> ad.AnnData:
+    """Store ``params`` as a JSON string in ``adata.uns['b2s']`` (h5ad-safe); returns ``adata``."""
+    adata.uns["b2s"] = json.dumps(dict(params), sort_keys=True, default=_json_default)
+    return adata
+
+
+def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, params: Mapping[str, Any] | None = None,
+               compression: str | None = "gzip") -> None:
+    """Write ``adata`` atomically (never through a symlinked input); sets ``uns['b2s']`` if ``params``."""
+    if params is not None:
+        set_uns_params(adata, params)
+    if "b2s" not in adata.uns:
+        raise ValueError(f"{path}: h5ad outputs must carry uns['b2s'] (pass params)")
+    _atomic_write(Path(path), lambda tmp: adata.write_h5ad(tmp, compression=compression))
+
+
+def guard_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None]) -> None:
+    """InputError when an output would replace an input file itself (not a symlink to it).
+
+    Nextflow stages inputs as symlinks, which atomic writes replace safely; a real file at the
+    output path that IS an input means ``--outdir`` points at the input folder.
+    """
+    real_inputs = [Path(i) for i in inputs if i]
+    for out in outputs:
+        o = Path(out)
+        if not o.exists() or o.is_symlink():
+            continue
+        for i in real_inputs:
+            if i.exists() and os.path.samefile(o, i):
+                raise InputError(f"--outdir {o.parent}: writing {o.name} would overwrite the input {i}; "
+                                 "choose another --outdir")

@@ -1,0 +1,109 @@
+"""PREPROCESS: bulk DESeq2 median-of-ratios + log10 group profiles; single-cell normalize_total +
+log1p; the model input (reference cells x genes shared with the bulk).
+
+Matches omicverse 2.3.2's ``bulk_preprocess_lazy`` / ``single_preprocess_lazy`` / ``prepare_input``
+in behaviour: the whole bulk matrix is normalised together, then averaged per group; the
+reference is normalised on all of its genes and only then restricted to the shared genes.
+"""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from b2s.errors import InputError
+
+TARGET_SUM = 1e4
+
+
+def size_factors(counts: pd.DataFrame) -> pd.Series:
+    """DESeq2 median-of-ratios size factor per sample (columns of a genes x samples matrix).
+
+    The reference is the per-gene geometric mean over samples; genes with a zero in any sample
+    have geometric mean 0 and are left out of the reference, as in DESeq2.
+    """
+    x = counts.to_numpy(dtype=np.float64)
+    if x.shape[1] == 0:
+        raise InputError("bulk_counts.tsv: no sample columns; give at least one bulk sample")
+    usable = np.all(x > 0, axis=1)
+    if not usable.any():
+        raise InputError(
+            "bulk_counts.tsv: every gene has a zero count in at least one sample, so DESeq2 size "
+            "factors are undefined; drop near-empty samples or check that the matrix holds raw counts"
+        )
+    logs = np.log(x[usable])
+    ratios = logs - logs.mean(axis=1, keepdims=True)
+    return pd.Series(np.exp(np.median(ratios, axis=0)), index=counts.columns, name="size_factor")
+
+
+def deseq2_normalize(counts: pd.DataFrame) -> pd.DataFrame:
+    """Counts divided by their sample's DESeq2 median-of-ratios size factor (genes x samples)."""
+    return counts.astype(np.float64) / size_factors(counts).to_numpy()[None, :]
+
+
+def bulk_group_profiles(bulk: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """Genes x groups: group mean of log10(DESeq2-normalised counts + 1).
+
+    All bulk samples are normalised together (as omicverse does), then averaged per group;
+    groups are in order of first appearance in ``groups`` (columns ``group, sample``).
+    """
+    g = groups.astype({"group": str, "sample": str})
+    cols = pd.Index(bulk.columns.astype(str))
+    missing = sorted(set(g["sample"]) - set(cols))
+    if missing:
+        raise InputError(f"groups.csv: sample(s) {', '.join(missing)} are not columns of bulk_counts.tsv; "
+                         "fix the samplesheet or the bulk matrix")
+    logn = np.log10(deseq2_normalize(bulk) + 1.0)
+    logn.columns = cols
+    # (samples x genes) grouped by group label -> groups x genes -> transpose
+    prof = logn.T.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean().T
+    prof.index.name = "gene"
+    prof.columns.name = None
+    return prof
+
+
+def normalize_single(adata: anndata.AnnData, target_sum: float = TARGET_SUM) -> anndata.AnnData:
+    """A copy with X = log1p(counts / cell total * target_sum), float32; sparse stays sparse.
+
+    Cells with zero counts stay zero (as scanpy's normalize_total). The input is not modified.
+    """
+    out = adata.copy()
+    x = out.X
+    if sparse.issparse(x):
+        x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
+        tot = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+        scale = np.where(tot > 0, target_sum / np.where(tot > 0, tot, 1.0), 1.0).astype(np.float32)
+        # CSR rows are contiguous in .data: scale each stored value by its row's factor
+        x.data *= np.repeat(scale, np.diff(x.indptr))
+        np.log1p(x.data, out=x.data)
+    else:
+        x = np.asarray(x, dtype=np.float32).copy()
+        tot = x.sum(axis=1, dtype=np.float64)
+        scale = np.where(tot > 0, target_sum / np.where(tot > 0, tot, 1.0), 1.0).astype(np.float32)
+        x *= scale[:, None]
+        np.log1p(x, out=x)
+    out.X = x
+    return out
+
+
+def model_input(reference: anndata.AnnData, bulk_genes) -> anndata.AnnData:
+    """Reference cells x genes shared with the bulk (reference gene order), log-normalised.
+
+    Normalisation uses each cell's total over ALL reference genes (normalise first, subset
+    after, as omicverse). ``obs['celltype']`` and the other obs columns are kept.
+    """
+    genes = pd.Index(reference.var_names.astype(str))
+    keep = genes.isin(pd.Index(pd.Series(list(bulk_genes), dtype=str)))
+    if not keep.any():
+        raise InputError(
+            "bulk_counts.tsv / reference.h5ad: no gene symbol is shared between the bulk matrix "
+            f"(e.g. {', '.join(map(str, list(bulk_genes)[:3]))}) and the reference (e.g. "
+            f"{', '.join(genes[:3])}); map the bulk IDs to symbols with --gene_map"
+        )
+    norm = normalize_single(reference)
+    out = norm[:, np.flatnonzero(keep)].copy()
+    if sparse.issparse(out.X):
+        out.X = sparse.csr_matrix(out.X, dtype=np.float32)
+    return out

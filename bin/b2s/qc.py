@@ -1,0 +1,377 @@
+"""QC stage: how well do the generated cells match the reference and the targets?
+
+- :func:`celltype_proportions`: reference vs target vs generated vs filtered proportions.
+- :func:`marker_correlation`: the seed's marker correlation (omicverse
+  ``bulk2single_plot_correlation``): wilcoxon markers per reference type, per-type mean
+  expression of reference and generated cells on the union of those markers, Pearson r for every
+  (reference type, generated type) pair.
+- :func:`embed`: MDE (pymde, as ``ov.utils.mde``) of a joint PCA of reference and generated cells.
+- :func:`qc_metrics`: one JSON-able dict of the numbers above.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from b2s.errors import InputError
+
+CELLTYPE = "celltype"
+
+
+def _log(msg: str) -> None:
+    print(f"[qc] {msg}", flush=True)
+
+
+def _types(adata: ad.AnnData) -> pd.Series:
+    if CELLTYPE not in adata.obs:
+        raise InputError(f"AnnData has no obs['{CELLTYPE}'] column (found: "
+                         f"{', '.join(map(str, adata.obs.columns)) or 'none'}); pass the "
+                         "model_input.h5ad / generated h5ad written by this pipeline")
+    return adata.obs[CELLTYPE].astype(str)
+
+
+def _ordered_types(reference: ad.AnnData) -> list[str]:
+    col = reference.obs[CELLTYPE]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = set(col.astype(str))
+        return [str(c) for c in col.cat.categories if str(c) in present]
+    return sorted(set(col.astype(str)))
+
+
+def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated: ad.AnnData,
+                         filtered: ad.AnnData) -> pd.DataFrame:
+    """Cell-type counts and fractions of the four cell sets of one group.
+
+    ``targets`` has columns ``celltype, n_cells`` (rows of cell_targets.csv for one group).
+    Returns a frame indexed by cell type (reference types first, then any other type) with count
+    columns ``n_reference, n_target, n_generated, n_filtered`` and fraction columns
+    ``reference, target, generated, filtered`` (each fraction column sums to 1, or is all 0 when
+    the set is empty).
+    """
+    missing = {"celltype", "n_cells"} - set(targets.columns)
+    if missing:
+        raise InputError(f"cell targets table lacks column(s) {sorted(missing)}; pass the "
+                         "cell_targets.csv written by ESTIMATE_FRACTIONS (group,celltype,fraction,n_cells)")
+    tgt = targets.assign(celltype=targets["celltype"].astype(str)).groupby("celltype")["n_cells"].sum()
+    counts = {
+        "reference": _types(reference).value_counts(),
+        "target": tgt,
+        "generated": _types(generated).value_counts(),
+        "filtered": _types(filtered).value_counts(),
+    }
+    order = _ordered_types(reference)
+    extra = sorted(set().union(*[set(c.index) for c in counts.values()]) - set(order))
+    index = pd.Index(order + extra, name="celltype")
+    out = pd.DataFrame(index=index)
+    for name, c in counts.items():
+        out[f"n_{name}"] = c.reindex(index).fillna(0).astype(int)
+    for name in counts:
+        n = out[f"n_{name}"]
+        out[name] = n / n.sum() if n.sum() > 0 else 0.0
+    return out
+
+
+def _group_means(x: Any, labels: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Mean row of ``x`` (cells x genes, sparse or dense) per label, as groups x genes."""
+    codes = pd.Categorical(labels, categories=groups).codes
+    valid = codes >= 0
+    ind = sp.csr_matrix((np.ones(valid.sum()), (codes[valid], np.flatnonzero(valid))),
+                        shape=(len(groups), x.shape[0]))
+    sums = ind @ x  # sparse product: no densification of the cell matrix
+    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
+    n = np.asarray(ind.sum(axis=1)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / n[:, None]
+
+
+def _pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson r between every row of ``a`` and every row of ``b`` (NaN where a row is constant)."""
+    ac = a - a.mean(axis=1, keepdims=True)
+    bc = b - b.mean(axis=1, keepdims=True)
+    na = np.sqrt((ac**2).sum(axis=1))
+    nb = np.sqrt((bc**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (ac @ bc.T) / np.outer(na, nb)
+    r[~np.isfinite(r)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def reference_markers(reference: ad.AnnData, top_n: int = 200) -> dict[str, list[str]]:
+    """Top ``top_n`` wilcoxon markers (one type vs the rest) per reference cell type.
+
+    Uses X (log-normalised), never ``.raw``. Types with fewer than 2 cells cannot be tested and get
+    no markers. (The seed asks scanpy for its default 100 genes and then takes ``head(200)``, i.e.
+    100 markers; here ``top_n`` markers are really requested.)
+    """
+    import scanpy as sc
+
+    labels = _types(reference)
+    counts = labels.value_counts()
+    testable = [t for t in _ordered_types(reference) if counts.get(t, 0) >= 2]
+    markers: dict[str, list[str]] = {t: [] for t in _ordered_types(reference)}
+    if not testable or len(counts) < 2:
+        _log("fewer than 2 cell types (or none with >= 2 cells): no wilcoxon markers")
+        return markers
+    light = ad.AnnData(X=reference.X, obs=pd.DataFrame({"ct": pd.Categorical(labels)},
+                                                         index=reference.obs_names.copy()),
+                       var=pd.DataFrame(index=reference.var_names.copy()))
+    n_genes = int(min(top_n, light.n_vars))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.rank_genes_groups(light, "ct", groups=testable, reference="rest", method="wilcoxon",
+                                n_genes=n_genes, use_raw=False)
+    names = light.uns["rank_genes_groups"]["names"]
+    for t in testable:
+        markers[t] = [str(g) for g in names[t]]
+    return markers
+
+
+def marker_correlation(reference: ad.AnnData, generated: ad.AnnData, top_n: int = 200,
+                       markers: dict[str, list[str]] | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Correlation of per-type mean marker expression between reference and generated cells.
+
+    Markers: the top ``top_n`` wilcoxon markers of each reference type (computed unless
+    ``markers`` is given); their union, restricted to genes present in ``generated``, is the gene
+    set of the correlation matrix (as in the seed).
+
+    Returns
+    -------
+    summary
+        One row per reference type: ``celltype, pearson_r`` (r between the type's reference and
+        generated mean profiles over the union of markers, i.e. the matrix diagonal),
+        ``n_markers`` (size of that union), ``pearson_r_own`` / ``n_own_markers`` (the same r on the
+        type's own markers only), ``n_reference``, ``n_generated`` and ``note`` (why r is NaN).
+    matrix
+        Pearson r, reference types (rows) x generated types (columns).
+    """
+    if markers is None:
+        markers = reference_markers(reference, top_n)
+    ref_types = _ordered_types(reference)
+    gen_labels = _types(generated).to_numpy()
+    gen_counts = pd.Series(gen_labels).value_counts()
+    gen_types = [t for t in ref_types if t in gen_counts.index] + sorted(
+        set(gen_counts.index) - set(ref_types))
+    gen_genes = pd.Index(generated.var_names)
+    union: list[str] = list(dict.fromkeys(g for t in ref_types for g in markers.get(t, [])
+                                          if g in gen_genes))
+    ref_labels = _types(reference).to_numpy()
+    ref_counts = pd.Series(ref_labels).value_counts()
+
+    if union and gen_types:
+        ref_pos = pd.Index(reference.var_names).get_indexer(union)
+        if (ref_pos < 0).any():
+            raise InputError("marker genes missing from the reference; pass the same "
+                             "model_input.h5ad that the markers were computed on")
+        gen_pos = gen_genes.get_indexer(union)
+        ref_mean = _group_means(reference.X[:, ref_pos], ref_labels, ref_types)
+        gen_mean = _group_means(generated.X[:, gen_pos], gen_labels, gen_types)
+        mat = _pearson_matrix(ref_mean, gen_mean)
+    else:
+        ref_mean = gen_mean = None
+        mat = np.full((len(ref_types), len(gen_types)), np.nan)
+    matrix = pd.DataFrame(mat, index=pd.Index(ref_types, name="reference"),
+                          columns=pd.Index(gen_types, name="generated"))
+
+    rows = []
+    union_pos = {g: i for i, g in enumerate(union)}
+    for i, t in enumerate(ref_types):
+        note = ""
+        r = r_own = np.nan
+        own = [union_pos[g] for g in markers.get(t, []) if g in union_pos]
+        if t not in gen_counts.index:
+            note = "absent from generated cells"
+        elif not union:
+            note = "no marker genes shared with generated cells"
+        else:
+            j = gen_types.index(t)
+            r = matrix.iloc[i, j]
+            if own and ref_mean is not None:
+                r_own = _pearson_matrix(ref_mean[i:i + 1, own], gen_mean[j:j + 1, own])[0, 0]
+            if not own:
+                note = "no wilcoxon markers (fewer than 2 reference cells)"
+            if not np.isfinite(r):
+                note = note or "constant mean profile: r undefined"
+        rows.append({"celltype": t, "pearson_r": r, "n_markers": len(union),
+                     "pearson_r_own": r_own, "n_own_markers": len(own),
+                     "n_reference": int(ref_counts.get(t, 0)),
+                     "n_generated": int(gen_counts.get(t, 0)), "note": note})
+    summary = pd.DataFrame(rows, columns=["celltype", "pearson_r", "n_markers", "pearson_r_own",
+                                          "n_own_markers", "n_reference", "n_generated", "note"])
+    return summary, matrix
+
+
+def subsample(adata: ad.AnnData, max_cells: int | None, seed: int) -> ad.AnnData:
+    """At most ``max_cells`` cells drawn without replacement (seeded); original order kept."""
+    if max_cells is None or adata.n_obs <= max_cells:
+        return adata
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(adata.n_obs, size=int(max_cells), replace=False))
+    return adata[idx]
+
+
+def embed(adata_ref: ad.AnnData, adata_gen: ad.AnnData, seed: int = 42, n_comps: int = 30,
+          n_top_genes: int = 2000) -> np.ndarray:
+    """2-D MDE of reference and generated cells together (rows: reference cells, then generated).
+
+    Joint PCA on the log-normalised values of the shared genes (the ``n_top_genes`` most variable
+    across both sets, sparse and implicitly centred), then ``pymde.preserve_neighbors`` with the
+    settings of the seed's ``ov.utils.mde`` (2 dims, Standardized constraint, repulsive fraction
+    0.7, 15 neighbours), seeded with ``pymde.seed(seed)``, initialised from the first two PCs and
+    run on one CPU thread, so the same seed gives the same coordinates.
+    """
+    import pymde
+    import scanpy as sc
+
+    genes = pd.Index(adata_ref.var_names).intersection(pd.Index(adata_gen.var_names), sort=False)
+    if len(genes) == 0:
+        raise InputError("reference and generated cells share no genes; pass the model_input.h5ad "
+                         "the VAE was trained on")
+    xr = adata_ref[:, genes].X
+    xg = adata_gen[:, genes].X
+    x = sp.vstack([sp.csr_matrix(xr), sp.csr_matrix(xg)], format="csr", dtype=np.float32)
+    n = x.shape[0]
+    if n < 3:
+        return np.zeros((n, 2), dtype=np.float32)
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2
+    top = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, x.shape[1])])
+    x = x[:, top]
+    k = min(n_comps, n - 1, x.shape[1] - 1)
+    if k < 2:
+        dense = x.toarray()
+        return np.pad(dense, ((0, 0), (0, max(0, 2 - dense.shape[1]))))[:, :2].astype(np.float32)
+    pcs = np.asarray(sc.pp.pca(x, n_comps=k, svd_solver="arpack", random_state=seed),
+                     dtype=np.float32)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-reproducible, and far faster than oversubscribed threads
+    try:
+        pymde.seed(seed)
+        mde = pymde.preserve_neighbors(pcs, embedding_dim=2, constraint=pymde.Standardized(),
+                                       repulsive_fraction=0.7, n_neighbors=min(15, n - 1),
+                                       init="random", device="cpu", verbose=False)
+        # Start from the first two PCs instead of pymde's spectral init: that one calls ARPACK
+        # with an unseeded start vector (not reproducible) and converges slowly.
+        init = pymde.util.proj_standardized(torch.from_numpy(pcs[:, :2].copy()), demean=True)
+        emb = mde.embed(X=init, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    return emb.detach().cpu().numpy().astype(np.float32)
+
+
+def _l1(p: pd.Series, q: pd.Series) -> float:
+    return float(np.abs(p.to_numpy(float) - q.to_numpy(float)).sum())
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def qc_metrics(props: pd.DataFrame, corr_summary: pd.DataFrame, params: dict[str, Any],
+               filter_summary: dict[str, Any] | None = None,
+               corr_summary_unfiltered: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Summary numbers of one group as a JSON-able dict (NaN written as null).
+
+    ``props`` from :func:`celltype_proportions`, ``corr_summary`` from
+    :func:`marker_correlation` (on the filtered cells); optional correlation of the unfiltered
+    generated cells and the FILTER summary.
+    """
+    n_gen = int(props["n_generated"].sum())
+    n_filt = int(props["n_filtered"].sum())
+    r = corr_summary["pearson_r"].to_numpy(float)
+    missing = corr_summary.loc[~np.isfinite(r), "celltype"].astype(str).tolist()
+    per_type = {
+        str(t): {"reference": int(row.n_reference), "target": int(row.n_target),
+                 "generated": int(row.n_generated), "filtered": int(row.n_filtered),
+                 "pearson_r": _nan_to_none(
+                     corr_summary.set_index("celltype")["pearson_r"].get(t, np.nan))}
+        for t, row in props.iterrows()}
+    out: dict[str, Any] = {
+        "n_target": int(props["n_target"].sum()),
+        "n_generated": n_gen,
+        "n_filtered": n_filt,
+        "fraction_kept": _nan_to_none(n_filt / n_gen) if n_gen else None,
+        "n_celltypes_reference": int((props["n_reference"] > 0).sum()),
+        "n_celltypes_generated": int((props["n_generated"] > 0).sum()),
+        "n_celltypes_filtered": int((props["n_filtered"] > 0).sum()),
+        "marker_r_mean": _nan_to_none(np.nanmean(r)) if np.isfinite(r).any() else None,
+        "marker_r_median": _nan_to_none(np.nanmedian(r)) if np.isfinite(r).any() else None,
+        "marker_r_min": _nan_to_none(np.nanmin(r)) if np.isfinite(r).any() else None,
+        "n_markers": int(corr_summary["n_markers"].max()) if len(corr_summary) else 0,
+        "celltypes_without_r": missing,
+        "proportion_l1": {
+            "target_vs_generated": round(_l1(props["target"], props["generated"]), 6),
+            "target_vs_filtered": round(_l1(props["target"], props["filtered"]), 6),
+            "generated_vs_filtered": round(_l1(props["generated"], props["filtered"]), 6),
+        },
+        "per_celltype": per_type,
+    }
+    if corr_summary_unfiltered is not None:
+        ru = corr_summary_unfiltered["pearson_r"].to_numpy(float)
+        out["marker_r_mean_unfiltered"] = (_nan_to_none(np.nanmean(ru))
+                                           if np.isfinite(ru).any() else None)
+    if filter_summary is not None:
+        out["filter"] = {k: v for k, v in filter_summary.items() if k != "params"}
+    out["params"] = params
+    return out
+
+
+def read_cells(path: str, arg: str, producer: str, need_celltype: bool = True) -> ad.AnnData:
+    """Read an h5ad written by an earlier stage, checked; X becomes CSR float32.
+
+    ``arg`` names the command-line option and ``producer`` the stage that writes the file, for
+    one-line errors.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise InputError(f"{arg} {path} does not exist; pass the file written by {producer}")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as err:  # truncated / not HDF5
+        raise InputError(f"{arg} {path} is not a readable h5ad file ({type(err).__name__}); "
+                         f"rerun {producer}") from None
+    if adata.n_vars < 1:
+        raise InputError(f"{arg} {path} has no genes; rerun {producer}")
+    x = adata.X
+    adata.X = (x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))).astype(np.float32)
+    if adata.X.nnz and not np.isfinite(adata.X.data).all():
+        raise InputError(f"{arg} {path} X contains NaN or infinite values; rerun {producer}")
+    if need_celltype and CELLTYPE not in adata.obs:
+        raise InputError(f"{arg} {path} has no obs['{CELLTYPE}']; pass the file written by {producer}")
+    return adata
+
+
+def read_targets(path: str, group: str) -> pd.DataFrame:
+    """Rows ``celltype, fraction, n_cells`` of ``group`` from cell_targets.csv, checked."""
+    import os
+
+    if not os.path.isfile(path):
+        raise InputError(f"--targets {path} does not exist; pass the cell_targets.csv written by "
+                         "ESTIMATE_FRACTIONS")
+    try:
+        df = pd.read_csv(path, dtype={"group": str, "celltype": str})
+    except Exception as err:
+        raise InputError(f"--targets {path} is not a readable CSV ({type(err).__name__}); pass "
+                         "ESTIMATE_FRACTIONS' cell_targets.csv") from None
+    missing = [c for c in ("group", "celltype", "n_cells") if c not in df.columns]
+    if missing:
+        raise InputError(f"--targets {path} lacks column(s) {', '.join(missing)} (found: "
+                         f"{', '.join(map(str, df.columns))}); it must have group,celltype,fraction,n_cells")
+    rows = df[df["group"] == group]
+    if rows.empty:
+        raise InputError(f"--group '{group}' is not in --targets {path} (groups: "
+                         f"{', '.join(pd.unique(df['group']).astype(str))}); pass one of them")
+    n = pd.to_numeric(rows["n_cells"], errors="coerce")
+    if n.isna().any() or (n < 0).any():
+        raise InputError(f"--targets {path} has missing or negative n_cells for group '{group}'; "
+                         "n_cells must be whole numbers >= 0")
+    return rows.assign(n_cells=n.astype(int)).drop(columns="group").reset_index(drop=True)

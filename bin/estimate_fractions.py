@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""ESTIMATE_FRACTIONS: cell-type fractions per bulk sample and group, and target cell numbers.
+
+Writes fractions.csv, sample_fractions.csv, cell_targets.csv, fractions_barplot.png and
+fractions_summary.json into --outdir (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import anndata
+import pandas as pd
+
+from b2s import fractions as fr
+from b2s.errors import InputError, run_cli
+from b2s.io import params_from_args, write_json
+from b2s.plots import plot_fractions
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bulk", required=True, help="bulk_counts.tsv (genes x samples raw counts, first column gene)")
+    p.add_argument("--groups", required=True, help="groups.csv (columns group,sample)")
+    p.add_argument("--reference", required=True, help="reference.h5ad (raw counts, obs['celltype'])")
+    p.add_argument("--method", default=fr.DEFAULT_METHOD, choices=fr.METHODS,
+                   help=f"fraction estimator (default {fr.DEFAULT_METHOD})")
+    p.add_argument("--scale_size", type=float, default=2.0, help="multiplier of the estimated total cell number")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--engine", default="native", choices=("native", "omicverse"))
+    p.add_argument("--outdir", default=".")
+    args = p.parse_args(argv)
+    if args.scale_size <= 0:
+        raise InputError(f"--scale_size {args.scale_size} must be > 0; use e.g. 2 (omicverse's default)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Estimate fractions, average per group, derive target cell numbers, write outputs."""
+    args = parse_args(argv)
+    params = params_from_args(args)
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    bulk = pd.read_csv(args.bulk, sep="\t", index_col=0)
+    bulk.index = bulk.index.astype(str)
+    bulk.columns = bulk.columns.astype(str)
+    groups = pd.read_csv(args.groups, dtype=str)
+    if not {"group", "sample"} <= set(groups.columns):
+        raise InputError(f"--groups {args.groups}: needs columns group,sample (found: {', '.join(groups.columns)}); "
+                         "use the groups.csv written by PREPARE_INPUTS")
+    reference = anndata.read_h5ad(args.reference)
+    print(f"estimating fractions: {bulk.shape[1]} samples, {reference.n_obs} reference cells, "
+          f"method {args.method}, engine {args.engine}", flush=True)
+    t0 = time.perf_counter()
+    if args.engine == "omicverse":
+        from b2s import omicverse_engine  # lazy: importing omicverse takes tens of seconds
+
+        sample_fr = omicverse_engine.estimate_sample_fractions(bulk, reference, args.method, args.seed)
+    else:
+        sample_fr = fr.estimate_sample_fractions(bulk, reference, method=args.method, seed=args.seed)
+    seconds = time.perf_counter() - t0
+    sample_fr = sample_fr[sorted(sample_fr.columns)]
+    sample_fr.index.name = "sample"
+    group_fr = fr.group_fractions(sample_fr, groups)
+    targets = fr.cell_targets(bulk, groups, reference, group_fr, scale_size=args.scale_size)
+
+    sample_fr.to_csv(out / "sample_fractions.csv")
+    group_fr.to_csv(out / "fractions.csv")
+    targets.to_csv(out / "cell_targets.csv", index=False)
+    plot_fractions(group_fr, str(out / "fractions_barplot.png"),
+                   title=f"Estimated cell-type fractions ({args.method}, {args.engine})")
+    totals = fr.total_cells(bulk, groups, reference)
+    write_json(out / "fractions_summary.json", {
+        "method": args.method,
+        "engine": args.engine,
+        "seconds": round(seconds, 3),
+        "n_samples": int(sample_fr.shape[0]),
+        "cell_types": list(sample_fr.columns),
+        "groups": {
+            g: {"n_samples": int((groups["group"] == g).sum()),
+                "estimated_total_cells": round(totals[g], 3),
+                "target_cells": int(targets.loc[targets["group"] == g, "n_cells"].sum())}
+            for g in group_fr.index
+        },
+    }, params=params)
+    print(f"fractions done in {seconds:.1f} s; targets: "
+          + ", ".join(f"{g}={int(n)}" for g, n in targets.groupby("group", sort=False)["n_cells"].sum().items()),
+          flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

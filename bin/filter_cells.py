@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""FILTER: drop generated cells in Leiden clusters smaller than --leiden_size.
+
+Writes <group>.filtered.h5ad (kept cells, all genes, log-normalised X, obsm['X_pca'],
+obs['leiden']) and <group>.filter_summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from b2s.errors import run_cli
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of FILTER (docs/architecture.md)."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="<group>.generated.h5ad from GENERATE")
+    p.add_argument("--leiden_size", type=int, default=25,
+                   help="drop Leiden clusters with fewer cells than this")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--group", required=True, help="bulk group name (output file prefix)")
+    p.add_argument("--engine", choices=["native", "omicverse"], default="native")
+    p.add_argument("--outdir", default=".")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Filter one group's generated cells and write the filtered h5ad and summary JSON."""
+    args = parse_args(argv)
+    from b2s import io
+    from b2s.errors import InputError
+    from b2s.filter import _as_json_obj, filter_summary
+    from b2s.qc import read_cells
+
+    if args.leiden_size < 1:
+        raise InputError(f"--leiden_size {args.leiden_size}: must be >= 1; use a positive "
+                         "cluster size (default 25)")
+    out_h5ad = os.path.join(args.outdir, f"{args.group}.filtered.h5ad")
+    out_json = os.path.join(args.outdir, f"{args.group}.filter_summary.json")
+    io.guard_inputs([out_h5ad, out_json], [args.input])
+    generated = read_cells(args.input, "--input", "GENERATE", need_celltype=False)
+    print(f"[filter] {args.group}: read {generated.n_obs} cells x {generated.n_vars} genes "
+          f"(engine {args.engine})", flush=True)
+    if args.engine == "omicverse":
+        from b2s import omicverse_engine  # lazy: omicverse takes long to import
+
+        filtered = omicverse_engine.filter_cells(generated, args.leiden_size, args.seed)
+    else:
+        from b2s.filter import filter_cells
+
+        filtered = filter_cells(generated, args.leiden_size, args.seed)
+    params = io.params_from_args(args)
+    summary = filter_summary(generated, filtered)
+    record = {"stage": "filter", "group": args.group, "params": params, "summary": summary}
+    if "b2s" in generated.uns:
+        record["input"] = _as_json_obj(generated.uns["b2s"])
+    filtered.uns["b2s"] = json.dumps(record, default=str)
+    io.write_h5ad(filtered, out_h5ad)
+    io.write_json(out_json, {"group": args.group, **summary}, params=params)
+    print(f"[filter] {args.group}: wrote {out_h5ad} ({filtered.n_obs}/{generated.n_obs} cells "
+          f"kept) and {out_json}", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

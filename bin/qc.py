@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""QC: compare one group's generated/filtered cells with the reference and the cell targets.
+
+Writes <group>.cellprop.png/.csv (reference vs target vs generated vs filtered proportions),
+<group>.correlation.png/.csv (marker correlation; also <group>.correlation_matrix.csv),
+<group>.mde.png (joint MDE of reference and filtered cells) and <group>.metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from b2s.errors import run_cli
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of QC (docs/architecture.md)."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--generated", required=True, help="<group>.generated.h5ad from GENERATE")
+    p.add_argument("--filtered", required=True, help="<group>.filtered.h5ad from FILTER")
+    p.add_argument("--reference", required=True, help="model_input.h5ad from PREPROCESS")
+    p.add_argument("--targets", required=True, help="cell_targets.csv from ESTIMATE_FRACTIONS")
+    p.add_argument("--group", required=True, help="bulk group name (output file prefix)")
+    p.add_argument("--top_markers", type=int, default=200,
+                   help="wilcoxon markers per reference cell type for the correlation")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--mde_max_cells", type=int, default=3000,
+                   help="cells per source (reference, filtered) drawn for the MDE plot")
+    p.add_argument("--outdir", default=".")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the QC of one group and write its plots, tables and metrics."""
+    args = parse_args(argv)
+    from b2s import io, plots, qc
+    from b2s.errors import InputError
+    from b2s.filter import filter_summary
+
+    if args.top_markers < 1:
+        raise InputError(f"--top_markers {args.top_markers}: must be >= 1 (default 200)")
+    if args.mde_max_cells < 3:
+        raise InputError(f"--mde_max_cells {args.mde_max_cells}: must be >= 3 (default 3000)")
+    g = args.group
+    out = {k: os.path.join(args.outdir, f"{g}.{k}") for k in (
+        "cellprop.png", "cellprop.csv", "correlation.png", "correlation.csv",
+        "correlation_matrix.csv", "mde.png", "metrics.json")}
+    io.guard_inputs(out.values(), [args.generated, args.filtered, args.reference, args.targets])
+    os.makedirs(args.outdir, exist_ok=True)
+    params = io.params_from_args(args)
+
+    reference = qc.read_cells(args.reference, "--reference", "PREPROCESS")
+    generated = qc.read_cells(args.generated, "--generated", "GENERATE")
+    filtered = qc.read_cells(args.filtered, "--filtered", "FILTER")
+    targets = qc.read_targets(args.targets, g)
+    print(f"[qc] {g}: reference {reference.n_obs} cells, generated {generated.n_obs}, "
+          f"filtered {filtered.n_obs}, targets {int(targets['n_cells'].sum())}", flush=True)
+    if filtered.n_obs and not set(filtered.obs_names) <= set(generated.obs_names):
+        raise InputError(f"--filtered {args.filtered} has cells not in --generated "
+                         f"{args.generated}; pass files of the same group and run")
+    palette = plots.celltype_palette(reference.obs["celltype"].astype(str))
+
+    props = qc.celltype_proportions(reference, targets, generated, filtered)
+    props.to_csv(out["cellprop.csv"], float_format="%.6g")
+    plots.plot_cellprop(props, out["cellprop.png"], title=f"Cell-type proportions: {g}",
+                        palette=palette)
+
+    print(f"[qc] {g}: wilcoxon markers (top {args.top_markers}) per reference type", flush=True)
+    markers = qc.reference_markers(reference, args.top_markers)
+    # As in the seed, the correlation is taken on the cells that survive FILTER.
+    assessed = filtered if filtered.n_obs else generated
+    summary, matrix = qc.marker_correlation(reference, assessed, args.top_markers, markers=markers)
+    summary_unf, _ = qc.marker_correlation(reference, generated, args.top_markers, markers=markers)
+    summary.to_csv(out["correlation.csv"], index=False, float_format="%.6g")
+    matrix.to_csv(out["correlation_matrix.csv"], float_format="%.6g")
+    plots.plot_correlation(matrix, out["correlation.png"],
+                           title=f"Marker expression correlation: {g}")
+    r = summary["pearson_r"]
+    print(f"[qc] {g}: marker r over {int(summary['n_markers'].max())} genes: mean "
+          f"{r.mean():.3f}, min {r.min():.3f}; NaN for {int(r.isna().sum())} type(s)", flush=True)
+
+    ref_s = qc.subsample(reference, args.mde_max_cells, args.seed)
+    gen_s = qc.subsample(assessed, args.mde_max_cells, args.seed + 1)
+    print(f"[qc] {g}: MDE of {ref_s.n_obs} reference + {gen_s.n_obs} generated cells", flush=True)
+    coords = qc.embed(ref_s, gen_s, seed=args.seed)
+    labels = list(ref_s.obs["celltype"].astype(str)) + list(gen_s.obs["celltype"].astype(str))
+    sources = ["reference"] * ref_s.n_obs + [
+        "filtered generated" if filtered.n_obs else "generated"] * gen_s.n_obs
+    plots.plot_embedding(coords, labels, out["mde.png"], title=f"MDE of joint PCA: {g}",
+                         sources=sources, palette=palette)
+
+    fsum = filter_summary(generated, filtered)
+    metrics = qc.qc_metrics(props, summary, params, filter_summary=fsum,
+                            corr_summary_unfiltered=summary_unf)
+    metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}
+    io.write_json(out["metrics.json"], {"group": g, **metrics}, params=params)
+    print(f"[qc] {g}: wrote {', '.join(os.path.basename(p) for p in out.values())}", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""TRAIN_VAE: train the Bulk2Single beta-VAE on the model input (once per run, reused by every group).
+
+Writes vae.pth (state dict, CPU tensors), loss_history.csv, loss_plot.png and train_summary.json
+into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
+epochs to <dir>/vae_checkpoint.pt and a rerun with the same data and settings resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+# Before torch loads OpenMP: threads that sleep instead of spinning while waiting. On a shared or
+# CPU-quota'd node (other tasks, containers with --cpus) spinning threads made training up to
+# 10x slower in our measurements; on an idle node the cost is negligible.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+import b2s.train as btrain
+from b2s.errors import InputError, run_cli
+
+CHECKPOINT_NAME = "vae_checkpoint.pt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of TRAIN_VAE (docs/architecture.md)."""
+    d = btrain.TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="model_input.h5ad from PREPROCESS")
+    p.add_argument("--hidden_size", type=int, default=d.hidden_size, help="latent size (default %(default)s)")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--learning_rate", type=float, default=d.learning_rate)
+    p.add_argument("--epoch_num", type=int, default=d.epoch_num, help="maximum epochs")
+    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda (auto: cuda when available)")
+    p.add_argument("--checkpoint_dir", default=None, help="folder for vae_checkpoint.pt (resume); none = no checkpoints")
+    p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log_every", type=int, default=d.log_every)
+    p.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16 autocast); mainly for CUDA")
+    p.add_argument("--engine", choices=["native", "omicverse"], default="native")
+    p.add_argument("--outdir", default=".")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, then write the four TRAIN_VAE outputs."""
+    args = parse_args(argv)
+    os.makedirs(args.outdir, exist_ok=True)
+    ckpt = None
+    if args.checkpoint_dir:
+        try:
+            os.makedirs(args.checkpoint_dir, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--checkpoint_dir {args.checkpoint_dir} cannot be created ({err.strerror}); pass a writable folder") from None
+        ckpt = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)
+    history_path = os.path.join(args.outdir, "loss_history.csv")
+    config = btrain.TrainConfig(
+        hidden_size=args.hidden_size,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        epoch_num=args.epoch_num,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_path=ckpt,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        history_path=history_path,
+        amp=args.amp,
+    )
+    config.validate()
+    device = btrain.resolve_device(args.device)  # fail fast on --device cuda without a GPU
+    adata = btrain.read_model_input(args.input)
+    if device.type == "cpu":
+        where = f"{device} ({btrain.cpu_threads()} threads)"
+    else:
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    print(
+        f"training beta-VAE ({args.engine}) on {adata.n_obs} cells x {adata.n_vars} genes; device {where}",
+        flush=True,
+    )
+    if args.engine == "omicverse":
+        from b2s import omicverse_engine  # lazy: omicverse takes long to import
+
+        result = omicverse_engine.train_vae(adata, config)  # it needs obs['celltype'] for Bulk2Single
+    else:
+        result = btrain.train_vae(adata.X, config)
+
+    weights = os.path.join(args.outdir, "vae.pth")
+    torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, weights + ".tmp")
+    os.replace(weights + ".tmp", weights)
+    btrain.write_history(result.history, history_path)
+    from b2s.plots import plot_loss
+
+    plot_loss(result.history, os.path.join(args.outdir, "loss_plot.png"), best_epoch=result.best_epoch)
+    params = {k: v for k, v in vars(args).items()}
+    params["weight_decay"] = config.weight_decay
+    params["beta"] = config.beta
+    summary = {
+        "device": result.device,
+        "epochs_run": int(result.epochs_run),
+        "best_epoch": int(result.best_epoch),
+        "best_loss": float(result.best_loss),
+        "seconds": round(float(result.seconds), 3),
+        "resumed_from": result.resumed_from,
+        "n_cells": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "extra": {k: v for k, v in (getattr(result, "extra", None) or {}).items() if k != "config"},
+        "params": params,
+    }
+    with open(os.path.join(args.outdir, "train_summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(f"wrote {weights} (best epoch {result.best_epoch}, device {result.device})", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,190 @@
+"""FILTER: Leiden-based removal of small clusters of generated cells (b2s.filter, bin/filter_cells.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from b2s.errors import InputError
+from b2s.filter import filter_cells, filter_summary
+
+BIN = Path(__file__).resolve().parents[2] / "bin"
+N_OUTLIERS = 12
+
+
+def _reference() -> ad.AnnData:
+    """pbmc68k_reduced as a model-input-like AnnData (log-normalised CSR, obs['celltype'])."""
+    pb = sc.datasets.pbmc68k_reduced()
+    return ad.AnnData(
+        X=sp.csr_matrix(pb.raw.X, dtype=np.float32),
+        obs=pd.DataFrame({"celltype": pd.Categorical(pb.obs["bulk_labels"].astype(str))},
+                         index=pb.obs_names.copy()),
+        var=pd.DataFrame(index=pb.raw.var_names.copy()),
+    )
+
+
+def _generated(ref: ad.AnnData, n: int, seed: int, n_outliers: int = 0) -> ad.AnnData:
+    """Reference cells resampled with noise, plus optional distinct outlier cells."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(ref.n_obs, n)
+    x = ref.X[idx].toarray()
+    x = np.clip(x + rng.normal(0, 0.1, x.shape) * (x > 0), 0, None)
+    labels = ref.obs["celltype"].astype(str).to_numpy()[idx]
+    if n_outliers:
+        # a tight, distinct population: high values on 40 genes, nothing else
+        out = np.zeros((n_outliers, ref.n_vars))
+        genes = rng.choice(ref.n_vars, 40, replace=False)
+        out[:, genes] = 4 + rng.normal(0, 0.05, (n_outliers, 40))
+        x = np.vstack([x, out])
+        labels = np.concatenate([labels, np.full(n_outliers, "Dendritic")])
+    obs = pd.DataFrame({"celltype": pd.Categorical(labels)},
+                       index=[f"g{i}" for i in range(x.shape[0])])
+    gen = ad.AnnData(X=sp.csr_matrix(x.astype(np.float32)), obs=obs, var=ref.var.copy())
+    gen.uns["b2s"] = json.dumps({"seed": seed, "stage": "generate"})
+    return gen
+
+
+@pytest.fixture(scope="module")
+def ref() -> ad.AnnData:
+    return _reference()
+
+
+@pytest.fixture(scope="module")
+def gen(ref) -> ad.AnnData:
+    return _generated(ref, 600, seed=3, n_outliers=N_OUTLIERS)
+
+
+@pytest.fixture(scope="module")
+def filtered(gen) -> ad.AnnData:
+    return filter_cells(gen, leiden_size=25, seed=7)
+
+
+def test_drops_only_small_clusters(gen, filtered):
+    rec = json.loads(filtered.uns["b2s"])
+    s = rec["summary"]
+    sizes = s["cluster_sizes"]
+    dropped = set(s["dropped_clusters"])
+    assert dropped, "fixture should produce at least one small cluster"
+    assert dropped == {c for c, n in sizes.items() if n < 25}
+    kept = filtered.obs["leiden"].astype(str).value_counts()
+    assert set(kept.index) == set(sizes) - dropped
+    assert all(kept[c] == sizes[c] >= 25 for c in kept.index)
+    assert filtered.n_obs == sum(n for c, n in sizes.items() if c not in dropped)
+    assert s["n_cells_in"] == gen.n_obs and s["n_cells_out"] == filtered.n_obs
+    # the planted outliers form a small cluster of their own and are removed
+    outliers = {f"g{i}" for i in range(600, 600 + N_OUTLIERS)}
+    assert not outliers & set(filtered.obs_names)
+    assert rec["params"]["leiden_size"] == 25 and rec["params"]["seed"] == 7
+    assert rec["input"] == {"seed": 3, "stage": "generate"}
+
+
+def test_keeps_all_genes_log_values_and_pca(gen, filtered):
+    assert list(filtered.var_names) == list(gen.var_names)
+    assert sp.issparse(filtered.X)
+    # X is the input's log-normalised values (not scaled HVGs) for the kept cells
+    expect = gen[filtered.obs_names].X.toarray()
+    np.testing.assert_array_equal(filtered.X.toarray(), expect)
+    assert filtered.X.min() >= 0
+    pcs = filtered.obsm["X_pca"]
+    assert pcs.shape[0] == filtered.n_obs and 2 <= pcs.shape[1] <= 100
+    assert np.isfinite(pcs).all()
+    assert filtered.var["highly_variable"].dtype == bool
+    assert 20 <= filtered.var["highly_variable"].sum() < gen.n_vars
+    assert list(filtered.obs["celltype"]) == list(gen.obs.loc[filtered.obs_names, "celltype"])
+
+
+def test_deterministic_with_seed(gen, filtered):
+    again = filter_cells(gen, leiden_size=25, seed=7)
+    assert list(again.obs_names) == list(filtered.obs_names)
+    assert list(again.obs["leiden"]) == list(filtered.obs["leiden"])
+    np.testing.assert_array_equal(again.obsm["X_pca"], filtered.obsm["X_pca"])
+
+
+def test_input_not_modified(ref):
+    gen = _generated(ref, 200, seed=5)
+    before_x = gen.X.copy()
+    before_obs = gen.obs.copy()
+    before_var = gen.var.copy()
+    before_uns = dict(gen.uns)
+    filter_cells(gen, leiden_size=10, seed=1)
+    assert (gen.X != before_x).nnz == 0
+    pd.testing.assert_frame_equal(gen.obs, before_obs)
+    pd.testing.assert_frame_equal(gen.var, before_var)
+    assert dict(gen.uns) == before_uns and not gen.obsm and gen.raw is None
+
+
+def test_fewer_cells_than_leiden_size_keeps_all(ref, capsys):
+    tiny = _generated(ref, 10, seed=2)
+    out = filter_cells(tiny, leiden_size=25, seed=1)
+    assert out.n_obs == 10 and out.n_vars == tiny.n_vars
+    assert out.obsm["X_pca"].shape[0] == 10
+    s = filter_summary(tiny, out)
+    assert any("clustering skipped" in n for n in s["notes"])
+    assert "clustering skipped" in capsys.readouterr().out
+
+
+def test_single_cell_and_few_genes(ref):
+    one = _generated(ref, 1, seed=2)
+    out = filter_cells(one, leiden_size=5, seed=1)
+    assert out.n_obs == 1 and out.obsm["X_pca"].shape == (1, 1)
+    few = _generated(ref, 80, seed=4)[:, :8].copy()  # 8 genes: too few HVGs
+    out = filter_cells(few, leiden_size=5, seed=1)
+    s = filter_summary(few, out)
+    assert s["n_hvg"] == 8 and out.n_vars == 8
+    assert any("all" in n and "genes" in n for n in s["notes"])
+
+
+def test_all_clusters_small_keeps_all(gen):
+    out = filter_cells(gen, leiden_size=gen.n_obs, seed=7)
+    assert out.n_obs == gen.n_obs
+    s = filter_summary(gen, out)
+    assert s["dropped_clusters"] == [] and any("all cells kept" in n for n in s["notes"])
+
+
+def test_bad_arguments(gen):
+    with pytest.raises(InputError, match="--leiden_size"):
+        filter_cells(gen, leiden_size=0)
+    with pytest.raises(InputError, match="0 cells"):
+        filter_cells(gen[:0].copy(), leiden_size=5)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), BIN / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_filter_script(tmp_path, ref):
+    gen = _generated(ref, 150, seed=9)
+    src = tmp_path / "G1.generated.h5ad"
+    gen.write_h5ad(src)
+    script = _script("filter_cells.py")
+    script.main(["--input", str(src), "--leiden_size", "10", "--seed", "3", "--group", "G1",
+                 "--outdir", str(tmp_path / "out")])
+    out = ad.read_h5ad(tmp_path / "out" / "G1.filtered.h5ad")
+    summary = json.loads((tmp_path / "out" / "G1.filter_summary.json").read_text())
+    assert summary["params"]["leiden_size"] == 10 and summary["params"]["engine"] == "native"
+    assert summary["group"] == "G1" and summary["n_cells_out"] == out.n_obs
+    assert summary["n_cells_in"] == 150
+    assert sum(v["out"] for v in summary["celltype_counts"].values()) == out.n_obs
+    rec = json.loads(out.uns["b2s"])
+    assert rec["params"]["group"] == "G1" and rec["input"]["seed"] == 9
+    assert "X_pca" in out.obsm and "leiden" in out.obs and out.n_vars == gen.n_vars
+    # the input file is untouched
+    assert ad.read_h5ad(src).n_obs == 150
+
+
+def test_filter_script_missing_input(tmp_path):
+    script = _script("filter_cells.py")
+    with pytest.raises(InputError, match="does not exist"):
+        script.main(["--input", str(tmp_path / "nope.h5ad"), "--group", "G",
+                     "--outdir", str(tmp_path)])

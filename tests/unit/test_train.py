@@ -1,0 +1,182 @@
+"""Trainer: device choice, determinism, early stopping with best-model keeping, checkpoints and resume."""
+
+from __future__ import annotations
+
+import os
+
+# OpenMP threads sleep instead of spinning (must precede the first torch import; see bin/train_vae.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import anndata  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import torch  # noqa: E402
+
+from b2s.errors import InputError  # noqa: E402
+from b2s.train import TrainConfig, resolve_device, train_vae  # noqa: E402
+
+BIN = Path(__file__).resolve().parents[2] / "bin"
+N_CELLS, N_GENES, LATENT = 200, 100, 16
+
+
+def _data(seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    X = sp.random(N_CELLS, N_GENES, density=0.3, format="csr", random_state=seed, dtype=np.float32)
+    X.data = np.log1p(rng.poisson(3, X.nnz) + 1).astype(np.float32)
+    return X
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(hidden_size=LATENT, batch_size=64, epoch_num=2, patience=100, device="cpu", log_every=1000)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="use auto, cpu or cuda"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+def test_config_validation_names_the_parameter():
+    with pytest.raises(InputError, match="--batch_size 0"):
+        _cfg(batch_size=0).validate()
+    with pytest.raises(InputError, match="--learning_rate"):
+        _cfg(learning_rate=-1.0).validate()
+
+
+def test_same_seed_same_weights_and_history(capsys):
+    X = _data()
+    a = train_vae(X, _cfg())
+    b = train_vae(X.toarray(), _cfg())  # dense input takes the dense path: same numbers
+    c = train_vae(X, _cfg(seed=7))
+    assert _same(a.state_dict, b.state_dict)
+    assert a.history.equals(b.history)
+    assert not torch.equal(a.state_dict["encoder.0.weight"], c.state_dict["encoder.0.weight"])
+    assert list(a.history.columns) == ["epoch", "loss", "recon", "kl"]
+    assert a.history["epoch"].tolist() == [1, 2]
+    # summed epoch loss = recon + beta * kl summed over batches (4 batches of <= 64 cells)
+    assert np.allclose(a.history["loss"], a.history["recon"] + 4.0 * a.history["kl"], rtol=1e-6)
+    assert a.history["loss"].iloc[-1] < a.history["loss"].iloc[0]
+    out = capsys.readouterr().out
+    assert "epoch 1/2 loss=" in out and "best epoch" in out
+
+
+def test_early_stopping_keeps_best_epoch():
+    X = _data()
+    # a vanishing learning rate: the summed loss only moves with the sampling noise, so it stops improving
+    cfg = _cfg(learning_rate=1e-12, batch_size=N_CELLS, epoch_num=60, patience=3)
+    res = train_vae(X, cfg)
+    hist = res.history
+    assert res.epochs_run < 60
+    assert res.epochs_run - res.best_epoch == 3
+    assert res.best_loss == hist["loss"].min() == hist["loss"].iloc[res.best_epoch - 1]
+    # the returned weights are those after the best epoch: a run stopped there gives the same weights
+    prefix = train_vae(X, _cfg(learning_rate=1e-12, batch_size=N_CELLS, epoch_num=res.best_epoch, patience=3))
+    assert _same(res.state_dict, prefix.state_dict)
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path, capsys):
+    X = _data()
+    full = train_vae(X, _cfg(epoch_num=5, batch_size=100))
+    ckpt = str(tmp_path / "ck" / "vae_checkpoint.pt")
+    hist_csv = str(tmp_path / "hist.csv")
+    part = train_vae(X, _cfg(epoch_num=3, batch_size=100, checkpoint_path=ckpt, checkpoint_every=2, history_path=hist_csv))
+    assert os.path.exists(ckpt) and part.epochs_run == 3
+    assert pd.read_csv(hist_csv)["epoch"].tolist() == [1, 2, 3]
+    capsys.readouterr()
+    # raising epoch_num continues from the checkpoint written at the old limit
+    resumed = train_vae(X, _cfg(epoch_num=5, batch_size=100, checkpoint_path=ckpt, checkpoint_every=2, history_path=hist_csv))
+    assert "resuming from epoch 3" in capsys.readouterr().out
+    assert resumed.resumed_from == 3 and resumed.epochs_run == 5
+    assert _same(full.state_dict, resumed.state_dict)
+    assert np.array_equal(full.history.to_numpy(), resumed.history.to_numpy())
+    assert pd.read_csv(hist_csv)["epoch"].tolist() == [1, 2, 3, 4, 5]
+    # other settings: the checkpoint is ignored with a warning
+    other = train_vae(X, _cfg(epoch_num=1, batch_size=N_CELLS, seed=1, checkpoint_path=ckpt))
+    assert other.resumed_from is None
+    assert "WARNING: checkpoint" in capsys.readouterr().out
+
+
+def _write_model_input(path: Path) -> None:
+    obs = pd.DataFrame({"celltype": pd.Categorical(np.repeat(["A", "B"], N_CELLS // 2))},
+                       index=[f"c{i}" for i in range(N_CELLS)])
+    var = pd.DataFrame(index=[f"g{i}" for i in range(N_GENES)])
+    anndata.AnnData(X=_data(), obs=obs, var=var).write_h5ad(path)
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", BIN / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_vae_script_kill_and_resume(tmp_path):
+    """A SIGKILLed training task rerun with the same command resumes and ends bit-identical."""
+    model_input = tmp_path / "model_input.h5ad"
+    _write_model_input(model_input)
+    epochs = 16
+    common = ["--input", str(model_input), "--hidden_size", str(LATENT), "--batch_size", "100",
+              "--epoch_num", str(epochs), "--patience", "1000", "--seed", "3", "--device", "cpu",
+              "--checkpoint_every", "2", "--log_every", "5"]
+
+    # uninterrupted reference run (same code path, in-process)
+    ref_dir = tmp_path / "ref"
+    _load_script("train_vae").main(common + ["--outdir", str(ref_dir)])
+    summary = json.loads((ref_dir / "train_summary.json").read_text())
+    assert summary["epochs_run"] == epochs and summary["device"] == "cpu" and summary["params"]["seed"] == 3
+    assert (ref_dir / "loss_plot.png").stat().st_size > 0
+    assert len(pd.read_csv(ref_dir / "loss_history.csv")) == epochs
+
+    ck_dir, out_dir = tmp_path / "ck", tmp_path / "out"
+    cmd = [sys.executable, str(BIN / "train_vae.py"), *common, "--checkpoint_dir", str(ck_dir), "--outdir", str(out_dir)]
+    ckpt = ck_dir / "vae_checkpoint.pt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
+    assert not (out_dir / "vae.pth").exists()
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 2 <= killed_at < epochs
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from epoch" in rerun.stdout
+    resumed_from = json.loads((out_dir / "train_summary.json").read_text())["resumed_from"]
+    assert resumed_from is not None and resumed_from >= killed_at
+    assert _same(torch.load(ref_dir / "vae.pth"), torch.load(out_dir / "vae.pth"))
+    assert pd.read_csv(ref_dir / "loss_history.csv").equals(pd.read_csv(out_dir / "loss_history.csv"))
+
+
+def test_train_vae_script_bad_device_is_one_line(tmp_path):
+    model_input = tmp_path / "model_input.h5ad"
+    _write_model_input(model_input)
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    res = subprocess.run([sys.executable, str(BIN / "train_vae.py"), "--input", str(model_input), "--device", "cuda",
+                          "--outdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: --device cuda") and "--device cpu" in lines[0]
