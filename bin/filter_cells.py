@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from b2s import io
     from b2s.errors import InputError
-    from b2s.filter import _as_json_obj, filter_summary
+    from b2s.filter import filter_summary, parse_uns_record
     from b2s.qc import read_cells
 
     if args.leiden_size < 1:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = filter_summary(generated, filtered)
     record = {"stage": "filter", "group": args.group, "params": params, "summary": summary}
     if "b2s" in generated.uns:
-        record["input"] = _as_json_obj(generated.uns["b2s"])
+        record["input"] = parse_uns_record(generated.uns["b2s"])
     filtered.uns["b2s"] = json.dumps(record, default=str)
     io.write_h5ad(filtered, out_h5ad)
     io.write_json(out_json, {"group": args.group, **summary}, params=params)

@@ -206,13 +206,13 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
     upstream = adata.uns.get("b2s")
     record: dict[str, Any] = {"stage": "filter", "params": params, "summary": summary}
     if upstream is not None:
-        record["input"] = _as_json_obj(upstream)
+        record["input"] = parse_uns_record(upstream)
     out.uns["b2s"] = json.dumps(record)
     return out
 
 
-def _as_json_obj(value: Any) -> Any:
-    """uns['b2s'] of the input, parsed if it is a JSON string."""
+def parse_uns_record(value: Any) -> Any:
+    """An ``uns['b2s']`` value as a JSON-able object (parsed if it is a JSON string)."""
     if isinstance(value, str):
         try:
             return json.loads(value)
@@ -233,7 +233,7 @@ def filter_summary(adata_in: ad.AnnData, filtered: ad.AnnData) -> dict[str, Any]
     from ``filtered.uns['b2s']`` when present.
     """
     rec = filtered.uns.get("b2s")
-    rec = _as_json_obj(rec) if rec is not None else {}
+    rec = parse_uns_record(rec) if rec is not None else {}
     details = dict(rec.get("summary", {})) if isinstance(rec, dict) else {}
     n_in, n_out = int(adata_in.n_obs), int(filtered.n_obs)
     out: dict[str, Any] = {
@@ -253,4 +253,6 @@ def filter_summary(adata_in: ad.AnnData, filtered: ad.AnnData) -> dict[str, Any]
             str(t): {"in": int(ct_in[t]), "out": int(ct_out.get(t, 0))} for t in ct_in.index}
     for k, v in details.items():
         out.setdefault(k, v)
+    if isinstance(rec, dict) and rec.get("stage") == "filter" and "params" in rec:
+        out.setdefault("method", rec["params"])  # native filter settings (HVG, PCA, Leiden)
     return out

@@ -172,7 +172,7 @@ def _bulk_matrix(bulk: pd.DataFrame, bulk_pos: np.ndarray) -> np.ndarray:
 # nnls
 # --------------------------------------------------------------------------------------------
 def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_markers: int = 50,
-          gene_scale: bool = True, cell_share: bool = True) -> pd.DataFrame:
+          gene_scale: str = "sqrt", cell_share: bool = True) -> pd.DataFrame:
     """Marker-gene NNLS on per-type mean profiles; see the module docstring. ``seed`` unused
     (the method is deterministic) but accepted for a uniform signature."""
     ref_pos, bulk_pos = _shared(bulk, reference)
@@ -186,9 +186,13 @@ def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_mark
     # meaning of the coefficients (cells -> expression), which cell_share handles explicitly
     sig = sig / max(prof["library"].mean(), 1e-12) * 1e6
     rhs = b[:, genes].T
-    if gene_scale:
+    if gene_scale not in ("none", "sqrt", "mean"):
+        raise InputError(f"fraction option gene_scale='{gene_scale}' is unknown; use none, sqrt or mean")
+    if gene_scale != "none":
+        # weight genes by 1/mean (equal say per gene) or 1/sqrt(mean) (Poisson-like variance)
         w = sig.mean(axis=1)
-        w = 1.0 / np.where(w > 0, w, 1.0)
+        w = np.where(w > 0, w, 1.0)
+        w = 1.0 / (np.sqrt(w) if gene_scale == "sqrt" else w)
         sig, rhs = sig * w[:, None], rhs * w[:, None]
     coef = _batched_nnls(sig, rhs).T  # samples x types, proportional to cell numbers
     if not cell_share:
@@ -271,38 +275,45 @@ def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: 
     xt, yt, tt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(test)
     rt = xt if recon is None else torch.from_numpy(recon)
     preds = []
-    # fork_rng: seed weight init and dropout without touching the caller's global RNG state
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        if kind == "scaden":
-            nets = [mlp([256, 128, 64, 32], [0, 0, 0, 0], nn.ReLU),
-                    mlp([512, 256, 128, 64], [0, 0.3, 0.2, 0.1], nn.ReLU),
-                    mlp([1024, 512, 256, 128], [0, 0.6, 0.3, 0.1], nn.ReLU)]
-            decoder = None
-        else:
-            nets = [mlp([512, 256, 128, 64], [tape_dropout] * 4, nn.CELU)]
-            # TAPE: fractions @ relu(signature) reconstructs the input (linear mixing model)
-            decoder = nn.Parameter(torch.rand(n_out, rt.shape[1], generator=gen) * 0.1)
-        for net in nets:
-            params = list(net.parameters()) + ([decoder] if decoder is not None else [])
-            opt = torch.optim.Adam(params, lr=lr)
-            net.train()
-            n = xt.shape[0]
-            for _ in range(epochs):
-                perm = torch.randperm(n, generator=gen)
-                for i in range(0, n, batch_size):
-                    idx = perm[i:i + batch_size]
-                    frac = torch.softmax(net(xt[idx]), dim=1)
-                    loss = torch.nn.functional.l1_loss(frac, yt[idx])
-                    if decoder is not None:
-                        loss = loss + torch.nn.functional.l1_loss(frac @ torch.relu(decoder), rt[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            net.eval()
-            with torch.no_grad():
-                preds.append(torch.softmax(net(tt), dim=1).numpy().astype(np.float64))
+    # the networks are tiny: one thread avoids thread-sync overhead (severe on a busy machine)
+    # and keeps results independent of the core count; the caller's setting is restored
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # fork_rng: seed weight init and dropout without touching the caller's global RNG state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            if kind == "scaden":
+                nets = [mlp([256, 128, 64, 32], [0, 0, 0, 0], nn.ReLU),
+                        mlp([512, 256, 128, 64], [0, 0.3, 0.2, 0.1], nn.ReLU),
+                        mlp([1024, 512, 256, 128], [0, 0.6, 0.3, 0.1], nn.ReLU)]
+                decoder = None
+            else:
+                nets = [mlp([512, 256, 128, 64], [tape_dropout] * 4, nn.CELU)]
+                # TAPE: fractions @ relu(signature) reconstructs the input (linear mixing model)
+                decoder = nn.Parameter(torch.rand(n_out, rt.shape[1], generator=gen) * 0.1)
+            for net in nets:
+                params = list(net.parameters()) + ([decoder] if decoder is not None else [])
+                opt = torch.optim.Adam(params, lr=lr)
+                net.train()
+                n = xt.shape[0]
+                for _ in range(epochs):
+                    perm = torch.randperm(n, generator=gen)
+                    for i in range(0, n, batch_size):
+                        idx = perm[i:i + batch_size]
+                        frac = torch.softmax(net(xt[idx]), dim=1)
+                        loss = torch.nn.functional.l1_loss(frac, yt[idx])
+                        if decoder is not None:
+                            loss = loss + torch.nn.functional.l1_loss(frac @ torch.relu(decoder), rt[idx])
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                net.eval()
+                with torch.no_grad():
+                    preds.append(torch.softmax(net(tt), dim=1).numpy().astype(np.float64))
+    finally:
+        torch.set_num_threads(n_threads)
     return np.mean(preds, axis=0)
 
 

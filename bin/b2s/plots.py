@@ -167,8 +167,7 @@ def plot_correlation(corr: pd.DataFrame, path: str, title: str = "") -> None:
     nr, nc = corr.shape
     fig, ax = plt.subplots(figsize=(2.2 + 0.6 * max(nc, 1), 1.8 + 0.45 * max(nr, 1)))
     values = corr.to_numpy(dtype=float)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad(MISSING_COLOUR)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MISSING_COLOUR)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(np.arange(nc), [str(c) for c in corr.columns], rotation=45, ha="right",
                   rotation_mode="anchor")

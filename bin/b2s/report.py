@@ -81,9 +81,12 @@ def _img(path: Path | None, alt: str) -> str:
     if path is None:
         return f'<p class="note">{_esc(alt)}: plot not found.</p>'
     try:
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        raw = path.read_bytes()
     except OSError as err:
         return f'<p class="note">{_esc(alt)}: cannot read {_esc(path.name)} ({_esc(err)}).</p>'
+    if not raw.startswith(b"\x89PNG"):
+        return f'<p class="note">{_esc(alt)}: {_esc(path.name)} is empty or not a PNG.</p>'
+    data = base64.b64encode(raw).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
 
 
@@ -203,6 +206,10 @@ def _section_fractions(files: dict[str, Path]) -> str:
     parts.append("</div><div>")
     parts.append(_img(files.get("fractions_barplot.png"), "Estimated fractions per group"))
     parts.append("</div></div>")
+    samples = _read_csv(files.get("sample_fractions.csv"), index_col=0)
+    if samples is not None and len(samples):
+        parts.append("<details><summary>Fractions per sample (sample_fractions.csv)</summary>"
+                     + _df_table(samples) + "</details>")
     targets = _read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
     if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
         pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
@@ -245,13 +252,13 @@ def _overview(groups: list[str], files: dict[str, Path]) -> str:
         l1 = m.get("proportion_l1", {}) if isinstance(m.get("proportion_l1"), dict) else {}
         rows.append({
             "group": f'<a href="#{_anchor(g)}">{_esc(g)}</a>',
-            "target cells": _fmt(m.get("n_target")),
-            "generated": _fmt(m.get("n_generated", f.get("n_cells_in"))),
-            "filtered": _fmt(m.get("n_filtered", f.get("n_cells_out"))),
-            "fraction kept": _fmt(m.get("fraction_kept", f.get("fraction_kept"))),
-            "mean marker r": _fmt(m.get("marker_r_mean")),
-            "min marker r": _fmt(m.get("marker_r_min")),
-            "L1 target vs filtered": _fmt(l1.get("target_vs_filtered")),
+            "target cells": _esc(_fmt(m.get("n_target"))),
+            "generated": _esc(_fmt(m.get("n_generated", f.get("n_cells_in")))),
+            "filtered": _esc(_fmt(m.get("n_filtered", f.get("n_cells_out")))),
+            "fraction kept": _esc(_fmt(m.get("fraction_kept", f.get("fraction_kept")))),
+            "mean marker r": _esc(_fmt(m.get("marker_r_mean"))),
+            "min marker r": _esc(_fmt(m.get("marker_r_min"))),
+            "L1 target vs filtered": _esc(_fmt(l1.get("target_vs_filtered"))),
         })
     if not rows:
         return '<p class="note">No per-group outputs were found.</p>'

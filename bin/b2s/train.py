@@ -21,6 +21,7 @@ run resumed from a checkpoint ends with bit-identical weights to an uninterrupte
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import math
 import os
@@ -316,6 +317,9 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
     ckpt_path = config.checkpoint_path
     if ckpt_path:
         os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+        for stale in glob.glob(glob.escape(ckpt_path) + ".tmp*"):  # left by a task killed mid-write
+            with contextlib.suppress(OSError):
+                os.remove(stale)
         ckpt = _load_checkpoint(ckpt_path, fingerprint, device)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])

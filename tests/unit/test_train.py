@@ -134,7 +134,7 @@ def test_train_vae_script_kill_and_resume(tmp_path):
     """A SIGKILLed training task rerun with the same command resumes and ends bit-identical."""
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
-    epochs = 16
+    epochs = 10
     common = ["--input", str(model_input), "--hidden_size", str(LATENT), "--batch_size", "100",
               "--epoch_num", str(epochs), "--patience", "1000", "--seed", "3", "--device", "cpu",
               "--checkpoint_every", "2", "--log_every", "5"]
@@ -170,13 +170,17 @@ def test_train_vae_script_kill_and_resume(tmp_path):
     assert pd.read_csv(ref_dir / "loss_history.csv").equals(pd.read_csv(out_dir / "loss_history.csv"))
 
 
-def test_train_vae_script_bad_device_is_one_line(tmp_path):
-    model_input = tmp_path / "model_input.h5ad"
-    _write_model_input(model_input)
+def test_train_vae_script_bad_device_is_one_line(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    res = subprocess.run([sys.executable, str(BIN / "train_vae.py"), "--input", str(model_input), "--device", "cuda",
-                          "--outdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
+    from b2s.errors import run_cli
+
+    model_input = tmp_path / "model_input.h5ad"
+    _write_model_input(model_input)
+    script = _load_script("train_vae")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: script.main(["--input", str(model_input), "--device", "cuda", "--outdir", str(tmp_path)]))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: --device cuda") and "--device cpu" in lines[0]
+    assert not (tmp_path / "vae.pth").exists()

@@ -1,0 +1,154 @@
+"""REPORT: the self-contained HTML page (b2s.report, bin/make_report.py)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from b2s import plots
+from b2s.errors import InputError
+from b2s.report import build_report, discover_groups
+
+BIN = Path(__file__).resolve().parents[2] / "bin"
+TYPES = ["B", "NK", "T"]
+GROUPS = ["ctrl", "treated.v2", "T&<x>"]  # a dot and HTML-special characters in group names
+
+
+def _write_run(d: Path, with_training: bool = True) -> None:
+    """A miniature set of stage outputs as the pipeline stages them into one folder."""
+    rng = np.random.default_rng(0)
+    frac = pd.DataFrame(rng.dirichlet(np.ones(3), len(GROUPS)), columns=TYPES,
+                        index=pd.Index(GROUPS, name="group"))
+    frac.to_csv(d / "fractions.csv")
+    plots.plot_fractions(frac, str(d / "fractions_barplot.png"))
+    rows = [{"group": g, "celltype": t, "fraction": frac.loc[g, t], "n_cells": 10 + i}
+            for g in GROUPS for i, t in enumerate(TYPES)]
+    pd.DataFrame(rows).to_csv(d / "cell_targets.csv", index=False)
+    (d / "fractions_summary.json").write_text(json.dumps({"params": {"method": "nnls"}}))
+    if with_training:
+        hist = pd.DataFrame({"epoch": [1, 2, 3], "loss": [3.0, 2.0, 2.5], "recon": [2.5, 1.8, 2.2],
+                             "kl": [0.5, 0.2, 0.3]})
+        plots.plot_loss(hist, str(d / "loss_plot.png"))
+        (d / "train_summary.json").write_text(json.dumps(
+            {"device": "cpu", "epochs_run": 3, "best_epoch": 2, "best_loss": 2.0, "seconds": 1.5,
+             "params": {"seed": 1}}))
+    for g in GROUPS[:2]:  # full QC outputs for two groups
+        props = pd.DataFrame({"n_reference": [5, 5, 10], "n_target": [10, 11, 12],
+                              "n_generated": [10, 11, 12], "n_filtered": [10, 0, 12]},
+                             index=pd.Index(TYPES, name="celltype"))
+        for s in ("reference", "target", "generated", "filtered"):
+            props[s] = props[f"n_{s}"] / props[f"n_{s}"].sum()
+        props.to_csv(d / f"{g}.cellprop.csv")
+        plots.plot_cellprop(props, str(d / f"{g}.cellprop.png"))
+        corr = pd.DataFrame([[0.98, 0.4], [0.3, 0.5], [0.5, 0.97]], index=TYPES,
+                            columns=["B", "T"])
+        plots.plot_correlation(corr, str(d / f"{g}.correlation.png"))
+        pd.DataFrame({"celltype": TYPES, "pearson_r": [0.98, np.nan, 0.97],
+                      "n_markers": [40, 40, 40],
+                      "note": ["", "absent from generated cells", ""]}).to_csv(
+            d / f"{g}.correlation.csv", index=False)
+        plots.plot_embedding(rng.normal(size=(60, 2)), rng.choice(TYPES, 60),
+                             str(d / f"{g}.mde.png"), "MDE")
+        (d / f"{g}.metrics.json").write_text(json.dumps(
+            {"group": g, "n_target": 33, "n_generated": 33, "n_filtered": 22,
+             "fraction_kept": 0.667, "marker_r_mean": 0.975, "marker_r_min": 0.97,
+             "proportion_l1": {"target_vs_filtered": 0.33}, "params": {"seed": 1}}))
+    # the third group only got through FILTER: its section must still appear
+    (d / f"{GROUPS[2]}.filter_summary.json").write_text(json.dumps(
+        {"n_cells_in": 33, "n_cells_out": 33, "notes": ["only 33 cells: clustering skipped"],
+         "params": {"leiden_size": 50}}))
+
+
+def _images(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def test_report_sections_and_embedded_images(tmp_path):
+    _write_run(tmp_path)
+    versions = tmp_path / "versions.yml"
+    versions.write_text('"B2S:QC":\n    python: 3.11.9\n    scanpy: 1.11.5\n'
+                        '"B2S:FILTER":\n    python: 3.11.9\n')
+    out = tmp_path / "report" / "bulk2single_report.html"
+    build_report(str(tmp_path), str(out), {"seed": 7, "method": "nnls"}, str(versions))
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    for g in GROUPS:
+        assert f">Group {__import__('html').escape(g)}</h2>" in text, g
+    assert "T&amp;&lt;x&gt;" in text and "T&<x>" not in text  # escaped, never raw
+    imgs = _images(text)
+    # fractions + loss + 4 per complete group (cellprop, correlation, MDE)
+    assert len(imgs) == 2 + 3 * 2
+    assert all(i[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    # no external resources of any kind
+    assert not re.search(r"https?://|src=\"(?!data:)|<link|<script|@import", text)
+    assert "scanpy" in text and "1.11.5" in text and "nnls" in text
+    assert "best_epoch" in text and "absent from generated cells" in text
+    assert "only 33 cells: clustering skipped" in text
+    assert "fractions.csv" in text  # file index
+
+
+def test_report_tolerates_missing_training_and_versions(tmp_path):
+    _write_run(tmp_path, with_training=False)
+    out = tmp_path / "r.html"
+    build_report(str(tmp_path), str(out), {"vae_weights": "pre.pth"}, None)
+    text = out.read_text()
+    assert "--vae_weights" in text and "versions.yml not available" in text
+    assert len(_images(text)) == 1 + 3 * 2
+
+
+def test_report_on_empty_folder(tmp_path):
+    out = tmp_path / "r.html"
+    (tmp_path / "in").mkdir()
+    build_report(str(tmp_path / "in"), str(out), {}, None)
+    text = out.read_text()
+    assert "No per-group outputs were found" in text and "fractions.csv not found" in text
+
+
+def test_discover_groups_follows_fraction_order(tmp_path):
+    _write_run(tmp_path)
+    files = {p.name: p for p in tmp_path.iterdir()}
+    assert discover_groups(files) == GROUPS
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_report_script", BIN / "make_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_report_script(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write_run(inputs)
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"outdir": "results", "leiden_size": 25}))
+    script = _script()
+    script.main(["--inputs", str(inputs), "--params", str(params), "--outdir", str(tmp_path / "o")])
+    text = (tmp_path / "o" / "bulk2single_report.html").read_text()
+    assert "leiden_size" in text and ">Group ctrl</h2>" in text
+    params.write_text("{not json")
+    with pytest.raises(InputError, match="--params .* is not valid JSON"):
+        script.main(["--inputs", str(inputs), "--params", str(params)])
+    with pytest.raises(InputError, match="--inputs .* is not a folder"):
+        script.main(["--inputs", str(tmp_path / "missing")])
+
+
+def test_report_with_stub_files(tmp_path):
+    """`-stub` runs stage empty files: the page notes them instead of embedding broken images."""
+    (tmp_path / "G.cellprop.png").write_bytes(b"")
+    (tmp_path / "G.cellprop.csv").write_text("")
+    (tmp_path / "G.metrics.json").write_text("{}")
+    (tmp_path / "sample_fractions.csv").write_text("sample,B,T\ns1,0.25,0.75\n")
+    out = tmp_path / "r.html"
+    build_report(str(tmp_path), str(out), {}, None)
+    text = out.read_text()
+    assert ">Group G</h2>" in text and "G.cellprop.png is empty or not a PNG" in text
+    assert "data:image" not in text and "sample_fractions.csv" in text and "0.75" in text
