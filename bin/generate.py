@@ -11,11 +11,6 @@ import argparse
 import json
 import os
 
-# Before torch loads OpenMP: threads that sleep instead of spinning while waiting. On a shared or
-# CPU-quota'd node (other tasks, containers with --cpus) spinning threads made training up to
-# 10x slower in our measurements; on an idle node the cost is negligible.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import pandas as pd
 
 from b2s.errors import InputError, run_cli

@@ -12,11 +12,6 @@ import argparse
 import json
 import os
 
-# Before torch loads OpenMP: threads that sleep instead of spinning while waiting. On a shared or
-# CPU-quota'd node (other tasks, containers with --cpus) spinning threads made training up to
-# 10x slower in our measurements; on an idle node the cost is negligible.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
 
 import b2s.train as btrain

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
+import importlib.util
+from pathlib import Path
 
-# OpenMP threads sleep instead of spinning (must precede the first torch import; see bin/train_vae.py)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
 
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import anndata  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-import torch  # noqa: E402
-
-from b2s.errors import InputError  # noqa: E402
-from b2s.generate import generate_cells  # noqa: E402
-from b2s.vae import BetaVAE  # noqa: E402
+from b2s.errors import InputError
+from b2s.generate import generate_cells
+from b2s.vae import BetaVAE
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_GENES, LATENT = 50, 8

@@ -66,6 +66,7 @@ def pbmc_counts() -> ad.AnnData:
                       var=pd.DataFrame(index=a.raw.var_names))
 
 
+@pytest.mark.filterwarnings("ignore:Some cells have zero counts")
 @pytest.mark.parametrize("as_sparse", [True, False])
 def test_normalize_single_matches_scanpy(pbmc_counts, as_sparse):
     a = pbmc_counts.copy()

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads sleep instead of spinning (must precede the first torch import; see bin/train_vae.py)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
 
-import anndata  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-import torch  # noqa: E402
-
-from b2s.errors import InputError  # noqa: E402
-from b2s.train import TrainConfig, resolve_device, train_vae  # noqa: E402
+from b2s.errors import InputError
+from b2s.train import TrainConfig, resolve_device, train_vae
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_CELLS, N_GENES, LATENT = 200, 100, 16

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads sleep instead of spinning (must precede the first torch import; see bin/train_vae.py)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import importlib.util
 
-import importlib.util  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from b2s.errors import InputError  # noqa: E402
-from b2s.vae import BetaVAE, kl_term, load_weights, vae_loss  # noqa: E402
+from b2s.errors import InputError
+from b2s.vae import BetaVAE, kl_term, load_weights, vae_loss
 
 N_GENES, LATENT = 100, 16
 
