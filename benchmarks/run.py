@@ -45,6 +45,11 @@ for _p in (ROOT / "bin", ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 DATA = ROOT / "assets" / "test_data"
+# Idle OpenMP threads sleep instead of spinning (as in tests/conftest.py): on a shared 2-core
+# machine spinning threads slow torch down many times. Set before any child imports torch; both
+# engines run with the same setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 # ----------------------------------------------------------------------------- child jobs
@@ -204,6 +209,7 @@ def machine_info() -> dict:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_GB": mem_gb,
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,

@@ -26,13 +26,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bulk", required=True, help="bulk_counts.tsv (genes x samples raw counts, first column gene)")
     p.add_argument("--groups", required=True, help="groups.csv (columns group,sample)")
     p.add_argument("--reference", required=True, help="reference.h5ad (raw counts, obs['celltype'])")
-    p.add_argument("--method", default=fr.DEFAULT_METHOD, choices=fr.METHODS,
-                   help=f"fraction estimator (default {fr.DEFAULT_METHOD})")
+    p.add_argument("--method", default=None, choices=fr.METHODS,
+                   help=f"fraction estimator (default {fr.DEFAULT_METHOD}; scaden with --engine omicverse, "
+                        "which offers scaden and tape)")
     p.add_argument("--scale_size", type=float, default=2.0, help="multiplier of the estimated total cell number")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--engine", default="native", choices=("native", "omicverse"))
     p.add_argument("--outdir", default=".")
     args = p.parse_args(argv)
+    if args.method is None:
+        args.method = "scaden" if args.engine == "omicverse" else fr.DEFAULT_METHOD
     if args.scale_size <= 0:
         raise InputError(f"--scale_size {args.scale_size} must be > 0; use e.g. 2 (omicverse's default)")
     return args

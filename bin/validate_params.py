@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import jsonschema  # noqa: F401  (only to tell the caller that validation is impossible here)
     except ImportError:
-        print("WARN: python3 on this machine has no jsonschema module; parameter validation skipped",
+        print("jsonschema is not installed for this python3: parameters not validated",
               file=sys.stderr)
         sys.exit(EXIT_NO_JSONSCHEMA)
 

@@ -34,6 +34,10 @@ _TYPE_WORDS = {
     "object": "an object",
     "array": "a list",
 }
+# Which problem of one parameter to report first (sorted() is stable for the rest).
+_PRIORITY = {k: i for i, k in enumerate(
+    ["required", "type", "enum", "pattern", "format", "minimum", "exclusiveMinimum", "maximum",
+     "exclusiveMaximum", "minLength", "maxLength", "exists"])}
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -277,7 +281,10 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
     values = coerce_params({k: v for k, v in params.items() if k in props}, props)
 
     errors: dict[str, str] = {}
-    for err in _collect_errors(make_validator(schema), values):
+    # One line per parameter: its most telling problem (a wrong type before a missing file).
+    leaves = sorted(_collect_errors(make_validator(schema), values),
+                    key=lambda e: _PRIORITY.get(e.validator, len(_PRIORITY)))
+    for err in leaves:
         if err.validator == "required":
             for name in err.validator_value:
                 if name not in values and name not in errors:
@@ -285,7 +292,7 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
                     errors[name] = f"--{name}: required but not given ({desc.rstrip('.')}) {SEE_HELP}"
             continue
         name = str(err.path[0]) if err.path else ""
-        if name in errors:  # one line per parameter: the first problem is enough to fix
+        if name in errors:
             continue
         shown = f"--{name} {format_value(err.instance)}" if name else "parameters"
         errors[name] = f"{shown}: {_error_text(err, props.get(name, {}))} {SEE_HELP}"
