@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of the pipeline's native engine and omicverse 2.3.2 on the bundled data.
 
-    .venv/bin/python benchmarks/run.py            # full (about 30-60 min on 2 shared cores)
+    .venv/bin/python benchmarks/run.py            # full (about 20 min on 2 shared cores)
     .venv/bin/python benchmarks/run.py --quick    # short smoke run (numbers not representative)
 
 Every measured unit runs in its own fresh process (multiprocessing ``spawn``, one task per
