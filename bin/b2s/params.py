@@ -308,6 +308,9 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
     if values.get("samplesheet") and values.get("bulk_group"):
         res.errors.append("--samplesheet and --bulk_group were both given: pass only one "
                           f"(the samplesheet can hold many groups) {SEE_HELP}")
+    if values.get("engine") == "omicverse" and values.get("fraction_method") == "nnls":
+        res.errors.append("--fraction_method nnls is not part of omicverse: with --engine omicverse use "
+                          f"scaden (its default, also what an unset --fraction_method gives) or tape {SEE_HELP}")
     return res
 
 

@@ -153,3 +153,21 @@ def test_bad_parameter_stops_before_any_task(tmp_path):
     assert res.returncode != 0
     assert res.submitted() == []
     assert any("epoch_num" in line for line in _error_lines(res.output)), res.output[-3000:]
+
+
+def test_omicverse_engine_runs_the_seed_calls_end_to_end(tmp_path):
+    """--engine omicverse: omicverse's own Scaden, trainer, generator and filter on the bundled data."""
+    res = nextflow_run(tmp_path, "-profile", "test", "--engine", "omicverse", "--epoch_num", "20")
+    assert res.returncode == 0, res.output[-4000:]
+    summary = json.loads((res.outdir / "estimate_fractions" / "fractions_summary.json").read_text())
+    assert summary["engine"] == "omicverse" and summary["method"] == "scaden"
+    fracs = pd.read_csv(res.outdir / "estimate_fractions" / "fractions.csv", index_col=0)
+    np.testing.assert_allclose(fracs.sum(axis=1), 1.0, atol=1e-6)
+    targets = pd.read_csv(res.outdir / "estimate_fractions" / "cell_targets.csv")
+    for group in GROUPS:
+        gen = ad.read_h5ad(res.outdir / "generate" / f"{group}.generated.h5ad")
+        want = targets[targets["group"] == group].set_index("celltype")["n_cells"]
+        assert gen.n_obs == want.sum()
+        filt = ad.read_h5ad(res.outdir / "filter" / f"{group}.filtered.h5ad")
+        assert filt.n_obs <= gen.n_obs and "X_pca" in filt.obsm
+    assert (res.outdir / "report" / "bulk2single_report.html").exists()

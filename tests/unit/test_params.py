@@ -206,6 +206,13 @@ def test_samplesheet_and_bulk_group_are_exclusive(schema):
     assert len(res.errors) == 1 and "pass only one" in res.errors[0]
 
 
+def test_nnls_is_refused_with_the_omicverse_engine(schema):
+    res = bp.validate_params(good_params(engine="omicverse", fraction_method="nnls"), schema, schema_dir=REPO)
+    assert len(res.errors) == 1 and "--fraction_method nnls" in res.errors[0] and "scaden" in res.errors[0]
+    for ok in ({"engine": "omicverse"}, {"engine": "omicverse", "fraction_method": "tape"}, {"fraction_method": "nnls"}):
+        assert bp.validate_params(good_params(**ok), schema, schema_dir=REPO).ok, ok
+
+
 # --------------------------------------------------------------------------------------------
 # samplesheet
 # --------------------------------------------------------------------------------------------
