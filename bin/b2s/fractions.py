@@ -33,7 +33,11 @@ mean over estimator seeds 1-3, wall seconds of the call on a shared 2-core machi
     nnls (default)            0.911  0.0298  0.890 0.02   0.755  0.0585  0.752 0.2
     tape                      0.814  0.0329  0.809 ~10    0.698  0.0634  0.687 ~8
     scaden                    0.844  0.0304  0.840 ~14    0.718  0.0606  0.664 ~13
-    omicverse scaden (2.3.2)  OV_SMALL                    OV_BENCH
+    omicverse scaden (2.3.2)  0.265  0.0880  0.245 1527   0.636  0.1035  0.581 412
+
+(omicverse: ``Bulk2Single(...).predicted_fraction()`` defaults through b2s.omicverse_engine,
+seed 42, one run each; its time is dominated by training 3 x 128 epochs and was inflated by
+machine load for the 6-sample run, but is minutes even on an idle machine.)
 
 On a second simulation (held-out halves of pbmc68k_reduced, 300 cells per sample, no gene
 noise) nnls reached r 0.909 / 0.936 (6 / 24 samples), scaden 0.925 / 0.916, tape 0.923 / 0.888.
