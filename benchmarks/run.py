@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 for _p in (ROOT / "bin", ROOT / "benchmarks"):
     if str(_p) not in sys.path:
@@ -101,8 +103,8 @@ def job_fractions(engine: str, method: str, data: str, seed: int, kw: dict) -> d
     return {**acc, "seconds": seconds, "memory": meter.close(), "torch_threads": threads}
 
 
-def job_train(engine: str, data: str, epochs: int, seed: int) -> dict:
-    """Train the VAE for exactly ``epochs`` epochs on the bundled model input."""
+def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto") -> dict:
+    """Train the VAE for exactly ``epochs`` epochs on the bundled model input (``amp``: ours only)."""
     from b2s import io, preprocess
     from b2s.train import TrainConfig
     from memory import StageMemory
@@ -119,7 +121,7 @@ def job_train(engine: str, data: str, epochs: int, seed: int) -> dict:
     ref = io.read_reference(d / "reference.h5ad", "celltype")
     mi = preprocess.model_input(ref, bulk.index)
     cfg = TrainConfig(epoch_num=epochs, patience=epochs, seed=seed, device="cpu", batch_size=512,
-                      log_every=max(1, epochs // 4), checkpoint_every=epochs)
+                      log_every=max(1, epochs // 4), checkpoint_every=epochs, amp=amp)
     meter = StageMemory()
     with meter.stage("train"):
         res = train_vae(mi.X if engine == "native" else mi, cfg)
@@ -127,6 +129,7 @@ def job_train(engine: str, data: str, epochs: int, seed: int) -> dict:
             "s_per_epoch": res.seconds / max(1, res.epochs_run),
             "final_loss": float(res.history["loss"].iloc[-1]), "best_loss": res.best_loss,
             "n_cells": int(mi.n_obs), "n_genes": int(mi.n_vars), "device": res.device,
+            "precision": res.extra.get("precision", "fp32"),
             "memory": meter.close(), "torch_threads": threads}
 
 
@@ -278,19 +281,33 @@ def main(argv: list[str] | None = None) -> dict:
                 "speedup": _r(o["seconds"] / d["seconds"] if d["seconds"] else None, 2)}
 
     if "train" not in skip:
-        tr = {}
-        for engine in ("native", "omicverse"):
-            print(f"[train] {engine}: {train_epochs} epochs ...", flush=True)
-            tr[engine] = run_isolated("train", logs / f"train_{engine}.log", engine=engine, data=args.data,
-                                      epochs=train_epochs, seed=args.seed)
-            print(f"[train] {engine}: {tr[engine]['s_per_epoch']:.4f} s/epoch, final loss "
-                  f"{tr[engine]['final_loss']:.5f}", flush=True)
-        n, o = tr["native"], tr["omicverse"]
+        # Several seeds: at a fixed epoch count the final loss of either trainer moves by a few %
+        # with the initial weights, so one seed cannot show whether the two losses agree.
+        seeds = [args.seed] if args.quick else [args.seed + i for i in range(3)]
+        variants = [("native", "native", "auto"), ("native_fp32", "native", "off"), ("omicverse", "omicverse", "auto")]
+        tr: dict[str, dict[str, Any]] = {}
+        for key, engine, amp in variants:
+            runs = []
+            for seed in seeds:
+                print(f"[train] {key}: {train_epochs} epochs, seed {seed} ...", flush=True)
+                runs.append(run_isolated("train", logs / f"train_{key}_{seed}.log", engine=engine, data=args.data,
+                                         epochs=train_epochs, seed=seed, amp=amp))
+                print(f"[train] {key}: {runs[-1]['s_per_epoch']:.4f} s/epoch, final loss "
+                      f"{runs[-1]['final_loss']:.5f}", flush=True)
+            tr[key] = {**runs[0], "s_per_epoch": float(np.mean([r["s_per_epoch"] for r in runs])),
+                       "final_loss": float(np.mean([r["final_loss"] for r in runs])),
+                       "final_losses": [_r(r["final_loss"], 6) for r in runs]}
+        n, f32, o = tr["native"], tr["native_fp32"], tr["omicverse"]
         result["train"] = {
             "ours_s_per_epoch": _r(n["s_per_epoch"], 5), "omicverse_s_per_epoch": _r(o["s_per_epoch"], 5),
             "speedup": _r(o["s_per_epoch"] / n["s_per_epoch"], 3),
             "ours_final_loss": _r(n["final_loss"], 6), "omicverse_final_loss": _r(o["final_loss"], 6),
             "final_loss_rel_diff": _r((n["final_loss"] - o["final_loss"]) / o["final_loss"], 5),
+            "ours_precision": "bf16 autocast" if n["precision"] != "fp32" else "fp32",
+            "ours_fp32_s_per_epoch": _r(f32["s_per_epoch"], 5),
+            "speedup_fp32": _r(o["s_per_epoch"] / f32["s_per_epoch"], 3),
+            "ours_fp32_final_loss": _r(f32["final_loss"], 6),
+            "seeds": seeds, "final_losses": {k: v["final_losses"] for k, v in tr.items()},
             "epochs": train_epochs, "batch_size": 512, "n_cells": n["n_cells"], "n_genes": n["n_genes"],
             "device": n["device"], "torch_threads": n["torch_threads"],
             "ours_peak_MB": n["memory"]["stages"]["train"]["peak_MB"],
@@ -352,9 +369,12 @@ def print_table(res: dict) -> None:
         t = res["train"]
         print(f"\ntrain ({t['epochs']} epochs, {t['n_cells']} cells x {t['n_genes']} genes, batch 512, {t['device']})")
         print(f"{'':<12}{'s/epoch':>10}{'final loss':>12}{'peak MB':>9}")
-        print(f"{'ours':<12}{t['ours_s_per_epoch']:>10.4f}{t['ours_final_loss']:>12.5f}{t['ours_peak_MB']:>9.0f}")
+        print(f"{'ours':<12}{t['ours_s_per_epoch']:>10.4f}{t['ours_final_loss']:>12.5f}{t['ours_peak_MB']:>9.0f}"
+              f"  ({t['ours_precision']})")
+        print(f"{'ours fp32':<12}{t['ours_fp32_s_per_epoch']:>10.4f}{t['ours_fp32_final_loss']:>12.5f}")
         print(f"{'omicverse':<12}{t['omicverse_s_per_epoch']:>10.4f}{t['omicverse_final_loss']:>12.5f}{t['omicverse_peak_MB']:>9.0f}")
-        print(f"speedup {t['speedup']:.2f}x, final loss difference {100 * t['final_loss_rel_diff']:+.2f}%")
+        print(f"speedup {t['speedup']:.2f}x ({t['speedup_fp32']:.2f}x in fp32), final loss difference "
+              f"{100 * t['final_loss_rel_diff']:+.2f}% (mean over seeds {t['seeds']})")
     if "end_to_end" in res:
         e = res["end_to_end"]
         print(f"\nend to end ({e['epochs']} epochs, groups {', '.join(e['groups'])}; seconds without imports)")

@@ -11,12 +11,9 @@ import argparse
 import time
 from pathlib import Path
 
-import anndata
-import pandas as pd
-
 from b2s import fractions as fr
 from b2s.errors import InputError, run_cli
-from b2s.io import params_from_args, write_json
+from b2s.io import params_from_args, read_prepared, write_json
 from b2s.plots import plot_fractions
 
 
@@ -47,14 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     params = params_from_args(args)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    bulk = pd.read_csv(args.bulk, sep="\t", index_col=0)
-    bulk.index = bulk.index.astype(str)
-    bulk.columns = bulk.columns.astype(str)
-    groups = pd.read_csv(args.groups, dtype=str)
-    if not {"group", "sample"} <= set(groups.columns):
-        raise InputError(f"--groups {args.groups}: needs columns group,sample (found: {', '.join(groups.columns)}); "
-                         "use the groups.csv written by PREPARE_INPUTS")
-    reference = anndata.read_h5ad(args.reference)
+    bulk, groups, reference = read_prepared(args.bulk, args.groups, args.reference)
     print(f"estimating fractions: {bulk.shape[1]} samples, {reference.n_obs} reference cells, "
           f"method {args.method}, engine {args.engine}", flush=True)
     t0 = time.perf_counter()

@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import anndata
-import pandas as pd
-
 from b2s import preprocess as pp
-from b2s.errors import InputError, run_cli
-from b2s.io import params_from_args, write_h5ad, write_json
+from b2s.errors import run_cli
+from b2s.io import params_from_args, read_prepared, write_h5ad, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,14 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     params = params_from_args(args)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    bulk = pd.read_csv(args.bulk, sep="\t", index_col=0)
-    bulk.index = bulk.index.astype(str)
-    bulk.columns = bulk.columns.astype(str)
-    groups = pd.read_csv(args.groups, dtype=str)
-    if not {"group", "sample"} <= set(groups.columns):
-        raise InputError(f"--groups {args.groups}: needs columns group,sample (found: {', '.join(groups.columns)}); "
-                         "use the groups.csv written by PREPARE_INPUTS")
-    reference = anndata.read_h5ad(args.reference)
+    bulk, groups, reference = read_prepared(args.bulk, args.groups, args.reference)
     print(f"preprocessing: {bulk.shape[0]} bulk genes x {bulk.shape[1]} samples, "
           f"reference {reference.n_obs} cells x {reference.n_vars} genes", flush=True)
     profiles = pp.bulk_group_profiles(bulk, groups)

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint_dir", default=None, help="folder for vae_checkpoint.pt (resume); none = no checkpoints")
     p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
     p.add_argument("--log_every", type=int, default=d.log_every)
-    p.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16 autocast); mainly for CUDA")
+    p.add_argument("--amp", choices=btrain.AMP_CHOICES, default=d.amp,
+                   help="mixed precision: auto = bf16 autocast where the hardware has native bf16, on, off (fp32)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
     return p.parse_args(argv)

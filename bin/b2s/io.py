@@ -627,6 +627,19 @@ def _atomic_write(path: Path, write) -> None:
             tmp.unlink()
 
 
+def read_prepared(bulk_path: str | os.PathLike, groups_path: str | os.PathLike,
+                  reference_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, ad.AnnData]:
+    """Read the files PREPARE_INPUTS wrote (already validated): bulk counts, groups, reference."""
+    bulk = pd.read_csv(bulk_path, sep="\t", index_col=0)
+    bulk.index = bulk.index.astype(str)
+    bulk.columns = bulk.columns.astype(str)
+    groups = pd.read_csv(groups_path, dtype=str)
+    if not {"group", "sample"} <= set(groups.columns):
+        raise InputError(f"--groups {groups_path}: needs columns group,sample (found: {', '.join(groups.columns)}); "
+                         "use the groups.csv written by PREPARE_INPUTS")
+    return bulk, groups, ad.read_h5ad(reference_path)
+
+
 def params_from_args(args: Any) -> dict[str, Any]:
     """An argparse Namespace (or mapping) as a JSON-ready params dict."""
     items = vars(args).items() if not isinstance(args, Mapping) else args.items()

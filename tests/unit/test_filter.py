@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import scipy.sparse as sp
 
 from b2s.errors import InputError
 from b2s.filter import filter_cells, filter_summary
+
+from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_OUTLIERS = 12
@@ -158,18 +159,12 @@ def test_bad_arguments(gen):
         filter_cells(gen[:0].copy(), leiden_size=5)
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), BIN / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_filter_script(tmp_path, ref):
     gen = _generated(ref, 150, seed=9)
     src = tmp_path / "G1.generated.h5ad"
     gen.write_h5ad(src)
-    script = _script("filter_cells.py")
+    script = load_script("bin/filter_cells.py")
     script.main(["--input", str(src), "--leiden_size", "10", "--seed", "3", "--group", "G1",
                  "--outdir", str(tmp_path / "out")])
     out = ad.read_h5ad(tmp_path / "out" / "G1.filtered.h5ad")
@@ -186,7 +181,7 @@ def test_filter_script(tmp_path, ref):
 
 
 def test_filter_script_missing_input(tmp_path):
-    script = _script("filter_cells.py")
+    script = load_script("bin/filter_cells.py")
     with pytest.raises(InputError, match="does not exist"):
         script.main(["--input", str(tmp_path / "nope.h5ad"), "--group", "G",
                      "--outdir", str(tmp_path)])

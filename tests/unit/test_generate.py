@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import anndata
@@ -15,6 +14,8 @@ import torch
 from b2s.errors import InputError
 from b2s.generate import generate_cells
 from b2s.vae import BetaVAE
+
+from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_GENES, LATENT = 50, 8
@@ -84,12 +85,6 @@ def test_unknown_type_and_bad_weights(model, model_input):
         generate_cells(BetaVAE(60, LATENT).state_dict(), model_input, {"T": 1}, hidden_size=LATENT, device="cpu")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("script_generate", BIN / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_generate_script(tmp_path, model, model_input):
     mi, weights, targets = tmp_path / "model_input.h5ad", tmp_path / "vae.pth", tmp_path / "cell_targets.csv"
@@ -99,7 +94,7 @@ def test_generate_script(tmp_path, model, model_input):
         [("ctrl", "T", 0.5, 4), ("ctrl", "B", 0.5, 9), ("treat", "NK", 1.0, 3)],
         columns=["group", "celltype", "fraction", "n_cells"],
     ).to_csv(targets, index=False)
-    gen = _script()
+    gen = load_script("bin/generate.py")
     base = ["--input", str(mi), "--weights", str(weights), "--targets", str(targets),
             "--hidden_size", str(LATENT), "--device", "cpu", "--seed", "3", "--outdir", str(tmp_path)]
     gen.main(base + ["--group", "ctrl"])

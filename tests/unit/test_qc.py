@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import scipy.sparse as sp
 
 from b2s import qc
 from b2s.errors import InputError
+
+from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 
@@ -168,12 +169,6 @@ def test_read_targets_errors(tmp_path):
         qc.read_targets(str(p), "A")
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", "_script"), BIN / name)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_qc_script(tmp_path, ref):
     gen = _resampled(ref, 300, seed=2)
@@ -186,7 +181,7 @@ def test_qc_script(tmp_path, ref):
     pd.DataFrame({"group": "G", "celltype": counts.index, "fraction": counts / counts.sum(),
                   "n_cells": counts.values}).to_csv(tmp_path / "cell_targets.csv", index=False)
     out = tmp_path / "out"
-    _script("qc.py").main([
+    load_script("bin/qc.py").main([
         "--generated", str(tmp_path / "G.generated.h5ad"),
         "--filtered", str(tmp_path / "G.filtered.h5ad"),
         "--reference", str(tmp_path / "model_input.h5ad"),
@@ -207,7 +202,7 @@ def test_qc_script(tmp_path, ref):
     props = pd.read_csv(out / "G.cellprop.csv", index_col=0)
     assert props["filtered"].sum() == pytest.approx(1.0)
     with pytest.raises(InputError, match="--group 'X' is not in"):
-        _script("qc.py").main([
+        load_script("bin/qc.py").main([
             "--generated", str(tmp_path / "G.generated.h5ad"),
             "--filtered", str(tmp_path / "G.filtered.h5ad"),
             "--reference", str(tmp_path / "model_input.h5ad"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -15,6 +14,8 @@ import pytest
 from b2s import plots
 from b2s.errors import InputError
 from b2s.report import build_report, discover_groups
+
+from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 TYPES = ["B", "NK", "T"]
@@ -117,12 +118,6 @@ def test_discover_groups_follows_fraction_order(tmp_path):
     assert discover_groups(files) == GROUPS
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("make_report_script", BIN / "make_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_make_report_script(tmp_path):
     inputs = tmp_path / "in"
@@ -130,7 +125,7 @@ def test_make_report_script(tmp_path):
     _write_run(inputs)
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"outdir": "results", "leiden_size": 25}))
-    script = _script()
+    script = load_script("bin/make_report.py")
     script.main(["--inputs", str(inputs), "--params", str(params), "--outdir", str(tmp_path / "o")])
     text = (tmp_path / "o" / "bulk2single_report.html").read_text()
     assert "leiden_size" in text and ">Group ctrl</h2>" in text

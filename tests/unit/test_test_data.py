@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,22 +18,18 @@ if str(REPO / "bin") not in sys.path:
 
 import b2s.io as bio  # noqa: E402
 
+from tests.helpers import load_script
+
 FILES = ["reference.h5ad", "bulk_counts.tsv.gz", "samplesheet.csv", "truth_fractions.csv",
          "truth_group_fractions.csv", "gene_map.tsv", "bulk_counts_ids.tsv.gz", "bench_bulk_counts.tsv.gz",
          "bench_truth_fractions.csv", "README.md"]
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("make_test_data", REPO / "tools" / "make_test_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rebuilt")
-    _load_builder().build(out)
+    load_script("tools/make_test_data.py").build(out)
     return out
 
 

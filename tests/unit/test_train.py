@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +19,8 @@ import torch
 
 from b2s.errors import InputError
 from b2s.train import TrainConfig, resolve_device, train_vae
+
+from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_CELLS, N_GENES, LATENT = 200, 100, 16
@@ -120,12 +120,6 @@ def _write_model_input(path: Path) -> None:
     anndata.AnnData(X=_data(), obs=obs, var=var).write_h5ad(path)
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", BIN / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_train_vae_script_kill_and_resume(tmp_path):
     """A SIGKILLed training task rerun with the same command resumes and ends bit-identical."""
@@ -138,7 +132,7 @@ def test_train_vae_script_kill_and_resume(tmp_path):
 
     # uninterrupted reference run (same code path, in-process)
     ref_dir = tmp_path / "ref"
-    _load_script("train_vae").main(common + ["--outdir", str(ref_dir)])
+    load_script("bin/train_vae.py").main(common + ["--outdir", str(ref_dir)])
     summary = json.loads((ref_dir / "train_summary.json").read_text())
     assert summary["epochs_run"] == epochs and summary["device"] == "cpu" and summary["params"]["seed"] == 3
     assert (ref_dir / "loss_plot.png").stat().st_size > 0
@@ -174,10 +168,21 @@ def test_train_vae_script_bad_device_is_one_line(tmp_path, capsys):
 
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
-    script = _load_script("train_vae")
+    script = load_script("bin/train_vae.py")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: script.main(["--input", str(model_input), "--device", "cuda", "--outdir", str(tmp_path)]))
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: --device cuda") and "--device cpu" in lines[0]
     assert not (tmp_path / "vae.pth").exists()
+
+
+def test_amp_auto_follows_native_bf16_support():
+    from b2s.train import cpu_has_native_bf16, resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) is None
+    assert resolve_amp("on", cpu) is torch.bfloat16
+    assert resolve_amp("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(InputError, match="--amp"):
+        TrainConfig(amp="fast").validate()
