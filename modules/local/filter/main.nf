@@ -18,13 +18,13 @@ process FILTER {
         --group '${meta.id}' \\
         ${args} \\
         --outdir .
-    b2s_versions.py "${task.process}" scanpy leidenalg igraph > versions.yml
+    b2s_versions.py "${task.process}" scanpy leidenalg umap-learn > versions.yml
     """
 
     stub:
     """
     touch '${meta.id}.filtered.h5ad'
     echo '{}' > '${meta.id}.filter_summary.json'
-    b2s_versions.py "${task.process}" scanpy leidenalg igraph > versions.yml
+    b2s_versions.py "${task.process}" scanpy leidenalg umap-learn > versions.yml
     """
 }
