@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import scipy.sparse as sp
 
 from b2s.errors import InputError
 from b2s.filter import filter_cells, filter_summary
 
-from tests.helpers import load_script
+from tests.helpers import load_script, pbmc_model_input
 
-BIN = Path(__file__).resolve().parents[2] / "bin"
 N_OUTLIERS = 12
-
-
-def _reference() -> ad.AnnData:
-    """pbmc68k_reduced as a model-input-like AnnData (log-normalised CSR, obs['celltype'])."""
-    pb = sc.datasets.pbmc68k_reduced()
-    return ad.AnnData(
-        X=sp.csr_matrix(pb.raw.X, dtype=np.float32),
-        obs=pd.DataFrame({"celltype": pd.Categorical(pb.obs["bulk_labels"].astype(str))},
-                         index=pb.obs_names.copy()),
-        var=pd.DataFrame(index=pb.raw.var_names.copy()),
-    )
 
 
 def _generated(ref: ad.AnnData, n: int, seed: int, n_outliers: int = 0) -> ad.AnnData:
@@ -55,7 +41,7 @@ def _generated(ref: ad.AnnData, n: int, seed: int, n_outliers: int = 0) -> ad.An
 
 @pytest.fixture(scope="module")
 def ref() -> ad.AnnData:
-    return _reference()
+    return pbmc_model_input()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +143,6 @@ def test_bad_arguments(gen):
         filter_cells(gen, leiden_size=0)
     with pytest.raises(InputError, match="0 cells"):
         filter_cells(gen[:0].copy(), leiden_size=5)
-
 
 
 def test_filter_script(tmp_path, ref):

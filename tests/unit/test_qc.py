@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import scipy.sparse as sp
 
 from b2s import qc
 from b2s.errors import InputError
 
-from tests.helpers import load_script
-
-BIN = Path(__file__).resolve().parents[2] / "bin"
+from tests.helpers import load_script, pbmc_model_input
 
 
 @pytest.fixture(scope="module")
 def ref() -> ad.AnnData:
-    """pbmc68k_reduced as model input: log-normalised CSR X, obs['celltype'] = bulk_labels."""
-    pb = sc.datasets.pbmc68k_reduced()
-    return ad.AnnData(
-        X=sp.csr_matrix(pb.raw.X, dtype=np.float32),
-        obs=pd.DataFrame({"celltype": pd.Categorical(pb.obs["bulk_labels"].astype(str))},
-                         index=pb.obs_names.copy()),
-        var=pd.DataFrame(index=pb.raw.var_names.copy()),
-    )
+    """pbmc68k_reduced as model input (tests.helpers.pbmc_model_input)."""
+    return pbmc_model_input()
 
 
 def _resampled(ref: ad.AnnData, n: int, seed: int) -> ad.AnnData:
@@ -167,7 +157,6 @@ def test_read_targets_errors(tmp_path):
     p.write_text("group,celltype\nA,T\n")
     with pytest.raises(InputError, match="lacks column"):
         qc.read_targets(str(p), "A")
-
 
 
 def test_qc_script(tmp_path, ref):
