@@ -64,6 +64,7 @@ def read_targets(path: str, group: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     """Generate the cells of one group and write ``<group>.generated.h5ad``."""
     args = parse_args(argv)
+    from b2s.generate import generate_cells, group_seed
     from b2s.train import read_model_input, resolve_device
     from b2s.vae import load_weights
 
@@ -79,17 +80,16 @@ def main(argv: list[str] | None = None) -> None:
             f"--input {args.input} obs['celltype'] (found: {', '.join(sorted(known))}); use files from the same run"
         )
     model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu")
-    kwargs = dict(hidden_size=args.hidden_size, seed=args.seed, device=str(device), batch_size=args.batch_size)
+    seed = group_seed(args.seed, args.group)
+    kwargs = dict(hidden_size=args.hidden_size, seed=seed, device=str(device), batch_size=args.batch_size)
     if args.engine == "omicverse":
         from b2s import omicverse_engine  # lazy: omicverse takes long to import
 
         adata = omicverse_engine.generate_cells(model.state_dict(), model_input, targets, **kwargs)
     else:
-        from b2s.generate import generate_cells
-
         adata = generate_cells(model, model_input, targets, **kwargs)
     adata.obs_names = [f"{args.group}_{name}" for name in adata.obs_names]
-    params = dict(vars(args))
+    params = dict(vars(args), generation_seed=seed)
     adata.uns["b2s"] = json.dumps(params)
     out = os.path.join(args.outdir, f"{args.group}.generated.h5ad")
     adata.write_h5ad(out + ".tmp.h5ad")

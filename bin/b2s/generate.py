@@ -9,6 +9,8 @@ and run in batches; the output stays sparse (the decoder's final ReLU gives exac
 
 from __future__ import annotations
 
+import zlib
+
 from collections.abc import Mapping
 
 import anndata
@@ -67,6 +69,16 @@ def _clean_targets(targets: Mapping[str, int], available: pd.Index) -> dict[str,
             f"(found: {', '.join(map(str, available))}); use targets and model input from the same run"
         )
     return out
+
+
+def group_seed(seed: int, group: str) -> int:
+    """The generation seed of one bulk group: ``seed`` offset by a stable hash of the group name.
+
+    Groups get independent sampling noise (with one shared seed, two groups with the same target
+    for a type would get the very same cells), and a group's cells do not depend on which other
+    groups are in the run.
+    """
+    return (int(seed) + zlib.crc32(str(group).encode("utf-8"))) % 2**32  # numpy seeds must be < 2**32
 
 
 def generate_cells(

@@ -117,3 +117,11 @@ def test_generate_script(tmp_path, model, model_input):
     pd.DataFrame([("ctrl", "Mono", 1.0, 2)], columns=["group", "celltype", "fraction", "n_cells"]).to_csv(targets, index=False)
     with pytest.raises(InputError, match=r"cell type\(s\) \['Mono'\] .* not in --input"):
         gen.main(base + ["--group", "ctrl"])
+
+
+def test_group_seed_is_stable_and_differs_between_groups():
+    from b2s.generate import group_seed
+
+    assert group_seed(42, "ctrl") == group_seed(42, "ctrl")
+    assert group_seed(42, "ctrl") != group_seed(42, "stim")
+    assert group_seed(42, "ctrl") != group_seed(43, "ctrl")
