@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 GROUP_SUFFIXES = (
@@ -33,22 +34,57 @@ body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;co
 header{background:#23395d;color:#fff;padding:18px 32px}
 header h1{margin:0 0 4px 0;font-size:1.6em}
 header p{margin:0;opacity:.85}
-main{padding:8px 32px 40px 32px;max-width:1200px}
-h2{border-bottom:2px solid #23395d;padding-bottom:4px;margin-top:36px}
+nav{position:sticky;top:0;z-index:5;background:#eef1f6;border-bottom:1px solid #cfd6e3;
+    padding:6px 32px;font-size:.92em}
+nav a{margin-right:14px;color:#23395d;text-decoration:none;white-space:nowrap}
+nav a:hover{text-decoration:underline}
+nav .sep{color:#99a;margin-right:14px}
+main{padding:8px 32px 40px 32px;max-width:1280px}
+h2{border-bottom:2px solid #23395d;padding-bottom:4px;margin-top:36px;scroll-margin-top:40px}
 h3{margin-top:24px;color:#23395d}
-nav ul{columns:3;list-style:none;padding-left:0}
+.tbl{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:8px 0 16px 0;font-size:.86em;background:#fff}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#eef1f6}
-td:first-child,th:first-child{text-align:left}
+caption{text-align:left;font-weight:600;color:#23395d;padding:2px 0}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+thead th{background:#eef1f6;vertical-align:bottom}
+tbody th{background:#f5f7fa;font-weight:600;min-width:9em;max-width:16em}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em;word-break:break-all}
+tr.total th,tr.total td{border-top:2px solid #999;font-weight:600}
 img{max-width:100%;border:1px solid #e3e3e3;background:#fff;margin:6px 0}
+img.wide{max-width:960px;width:100%}
 .note{color:#8a5a00;background:#fff6e0;border-left:4px solid #f0b400;padding:6px 10px}
 .muted{color:#777}
 .grid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
-.grid>div{flex:1 1 420px;min-width:320px}
+.grid>div{flex:1 1 440px;min-width:320px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.card{background:#fff;border:1px solid #dde3ec;border-radius:6px;padding:8px 14px;min-width:150px}
+.card .v{font-size:1.35em;font-weight:600;color:#23395d}
+.card .k{font-size:.8em;color:#666}
+.params{columns:2 420px}
+.params table{width:100%;break-inside:avoid;margin-top:0}
+.good{color:#1a7f37}.warn{color:#b35900}
 details{margin:6px 0}
 pre{background:#f1f1f1;padding:8px;overflow-x:auto;font-size:.8em}
 """
+
+# Human labels for summary keys; the raw key is kept as a tooltip (title) so it can be grepped.
+LABELS = {
+    "n_target": "target cells", "n_generated": "generated cells", "n_filtered": "cells kept",
+    "fraction_kept": "fraction kept", "marker_r_mean": "marker r (mean)",
+    "marker_r_median": "marker r (median)", "marker_r_min": "marker r (min)",
+    "marker_r_mean_unfiltered": "marker r (mean, before filter)", "n_markers": "marker genes",
+    "n_celltypes_reference": "cell types in reference",
+    "n_celltypes_generated": "cell types generated", "n_celltypes_filtered": "cell types kept",
+    "celltypes_without_r": "cell types without r", "n_cells_in": "cells in",
+    "n_cells_out": "cells out", "n_cells_removed": "cells removed", "n_hvg": "highly variable genes",
+    "n_pcs": "principal components", "n_clusters": "leiden clusters",
+    "dropped_clusters": "dropped clusters", "leiden_size": "min. cluster size (leiden_size)",
+    "device": "device", "epochs_run": "epochs run", "best_epoch": "best epoch",
+    "best_loss": "best loss", "seconds": "training time", "resumed_from": "resumed from",
+    "n_cells": "reference cells", "n_genes": "genes", "seconds_per_epoch": "time per epoch",
+    "precision": "precision", "threads": "CPU threads", "input_storage": "input storage",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,21 +98,51 @@ def _anchor(name: str) -> str:
     return "g-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
-def _fmt(v: Any) -> str:
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    """Plain-text rendering: integers with thousands separators, floats with ``digits``
+    significant decimals (never scientific notation for ordinary values), lists joined."""
     if v is None:
         return "NA"
     if isinstance(v, bool):
         return str(v)
-    if isinstance(v, float):
+    if isinstance(v, (np.integer, int)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
         if math.isnan(v):
             return "NA"
-        return f"{v:.4g}"
-    if isinstance(v, (dict, list)):
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) < 10 ** -digits:
+            return f"{v:.2g}"
+        return f"{v:.{digits}f}".rstrip("0").rstrip(".") if abs(v) >= 1 else f"{v:.{digits}f}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) if v else "none"
+    if isinstance(v, dict):
         return json.dumps(v, default=str)
     return str(v)
 
 
-def _img(path: Path | None, alt: str) -> str:
+def _pct(v: Any) -> str:
+    return "NA" if not _is_num(v) or math.isnan(float(v)) else f"{100 * float(v):.1f}%"
+
+
+def _secs(v: Any) -> str:
+    if not _is_num(v):
+        return _fmt(v)
+    s = float(v)
+    if s < 60:
+        return f"{s:.1f} s"
+    return f"{int(s // 60)} min {s % 60:.0f} s" if s < 3600 else f"{s / 3600:.1f} h"
+
+
+def _img(path: Path | None, alt: str, cls: str = "") -> str:
     """``<img>`` with the PNG embedded, or a note when the file is absent/unreadable."""
     if path is None:
         return f'<p class="note">{_esc(alt)}: plot not found.</p>'
@@ -87,21 +153,63 @@ def _img(path: Path | None, alt: str) -> str:
     if not raw.startswith(b"\x89PNG"):
         return f'<p class="note">{_esc(alt)}: {_esc(path.name)} is empty or not a PNG.</p>'
     data = base64.b64encode(raw).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+    c = f' class="{cls}"' if cls else ""
+    return f'<img{c} src="data:image/png;base64,{data}" alt="{_esc(alt)}" title="{_esc(alt)}">'
 
 
-def _kv_table(d: dict[str, Any], caption: str | None = None) -> str:
-    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>" for k, v in d.items())
+def _td(text: str, num: bool = False, cls: str = "") -> str:
+    classes = " ".join(c for c in ("num" if num else "", cls) if c)
+    return f"<td class='{classes}'>{text}</td>" if classes else f"<td>{text}</td>"
+
+
+def _kv_table(d: dict[str, Any], caption: str | None = None,
+              formatters: dict[str, Any] | None = None) -> str:
+    """Two-column table: human label (raw key as tooltip) and the formatted value."""
+    formatters = formatters or {}
+    rows = []
+    for k, v in d.items():
+        label = LABELS.get(k, k)
+        shown = formatters[k](v) if k in formatters else _fmt(v)
+        tip = f" title='{_esc(k)}'" if label != k else ""
+        rows.append(f"<tr><th{tip}>{_esc(label)}</th>{_td(_esc(shown), _is_num(v))}</tr>")
     cap = f"<caption>{_esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}{rows}</table>"
+    return f"<div class='tbl'><table>{cap}<tbody>{''.join(rows)}</tbody></table></div>"
 
 
-def _df_table(df: pd.DataFrame, index: bool = True, digits: int = 4) -> str:
-    def fmt(v: Any) -> str:
-        return _fmt(round(v, digits) if isinstance(v, float) and not math.isnan(v) else v)
+def _df_table(df: pd.DataFrame, index: bool = True, digits: int = 3,
+              index_label: str | None = None, total_row: str | None = None,
+              formatters: dict[str, Any] | None = None) -> str:
+    """Escaped HTML table: text left-aligned, numbers right-aligned with fixed decimals, the
+    index (row labels such as cell types) as a wrapped header column, no pandas multi-row header.
+    ``total_row`` names an index label rendered as a bold summary row."""
+    formatters = formatters or {}
 
-    return df.to_html(index=index, escape=True, na_rep="NA", border=0,
-                      formatters={c: fmt for c in df.columns})
+    def cell(col: Any, v: Any) -> str:
+        if col in formatters:
+            return _td(_esc(formatters[col](v)), True)
+        if _is_num(v) and not (isinstance(v, float) and math.isnan(v)):
+            if isinstance(v, (float, np.floating)) and not float(v).is_integer():
+                return _td(f"{float(v):.{digits}f}", True)
+            return _td(_esc(_fmt(v)), True)
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return _td("<span class='muted'>NA</span>", True)
+        return _td(_esc(v))
+
+    cols = list(df.columns)
+    num_cols = {c for c in cols if pd.api.types.is_numeric_dtype(df[c])}
+    head = ""
+    if index:
+        head += f"<th>{_esc(index_label if index_label is not None else (df.index.name or ''))}</th>"
+    head += "".join(f"<th class='num'>{_esc(c)}</th>" if c in num_cols else f"<th>{_esc(c)}</th>"
+                    for c in cols)
+    body = []
+    for idx, row in zip(df.index, df.itertuples(index=False, name=None)):
+        tr = " class='total'" if total_row is not None and idx == total_row else ""
+        cells = (f"<th>{_esc(idx)}</th>" if index else "") + "".join(
+            cell(c, v) for c, v in zip(cols, row))
+        body.append(f"<tr{tr}>{cells}</tr>")
+    return (f"<div class='tbl'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _read_json(path: Path | None) -> dict[str, Any] | None:
@@ -171,10 +279,25 @@ def _parse_versions(text: str) -> pd.DataFrame | None:
 # ----------------------------------------------------------------------------------------------
 # sections
 # ----------------------------------------------------------------------------------------------
-def _section_header(params: dict[str, Any], versions_yaml: str | None) -> str:
-    parts = ["<h2 id='run'>Run</h2>"]
+def _section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
+    """Run parameters and software versions (reference material: placed after the results)."""
+    parts = ["<h2 id='run'>Run parameters and software</h2>"]
     if params:
-        parts.append("<h3>Parameters</h3>" + _kv_table(dict(sorted(params.items()))))
+        items = sorted(params.items())
+        half = (len(items) + 1) // 2
+
+        def ptable(chunk: list[tuple[str, Any]]) -> str:
+            rows = []
+            for k, v in chunk:
+                text = _esc(_fmt(v))
+                path_like = isinstance(v, str) and ("/" in v or "\\" in v)
+                # values are heterogeneous (paths, flags, numbers): all left-aligned
+                rows.append(f"<tr><th>{_esc(k)}</th>"
+                            + _td(text, False, "path" if path_like else "") + "</tr>")
+            return f"<table><tbody>{''.join(rows)}</tbody></table>"
+
+        parts.append("<h3>Parameters</h3><div class='params'>" + ptable(items[:half])
+                     + ptable(items[half:]) + "</div>")
     else:
         parts.append('<p class="note">No run parameters were given.</p>')
     parts.append("<h3>Software versions</h3>")
@@ -194,14 +317,70 @@ def _section_header(params: dict[str, Any], versions_yaml: str | None) -> str:
     return "\n".join(parts)
 
 
+def _card(value: str, label: str) -> str:
+    return f"<div class='card'><div class='v'>{value}</div><div class='k'>{label}</div></div>"
+
+
+def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str, Any]) -> str:
+    """At-a-glance facts of the run, then one row per group linking to its section."""
+    parts = ["<h2 id='summary'>Summary</h2>"]
+    metrics = {g: _read_json(files.get(f"{g}.metrics.json")) or {} for g in groups}
+    filt = {g: _read_json(files.get(f"{g}.filter_summary.json")) or {} for g in groups}
+
+    def total(key: str, fkey: str) -> int | None:
+        vals = [metrics[g].get(key, filt[g].get(fkey)) for g in groups]
+        vals = [v for v in vals if _is_num(v)]
+        return int(sum(vals)) if vals else None
+
+    n_gen, n_kept = total("n_generated", "n_cells_in"), total("n_filtered", "n_cells_out")
+    rs = [metrics[g]["marker_r_mean"] for g in groups if _is_num(metrics[g].get("marker_r_mean"))]
+    train = _read_json(files.get("train_summary.json")) or {}
+    frac = _read_json(files.get("fractions_summary.json")) or {}
+    prep = _read_json(files.get("preprocess_summary.json")) or {}
+    fparams = frac.get("params") if isinstance(frac.get("params"), dict) else {}
+    method = frac.get("method") or fparams.get("method")
+    cards = [_card(_esc(len(groups)), "groups")]
+    if n_gen is not None:
+        cards.append(_card(_esc(_fmt(n_gen)), "cells generated"))
+    if n_kept is not None:
+        kept = f" ({_pct(n_kept / n_gen)})" if n_gen else ""
+        cards.append(_card(_esc(_fmt(n_kept) + kept), "cells kept after filtering"))
+    if rs:
+        cards.append(_card(_esc(f"{np.mean(rs):.3f}"), "marker r vs reference (mean over groups)"))
+    if train:
+        cards.append(_card(_esc(_fmt(train.get("device"))), "training device"))
+        ep = _fmt(train.get("epochs_run"))
+        if _is_num(train.get("best_epoch")):
+            ep += f" (best {_fmt(train['best_epoch'])})"
+        cards.append(_card(_esc(ep), "epochs"))
+    elif params.get("vae_weights"):
+        cards.append(_card("pretrained", "VAE weights (no training)"))
+    if method:
+        cards.append(_card(_esc(method), "fraction method"))
+    if _is_num(prep.get("n_cells")):
+        genes = prep.get("n_genes_shared")
+        cards.append(_card(_esc(_fmt(prep["n_cells"])),
+                           "reference cells" + (f" &middot; {_esc(_fmt(genes))} shared genes"
+                                                if _is_num(genes) else "")))
+    if "seed" in params:
+        cards.append(_card(_esc(_fmt(params["seed"])), "seed"))
+    parts.append("<div class='cards'>" + "".join(cards) + "</div>")
+    parts.append("<h3 id='groups'>Groups</h3>" + _overview(groups, files))
+    return "\n".join(parts)
+
+
 def _section_fractions(files: dict[str, Path]) -> str:
     parts = ["<h2 id='fractions'>Cell-type fractions</h2>"]
     summ = _read_json(files.get("fractions_summary.json"))
-    if summ and isinstance(summ.get("params"), dict) and "method" in summ["params"]:
-        parts.append(f"<p>Estimated with method <b>{_esc(summ['params']['method'])}</b>.</p>")
+    if summ:
+        sp = summ.get("params") if isinstance(summ.get("params"), dict) else {}
+        method = summ.get("method") or sp.get("method")
+        if method:
+            parts.append(f"<p>Estimated from the bulk profiles with method <b>{_esc(method)}</b>"
+                         "; values are fractions of cells (each group sums to 1).</p>")
     frac = _read_csv(files.get("fractions.csv"), index_col=0)
     parts.append("<div class='grid'><div>")
-    parts.append(_df_table(frac.T) if frac is not None
+    parts.append(_df_table(frac.T, index_label="cell type") if frac is not None
                  else '<p class="note">fractions.csv not found.</p>')
     parts.append("</div><div>")
     parts.append(_img(files.get("fractions_barplot.png"), "Estimated fractions per group"))
@@ -209,14 +388,17 @@ def _section_fractions(files: dict[str, Path]) -> str:
     samples = _read_csv(files.get("sample_fractions.csv"), index_col=0)
     if samples is not None and len(samples):
         parts.append("<details><summary>Fractions per sample (sample_fractions.csv)</summary>"
-                     + _df_table(samples) + "</details>")
+                     + _df_table(samples.T, index_label="cell type") + "</details>")
     targets = _read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
     if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
         pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
                                     aggfunc="sum", sort=False)
         pivot.loc["total"] = pivot.sum()
+        pivot.columns.name = None
         parts.append("<h3>Target cell numbers (cell_targets.csv)</h3>"
-                     + _df_table(pivot.astype("Int64")))
+                     "<p class='muted'>Cells to generate per cell type and group.</p>"
+                     + _df_table(pivot.astype("Int64"), index_label="cell type",
+                                 total_row="total"))
     return "\n".join(parts)
 
 
@@ -235,7 +417,15 @@ def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
         shown = {k: summ[k] for k in keys if k in summ}
         shown.update({k: v for k, v in summ.items()
                       if k not in shown and k != "params" and not isinstance(v, (dict, list))})
-        parts.append(_kv_table(shown))
+        extra = summ.get("extra")
+        if isinstance(extra, dict):
+            shown.update({k: v for k, v in extra.items()
+                          if k not in shown and not isinstance(v, (dict, list))})
+        fmts = {"seconds": _secs, "seconds_per_epoch": lambda v: (
+            f"{1000 * float(v):.0f} ms" if _is_num(v) and float(v) < 1 else _secs(v)),
+            "best_loss": lambda v: f"{float(v):.4f}" if _is_num(v) else _fmt(v),
+            "resumed_from": lambda v: "no (fresh start)" if v is None else _fmt(v)}
+        parts.append(_kv_table(shown, formatters=fmts))
     else:
         parts.append('<p class="note">train_summary.json not found.</p>')
     parts.append("</div><div>")
@@ -245,31 +435,84 @@ def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
 
 
 def _overview(groups: list[str], files: dict[str, Path]) -> str:
+    head = ["group", "target cells", "generated", "kept", "fraction kept", "marker r (mean)",
+            "marker r (min)", "L1 target vs kept proportions"]
     rows = []
     for g in groups:
         m = _read_json(files.get(f"{g}.metrics.json")) or {}
         f = _read_json(files.get(f"{g}.filter_summary.json")) or {}
         l1 = m.get("proportion_l1", {}) if isinstance(m.get("proportion_l1"), dict) else {}
-        rows.append({
-            "group": f'<a href="#{_anchor(g)}">{_esc(g)}</a>',
-            "target cells": _esc(_fmt(m.get("n_target"))),
-            "generated": _esc(_fmt(m.get("n_generated", f.get("n_cells_in")))),
-            "filtered": _esc(_fmt(m.get("n_filtered", f.get("n_cells_out")))),
-            "fraction kept": _esc(_fmt(m.get("fraction_kept", f.get("fraction_kept")))),
-            "mean marker r": _esc(_fmt(m.get("marker_r_mean"))),
-            "min marker r": _esc(_fmt(m.get("marker_r_min"))),
-            "L1 target vs filtered": _esc(_fmt(l1.get("target_vs_filtered"))),
-        })
+        vals = [m.get("n_target"), m.get("n_generated", f.get("n_cells_in")),
+                m.get("n_filtered", f.get("n_cells_out"))]
+        kept = m.get("fraction_kept", f.get("fraction_kept"))
+        r = [m.get("marker_r_mean"), m.get("marker_r_min")]
+        cells = [f'<th><a href="#{_anchor(g)}">{_esc(g)}</a></th>']
+        cells += [_td(_esc(_fmt(v)), True) for v in vals]
+        cells.append(_td(_esc(_pct(kept)), True))
+        cells += [_td(_esc(f"{float(v):.3f}" if _is_num(v) else "NA"), True) for v in r]
+        l1v = l1.get("target_vs_filtered")
+        cells.append(_td(_esc(f"{float(l1v):.3f}" if _is_num(l1v) else "NA"), True))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
     if not rows:
         return '<p class="note">No per-group outputs were found.</p>'
-    df = pd.DataFrame(rows)
-    return df.to_html(index=False, escape=False, border=0)  # cells escaped above
+    thead = "".join(f"<th>{h}</th>" if i == 0 else f"<th class='num'>{h}</th>"
+                    for i, h in enumerate(head))
+    return (f"<div class='tbl'><table><thead><tr>{thead}</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table></div><p class='muted'>marker r: Pearson correlation between "
+            "reference and generated mean expression per cell type over marker genes; L1: sum of "
+            "absolute differences of cell-type proportions (0 = identical, 2 = disjoint).</p>")
+
+
+def _cellprop_table(cp: pd.DataFrame) -> str:
+    """Counts with the proportion in brackets, one column per stage."""
+    stages = [s for s in ("reference", "target", "generated", "filtered") if f"n_{s}" in cp]
+    if not stages:
+        return _df_table(cp, index_label="cell type")
+    out = pd.DataFrame(index=cp.index)
+    for s in stages:
+        n = cp[f"n_{s}"]
+        p = cp[s] if s in cp else n / n.sum() if n.sum() else n * np.nan
+        out[s if s != "filtered" else "kept"] = [
+            f"{_fmt(a)} ({float(b):.3f})" if _is_num(b) and not math.isnan(float(b)) else _fmt(a)
+            for a, b in zip(n, p)]
+    body = "".join(
+        f"<tr><th>{_esc(idx)}</th>" + "".join(_td(_esc(v), True) for v in row) + "</tr>"
+        for idx, row in zip(out.index, out.itertuples(index=False, name=None)))
+    totals = "".join(_td(_esc(_fmt(cp[f"n_{s}"].sum())), True) for s in stages)
+    head = "<th>cell type</th>" + "".join(f"<th class='num'>{_esc(c)}</th>" for c in out.columns)
+    return (f"<div class='tbl'><table><thead><tr>{head}</tr></thead><tbody>{body}"
+            f"<tr class='total'><th>total</th>{totals}</tr></tbody></table></div>"
+            "<p class='muted'>cells (proportion).</p>")
+
+
+def _correlation_table(corr: pd.DataFrame) -> str:
+    """Per-type marker correlation; constant marker counts move to the caption."""
+    corr = corr.copy()
+    caption = ""
+    for c in ("n_markers", "n_own_markers"):
+        if c in corr and corr[c].nunique(dropna=True) == 1:
+            caption += (f"{'all' if c == 'n_markers' else 'own'} markers: "
+                        f"{_fmt(corr[c].dropna().iloc[0])}; ")
+            corr = corr.drop(columns=c)
+    if "note" in corr:
+        corr["note"] = corr["note"].fillna("")
+        if not corr["note"].astype(str).str.len().any():
+            corr = corr.drop(columns="note")
+    ren = {"pearson_r": "r (all markers)", "pearson_r_own": "r (own markers)",
+           "n_reference": "reference cells", "n_generated": "generated cells",
+           "n_markers": "markers", "n_own_markers": "own markers"}
+    if "celltype" in corr:
+        corr = corr.set_index("celltype")
+    corr = corr.rename(columns=ren)
+    return (_df_table(corr, index_label="cell type")
+            + (f"<p class='muted'>{_esc(caption.rstrip('; '))}.</p>" if caption else ""))
 
 
 def _section_group(g: str, files: dict[str, Path]) -> str:
     parts = [f"<h2 id='{_anchor(g)}'>Group {_esc(g)}</h2>"]
     m = _read_json(files.get(f"{g}.metrics.json"))
     fs = _read_json(files.get(f"{g}.filter_summary.json"))
+    parts.append("<div class='grid'><div>")
     if m is not None:
         keys = ["n_target", "n_generated", "n_filtered", "fraction_kept", "marker_r_mean",
                 "marker_r_median", "marker_r_min", "marker_r_mean_unfiltered", "n_markers",
@@ -277,10 +520,14 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
                 "celltypes_without_r"]
         shown = {k: m[k] for k in keys if k in m}
         for k, v in (m.get("proportion_l1") or {}).items():
-            shown[f"L1 proportions {k.replace('_', ' ')}"] = v
-        parts.append("<h3>Metrics</h3>" + _kv_table(shown))
+            shown[f"L1 proportions {k.replace('_', ' ').replace('filtered', 'kept')}"] = v
+        r3 = lambda v: f"{float(v):.3f}" if _is_num(v) else _fmt(v)  # noqa: E731
+        fmts = {k: r3 for k in shown if k.startswith("marker_r") or k.startswith("L1 ")}
+        fmts["fraction_kept"] = _pct
+        parts.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
     else:
         parts.append(f'<p class="note">{_esc(g)}.metrics.json not found.</p>')
+    parts.append("</div><div>")
     if fs is not None:
         fshow = {k: fs[k] for k in ("n_cells_in", "n_cells_out", "n_cells_removed",
                                     "fraction_kept", "n_hvg", "n_pcs", "n_clusters",
@@ -289,30 +536,31 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
             for k in ("leiden_size", "engine", "seed"):
                 if k in fs["params"]:
                     fshow[k] = fs["params"][k]
-        parts.append("<h3>Filtering</h3>" + _kv_table(fshow))
+        parts.append(_kv_table(fshow, caption="Filtering (leiden clusters)",
+                               formatters={"fraction_kept": _pct}))
         for note in fs.get("notes") or []:
             parts.append(f'<p class="note">{_esc(note)}</p>')
+    parts.append("</div></div>")
     parts.append("<h3>Cell-type proportions</h3><div class='grid'><div>")
     parts.append(_img(files.get(f"{g}.cellprop.png"), f"Cell-type proportions {g}"))
     parts.append("</div><div>")
     cp = _read_csv(files.get(f"{g}.cellprop.csv"), index_col=0)
     if cp is not None:
-        parts.append(_df_table(cp))
+        parts.append(_cellprop_table(cp))
     parts.append("</div></div>")
     parts.append("<h3>Marker correlation with the reference</h3>"
                  "<p class='muted'>Pearson r between per-type mean expression of reference and "
                  "generated (filtered) cells over the union of the top wilcoxon markers of each "
-                 "reference type.</p><div class='grid'><div>")
+                 "reference type (all markers) or over the type's own markers.</p>"
+                 "<div class='grid'><div>")
     parts.append(_img(files.get(f"{g}.correlation.png"), f"Marker correlation {g}"))
     parts.append("</div><div>")
     corr = _read_csv(files.get(f"{g}.correlation.csv"), keep_default_na=True)
     if corr is not None:
-        if "note" in corr:
-            corr["note"] = corr["note"].fillna("")
-        parts.append(_df_table(corr, index=False))
+        parts.append(_correlation_table(corr))
     parts.append("</div></div>")
     parts.append("<h3>Embedding (MDE)</h3>")
-    parts.append(_img(files.get(f"{g}.mde.png"), f"MDE {g}"))
+    parts.append(_img(files.get(f"{g}.mde.png"), f"MDE {g}", cls="wide"))
     return "\n".join(parts)
 
 
@@ -377,17 +625,20 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     root = Path(inputs_dir)
     files = _index_files(root) if root.is_dir() else {}
     groups = discover_groups(files)
-    nav = ["<a href='#run'>Run</a>", "<a href='#fractions'>Fractions</a>",
-           "<a href='#training'>Training</a>", "<a href='#groups'>Groups</a>"]
-    nav += [f"<a href='#{_anchor(g)}'>{_esc(g)}</a>" for g in groups]
-    nav += ["<a href='#files'>Files</a>"]
+    nav = ["<a href='#summary'>Summary</a>", "<a href='#fractions'>Fractions</a>",
+           "<a href='#training'>Training</a>"]
+    if groups:
+        nav.append("<span class='sep'>|</span>")
+        nav += [f"<a href='#{_anchor(g)}'>{_esc(g)}</a>" for g in groups]
+        nav.append("<span class='sep'>|</span>")
+    nav += ["<a href='#run'>Parameters &amp; versions</a>", "<a href='#files'>Files</a>"]
+    # results first (summary, fractions, training, groups); run metadata after them
     body = [
-        "<nav><ul>" + "".join(f"<li>{a}</li>" for a in nav) + "</ul></nav>",
-        _section_header(params, versions_yaml),
+        _section_summary(groups, files, params),
         _section_fractions(files),
         _section_training(files, params),
-        "<h2 id='groups'>Groups overview</h2>" + _overview(groups, files),
         *[_section_group(g, files) for g in groups],
+        _section_run(params, versions_yaml),
         _section_stage_summaries(files),
         _section_files(root, files),
     ]
@@ -396,9 +647,10 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         "<title>nf-bulk2single report</title>"
         f"<style>{CSS}</style></head><body>"
-        "<header><h1>nf-bulk2single report</h1>"
+        "<header id='top'><h1>nf-bulk2single report</h1>"
         f"<p>bulk RNA-seq &rarr; synthetic single cells (beta-VAE) &middot; {len(groups)} "
         f"group(s) &middot; b2s {_esc(b2s.__version__)}</p></header>"
+        "<nav>" + "".join(nav) + "</nav>"
         "<main>" + "\n".join(s for s in body if s) + "</main></body></html>\n"
     )
     out = Path(out_path)

@@ -147,3 +147,46 @@ def test_report_with_stub_files(tmp_path):
     text = out.read_text()
     assert ">Group G</h2>" in text and "G.cellprop.png is empty or not a PNG" in text
     assert "data:image" not in text and "sample_fractions.csv" in text and "0.75" in text
+
+
+def test_report_summary_layout_and_number_formatting(tmp_path):
+    """Summary first (groups, cells, marker r, device, epochs), results before run metadata,
+    readable numbers and per-group anchors in the navigation bar."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write_run(inputs)
+    out = tmp_path / "r.html"
+    build_report(str(inputs), str(out), {"seed": 7, "bulk": "/data/bulk.tsv"}, None)
+    text = out.read_text()
+    # section order: summary -> fractions -> training -> groups -> parameters -> files
+    pos = [text.index(f"id='{a}'") for a in
+           ("summary", "fractions", "training", "g-ctrl", "g-treated_v2", "run", "files")]
+    assert pos == sorted(pos)
+    summary = text[text.index("id='summary'"):text.index("id='fractions'")]
+    # 2 groups with metrics x 33 generated, 22 kept; the filter-only group adds 33 in / 33 out
+    assert ">99</div><div class='k'>cells generated<" in summary
+    assert ">77 (77.8%)</div><div class='k'>cells kept after filtering<" in summary
+    assert ">0.975</div>" in summary and ">cpu</div>" in summary and ">3 (best 2)</div>" in summary
+    assert ">nnls</div>" in summary and ">3</div><div class='k'>groups<" in summary
+    # overview links every group to its section; percent and 3-decimal formatting
+    for g in GROUPS:
+        assert f"href=\"#{'g-' + re.sub(r'[^A-Za-z0-9_-]', '_', g)}\"" in summary, g
+    assert ">66.7%</td>" in summary and ">0.330</td>" in summary
+    nav = text[text.index("<nav>"):text.index("</nav>")]
+    assert "href='#g-ctrl'" in nav and "href='#g-T__x_'" in nav and "T&amp;&lt;x&gt;" in nav
+    # fractions: fixed 3 decimals, cell types as row labels, no 15-digit floats anywhere
+    no_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    assert not re.search(r"\d\.\d{5,}", no_images)
+    assert "<th>cell type</th>" in text
+    # cell-type proportion table: counts with proportions and a total row
+    ctrl = text[text.index("id='g-ctrl'"):text.index("id='g-treated_v2'")]
+    assert ">10 (0.303)</td>" in ctrl and "<tr class='total'><th>total</th>" in ctrl
+    # raw metric keys stay findable as tooltips behind human labels
+    assert "title='n_filtered'>cells kept</th>" in ctrl
+    # long cell-type names wrap in a header cell instead of widening the table to overflow
+    assert "<div class='tbl'>" in ctrl and "max-width:16em" in text
+    # parameter paths rendered monospace; no timestamps (deterministic page)
+    assert "class='path'>/data/bulk.tsv</td>" in text
+    build_report(str(inputs), str(tmp_path / "r2.html"), {"seed": 7, "bulk": "/data/bulk.tsv"},
+                 None)
+    assert (tmp_path / "r2.html").read_text() == text
