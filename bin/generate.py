@@ -8,7 +8,6 @@ Reads cell_targets.csv (group,celltype,fraction,n_cells), keeps the rows of --gr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import pandas as pd
@@ -65,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     """Generate the cells of one group and write ``<group>.generated.h5ad``."""
     args = parse_args(argv)
     from b2s.generate import generate_cells, group_seed
+    from b2s.io import write_h5ad
     from b2s.train import read_model_input, resolve_device
     from b2s.vae import load_weights
 
@@ -89,11 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         adata = generate_cells(model, model_input, targets, **kwargs)
     adata.obs_names = [f"{args.group}_{name}" for name in adata.obs_names]
-    params = dict(vars(args), generation_seed=seed)
-    adata.uns["b2s"] = json.dumps(params)
     out = os.path.join(args.outdir, f"{args.group}.generated.h5ad")
-    adata.write_h5ad(out + ".tmp.h5ad")
-    os.replace(out + ".tmp.h5ad", out)
+    write_h5ad(adata, out, params=dict(vars(args), generation_seed=seed))
     counts = adata.obs["celltype"].value_counts().reindex(list(targets)).fillna(0).astype(int)
     print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes ({', '.join(f'{k}={v}' for k, v in counts.items())})", flush=True)
 

@@ -9,13 +9,13 @@ epochs to <dir>/vae_checkpoint.pt and a rerun with the same data and settings re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import torch
 
 import b2s.train as btrain
 from b2s.errors import InputError, run_cli
+from b2s.io import write_json
 
 CHECKPOINT_NAME = "vae_checkpoint.pt"
 
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "extra": {k: v for k, v in (getattr(result, "extra", None) or {}).items() if k != "config"},
         "params": params,
     }
-    with open(os.path.join(args.outdir, "train_summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
+    write_json(os.path.join(args.outdir, "train_summary.json"), summary)
     print(f"wrote {weights} (best epoch {result.best_epoch}, device {result.device})", flush=True)
 
 
