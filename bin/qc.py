@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     fsum = filter_summary(generated, filtered)
     metrics = qc.qc_metrics(props, summary, params, filter_summary=fsum,
                             corr_summary_unfiltered=summary_unf)
+    med = metrics["marker_r_margin_median"]
+    print(f"[qc] {g}: {metrics['n_celltypes_identified']} of {metrics['n_celltypes_assessed']} types told "
+          f"apart (own r > best other r); median margin {'NA' if med is None else f'{med:.3f}'}", flush=True)
+    for w in metrics["warnings"]:
+        print(f"WARNING: [qc] {g}: {w}", flush=True)
     metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}
     io.write_json(out["metrics.json"], {"group": g, **metrics}, params=params)
     print(f"[qc] {g}: wrote {', '.join(os.path.basename(p) for p in out.values())}", flush=True)

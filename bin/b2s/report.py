@@ -76,7 +76,9 @@ LABELS = {
     "marker_r_mean_unfiltered": "marker r (mean, before filter)", "n_markers": "marker genes",
     "n_celltypes_reference": "cell types in reference",
     "n_celltypes_generated": "cell types generated", "n_celltypes_filtered": "cell types kept",
-    "celltypes_without_r": "cell types without r", "n_cells_in": "cells in",
+    "celltypes_without_r": "cell types without r", "n_celltypes_identified": "cell types told apart",
+    "n_celltypes_assessed": "cell types assessed", "celltype_identity_rate": "share of types told apart",
+    "marker_r_margin_median": "own r minus best other r (median)", "n_cells_in": "cells in",
     "n_cells_out": "cells out", "n_cells_removed": "cells removed", "n_hvg": "highly variable genes",
     "n_pcs": "principal components", "n_clusters": "leiden clusters",
     "dropped_clusters": "dropped clusters", "leiden_size": "min. cluster size (leiden_size)",
@@ -347,6 +349,13 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
         cards.append(_card(_esc(_fmt(n_kept) + kept), "cells kept after filtering"))
     if rs:
         cards.append(_card(_esc(f"{np.mean(rs):.3f}"), "marker r vs reference (mean over groups)"))
+    ident = [(metrics[g]["n_celltypes_identified"], metrics[g]["n_celltypes_assessed"]) for g in groups
+             if _is_num(metrics[g].get("n_celltypes_identified")) and metrics[g].get("n_celltypes_assessed")]
+    if ident:
+        k, n = min(ident, key=lambda kn: kn[0] / kn[1])
+        cls = " class='warn'" if any(metrics[g].get("warnings") for g in groups) else ""
+        cards.append(_card(f"<span{cls}>{k}/{n}</span>",
+                           "cell types told apart" + (" (lowest group)" if len(groups) > 1 else "")))
     if train:
         cards.append(_card(_esc(_fmt(train.get("device"))), "training device"))
         ep = _fmt(train.get("epochs_run"))
@@ -365,6 +374,9 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
     if "seed" in params:
         cards.append(_card(_esc(_fmt(params["seed"])), "seed"))
     parts.append("<div class='cards'>" + "".join(cards) + "</div>")
+    for g in groups:
+        for w in metrics[g].get("warnings") or []:
+            parts.append(f'<p class="note"><b>{_esc(g)}</b>: {_esc(w)}</p>')
     parts.append("<h3 id='groups'>Groups</h3>" + _overview(groups, files))
     return "\n".join(parts)
 
@@ -436,7 +448,7 @@ def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
 
 def _overview(groups: list[str], files: dict[str, Path]) -> str:
     head = ["group", "target cells", "generated", "kept", "fraction kept", "marker r (mean)",
-            "marker r (min)", "L1 target vs kept proportions"]
+            "marker r (min)", "types told apart", "L1 target vs kept proportions"]
     rows = []
     for g in groups:
         m = _read_json(files.get(f"{g}.metrics.json")) or {}
@@ -450,6 +462,8 @@ def _overview(groups: list[str], files: dict[str, Path]) -> str:
         cells += [_td(_esc(_fmt(v)), True) for v in vals]
         cells.append(_td(_esc(_pct(kept)), True))
         cells += [_td(_esc(f"{float(v):.3f}" if _is_num(v) else "NA"), True) for v in r]
+        k, n = m.get("n_celltypes_identified"), m.get("n_celltypes_assessed")
+        cells.append(_td(_esc(f"{k}/{n}" if _is_num(k) and _is_num(n) and n else "NA"), True))
         l1v = l1.get("target_vs_filtered")
         cells.append(_td(_esc(f"{float(l1v):.3f}" if _is_num(l1v) else "NA"), True))
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -459,7 +473,9 @@ def _overview(groups: list[str], files: dict[str, Path]) -> str:
                     for i, h in enumerate(head))
     return (f"<div class='tbl'><table><thead><tr>{thead}</tr></thead><tbody>{''.join(rows)}"
             "</tbody></table></div><p class='muted'>marker r: Pearson correlation between "
-            "reference and generated mean expression per cell type over marker genes; L1: sum of "
+            "reference and generated mean expression per cell type over marker genes; types told "
+            "apart: reference types whose own generated cells correlate better with them than any "
+            "other generated type does (few = generated cells look alike, e.g. too few epochs); L1: sum of "
             "absolute differences of cell-type proportions (0 = identical, 2 = disjoint).</p>")
 
 
@@ -517,7 +533,8 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
         keys = ["n_target", "n_generated", "n_filtered", "fraction_kept", "marker_r_mean",
                 "marker_r_median", "marker_r_min", "marker_r_mean_unfiltered", "n_markers",
                 "n_celltypes_reference", "n_celltypes_generated", "n_celltypes_filtered",
-                "celltypes_without_r"]
+                "celltypes_without_r", "n_celltypes_identified", "n_celltypes_assessed",
+                "marker_r_margin_median"]
         shown = {k: m[k] for k in keys if k in m}
         for k, v in (m.get("proportion_l1") or {}).items():
             shown[f"L1 proportions {k.replace('_', ' ').replace('filtered', 'kept')}"] = v
@@ -525,6 +542,8 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
         fmts = {k: r3 for k in shown if k.startswith("marker_r") or k.startswith("L1 ")}
         fmts["fraction_kept"] = _pct
         parts.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
+        for w in m.get("warnings") or []:
+            parts.append(f'<p class="note">{_esc(w)}</p>')
     else:
         parts.append(f'<p class="note">{_esc(g)}.metrics.json not found.</p>')
     parts.append("</div><div>")

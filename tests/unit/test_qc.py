@@ -197,3 +197,47 @@ def test_qc_script(tmp_path, ref):
             "--reference", str(tmp_path / "model_input.h5ad"),
             "--targets", str(tmp_path / "cell_targets.csv"), "--group", "X",
             "--outdir", str(out)])
+
+
+def test_identity_distinct_types_all_identified(ref, gen, markers):
+    summary, matrix = qc.marker_correlation(ref, gen, top_n=50, markers=markers)
+    assert (summary["r_margin"] > 0).all()
+    assert (summary["best_match"] == summary["celltype"]).all()
+    t = "CD19+ B"
+    row = matrix.loc[t]
+    assert summary.set_index("celltype").loc[t, "r_margin"] == pytest.approx(
+        row[t] - row.drop(t).max(), abs=1e-6)
+    ident = qc.identity_summary(summary)
+    n = len(summary)
+    assert ident == {"n_celltypes_identified": n, "n_celltypes_assessed": n,
+                     "celltype_identity_rate": 1.0, "marker_r_margin_median": pytest.approx(
+                         float(summary["r_margin"].median()), abs=1e-6), "warnings": []}
+
+
+def test_identity_flags_the_same_cell_generated_for_every_type(ref, markers):
+    """An undertrained VAE's failure mode: every type gets the average cell; r is high, margin 0."""
+    avg = np.asarray(ref.X.mean(axis=0)).ravel()
+    types = ref.obs["celltype"].astype(str).unique()
+    labels = np.repeat(types, 20)
+    rng = np.random.default_rng(0)
+    x = np.clip(avg + rng.normal(0, 0.01, (len(labels), ref.n_vars)), 0, None).astype(np.float32)
+    flat = ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame({"celltype": labels},
+                      index=[f"F_{i}" for i in range(len(labels))]), var=ref.var.copy())
+    summary, _ = qc.marker_correlation(ref, flat, top_n=50, markers=markers)
+    assert summary["pearson_r"].median() > 0.5  # r alone looks fine ...
+    assert summary["r_margin"].abs().max() < 0.05  # ... but no type stands out
+    targets = pd.Series(labels).value_counts().rename_axis("celltype").reset_index(name="n_cells")
+    props = qc.celltype_proportions(ref, targets, flat, flat)
+    m = qc.qc_metrics(props, summary, {"seed": 1})
+    assert m["celltype_identity_rate"] < qc.MIN_IDENTITY_RATE
+    assert len(m["warnings"]) == 1 and "--epoch_num" in m["warnings"][0]
+    assert m["per_celltype"]["CD19+ B"]["r_margin"] is not None
+
+
+def test_identity_with_one_generated_type_is_not_assessed(ref, gen, markers):
+    only_b = gen[gen.obs["celltype"] == "CD19+ B"].copy()
+    summary, _ = qc.marker_correlation(ref, only_b, markers=markers)
+    assert summary["r_margin"].isna().all()
+    ident = qc.identity_summary(summary)
+    assert ident["n_celltypes_assessed"] == 0 and ident["celltype_identity_rate"] is None
+    assert ident["warnings"] == []

@@ -190,3 +190,27 @@ def test_report_summary_layout_and_number_formatting(tmp_path):
     build_report(str(inputs), str(tmp_path / "r2.html"), {"seed": 7, "bulk": "/data/bulk.tsv"},
                  None)
     assert (tmp_path / "r2.html").read_text() == text
+
+
+def test_report_shows_cell_type_identity_and_its_warning(tmp_path):
+    """Types told apart per group, the lowest in the summary tile, and QC warnings up front."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write_run(inputs)
+    warning = "generated cells of most types are not distinguishable by marker expression (raise --epoch_num)"
+    for g, (k, n, warns) in zip(GROUPS[:2], [(3, 3, []), (1, 3, [warning])]):
+        path = inputs / f"{g}.metrics.json"
+        m = json.loads(path.read_text())
+        m.update({"n_celltypes_identified": k, "n_celltypes_assessed": n,
+                  "marker_r_margin_median": 0.0123, "warnings": warns})
+        path.write_text(json.dumps(m))
+    out = tmp_path / "r.html"
+    build_report(str(inputs), str(out), {"seed": 7}, None)
+    text = out.read_text()
+    summary = text[text.index("id='summary'"):text.index("id='fractions'")]
+    assert "<span class='warn'>1/3</span></div><div class='k'>cell types told apart (lowest group)" in summary
+    assert f"<b>{GROUPS[1]}</b>: {warning}</p>" in summary
+    assert ">3/3</td>" in summary and ">1/3</td>" in summary
+    second = text[text.index("id='g-treated_v2'"):]
+    assert "title='n_celltypes_identified'>cell types told apart</th>" in second
+    assert warning in second
