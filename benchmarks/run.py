@@ -418,9 +418,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     if "e2e" not in skip:
         ee = {}
-        # Untimed warm-up of both sequences (2 epochs, tiny fraction models): scanpy, pynndescent
-        # and pymde compile numba functions on first use and cache them on disk, so without it the
-        # engine that runs first pays the compilation that the other then reuses.
+        # Untimed warm-up of both sequences (2 epochs, tiny fraction models): some numba functions
+        # under scanpy/pynndescent/pymde are compiled on first use and cached on disk, so without it
+        # the engine that runs first pays compilation that the other then reuses. (umap's are not
+        # disk-cached: both engines pay those in every process.)
         for engine in ("native", "omicverse"):
             print(f"[end_to_end] {engine}: warm-up (untimed) ...", flush=True)
             run_isolated("e2e", logs / f"e2e_warmup_{engine}.log", engine=engine, data=args.data, epochs=2,
