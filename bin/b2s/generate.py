@@ -41,7 +41,7 @@ from b2s.vae import REPARAM_CHOICES, BetaVAE, load_weights, state_dict_shapes
 DECODE_CHOICES = ("sample", "mean")
 CALIBRATE_CHOICES = ("type", "gene")
 #: GENERATE's defaults (picked on the realism benchmark, see the module docstring).
-DEFAULTS = {"decode": "sample", "counts": "none", "calibrate": "type"}
+DEFAULTS = {"decode": "mean", "counts": "nb", "calibrate": "type"}
 COUNTS_CHOICES = ("nb", "poisson", "none")
 #: Dispersion bounds (NB variance = m + phi * m^2): near-Poisson floor, and a cap for genes seen in few cells.
 PHI_RANGE = (1e-4, 1e3)

@@ -63,7 +63,7 @@ class TrainConfig:
     log_every: int = 50
     history_path: str | None = None
     amp: str = "auto"  # auto: bf16 autocast where the hardware computes bf16 natively; on | off
-    free_bits: float = 0.0  # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty)
+    free_bits: float = 0.5  # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty)
     kl_warmup: int = 0  # epochs over which beta rises linearly from beta/kl_warmup to beta
     reparam: str = "standard"  # standard | omicverse (b2s.vae.BetaVAE)
 

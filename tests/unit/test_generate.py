@@ -52,22 +52,23 @@ def _noiseless(model: BetaVAE) -> BetaVAE:
 
 def test_counts_layout_and_determinism(model, model_input):
     targets = {"NK": 7, "T": 40, "B": 12}  # T and B above the available 30 and 5 cells: cycling
-    a = generate_cells(model, model_input, targets, hidden_size=LATENT, seed=1, device="cpu", batch_size=16)
+    kw = dict(hidden_size=LATENT, device="cpu", batch_size=16, decode="sample")  # the seed's posterior draws
+    a = generate_cells(model, model_input, targets, seed=1, **kw)
     assert a.obs["celltype"].value_counts().to_dict() == targets
     assert list(a.obs["celltype"].cat.categories) == ["NK", "T", "B"]
     assert sp.isspmatrix_csr(a.X) and a.X.dtype == np.float32 and a.shape == (59, N_GENES)
     assert a.X.data.min() >= 0 and a.X.nnz < a.shape[0] * a.shape[1]  # ReLU zeros are not stored
     assert a.obs_names.is_unique and a.obs_names[0] == "cell_0"
     assert list(a.var_names) == list(model_input.var_names)
-    b = generate_cells(model.state_dict(), model_input, targets, hidden_size=LATENT, seed=1, device="cpu", batch_size=16)
+    b = generate_cells(model.state_dict(), model_input, targets, seed=1, **kw)
     assert (a.X != b.X).nnz == 0  # same seed: identical matrix (state dict or model alike)
-    c = generate_cells(model, model_input, targets, hidden_size=LATENT, seed=2, device="cpu", batch_size=16)
+    c = generate_cells(model, model_input, targets, seed=2, **kw)
     assert (a.X != c.X).nnz > 0
 
 
 def test_cycles_over_reference_cells_of_the_type(model, model_input):
     m = _noiseless(model)
-    out = generate_cells(m, model_input, {"B": 12}, hidden_size=LATENT, seed=0, device="cpu")
+    out = generate_cells(m, model_input, {"B": 12}, hidden_size=LATENT, seed=0, device="cpu", decode="sample")
     X = out.X.toarray()
     # 5 reference B cells used in order, then again from the first: rows i and i+5 match
     assert np.allclose(X[:7], X[5:12], atol=1e-6)
