@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> None:
 
     splits = [int(s) for s in (a.splits or ("0" if a.quick else "0,1,2")).split(",")]
     epochs = [int(e) for e in (a.epochs or ("20,40" if a.quick else "50,100,200,300")).split(",")]
-    ov_epochs = [int(e) for e in (a.ov_epochs or ("20" if a.quick else "300")).split(",") if e]
+    ov_spec = a.ov_epochs if a.ov_epochs is not None else ("20" if a.quick else "300")
+    ov_epochs = [int(e) for e in ov_spec.split(",") if e]
     ov_default = (not a.quick) if a.ov_default is None else a.ov_default
     ov_splits = [int(s) for s in a.ov_splits.split(",")] if a.ov_splits else splits
     patience = a.patience or TrainConfig().patience
