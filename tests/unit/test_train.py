@@ -195,7 +195,7 @@ def test_free_bits_warmup_and_reparam_shape_the_loss_and_the_checkpoint(tmp_path
     fb = train_vae(X, _cfg(epoch_num=3, free_bits=0.5))
     # free bits: the loss charges at least 0.5 nats per latent dim per batch (4 batches), KL reported as is
     floor = 4 * 4.0 * 0.5 * LATENT / N_GENES
-    assert (fb.history["loss"] >= fb.history["recon"] + floor - 1e-9).all()
+    assert (fb.history["loss"] >= fb.history["recon"] + floor - 1e-5).all()  # float32 sums
     assert not np.allclose(fb.history["loss"], fb.history["recon"] + 4.0 * fb.history["kl"])
     assert not _same(plain.state_dict, fb.state_dict)
     again = train_vae(X, _cfg(epoch_num=3, free_bits=0.5))
