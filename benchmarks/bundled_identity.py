@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", default="100,200,300")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--free_bits", type=float, default=None, help="override the trainer default")
     a = p.parse_args(argv)
     import pandas as pd
 
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     train_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for e in [int(x) for x in a.epochs.split(",")]:
+            extra = {} if a.free_bits is None else {"free_bits": a.free_bits}
             res = train_vae(mi.X, TrainConfig(epoch_num=e, seed=a.seed, device="cpu", log_every=100,
-                                              checkpoint_path=os.path.join(tmp, "ck.pt")))
+                                              checkpoint_path=os.path.join(tmp, "ck.pt"), **extra))
             train_s += res.seconds
             for g, tg in targets.groupby("group", sort=False):
                 t0 = time.perf_counter()
