@@ -63,7 +63,11 @@ class TrainConfig:
     log_every: int = 50
     history_path: str | None = None
     amp: str = "auto"  # auto: bf16 autocast where the hardware computes bf16 natively; on | off
-    free_bits: float = 0.5  # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty)
+    # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty). 0.5 keeps the KL
+    # off its collapsed ~3e-5 on the Hao reference (0.006 at 30 epochs) and the bundled data
+    # tell all 10 types apart at 50 epochs; with calibrated counts the seed's 0 did as well on the
+    # Hao data at 30 epochs (benchmarks/README.md, realism section): not a proven win there.
+    free_bits: float = 0.5
     kl_warmup: int = 0  # epochs over which beta rises linearly from beta/kl_warmup to beta
     reparam: str = "standard"  # standard | omicverse (b2s.vae.BetaVAE)
 
