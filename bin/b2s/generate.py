@@ -19,6 +19,12 @@ benchmarks/README.md "Realism"):
   per-gene dispersion estimated from the reference counts within types) (gamma-Poisson). The
   counts go to ``layers['counts']`` and X = log1p(counts / library * 1e4), the model input's scale.
   ``none`` keeps the decoder output as X (the seed).
+
+Measured (Hao PBMC, 11,180 genes, split 0, 30 epochs, kNN typing by a classifier fit on held-out
+real cells, ceiling 0.756): posterior sample + X = decoder output 0.155, posterior mean 0.144,
+posterior mean + NB counts with per-type calibration 0.749 (marker r 0.967; 0.772 / 0.977 on
+split 1); per-gene calibration (``calibrate='gene'``) 0.237 on split 1: the per-type calibration
+carries most of the type identity at that point (benchmarks/README.md, realism section).
 """
 
 from __future__ import annotations
