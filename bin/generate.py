@@ -2,7 +2,9 @@
 """GENERATE: synthetic single cells for one bulk group from the trained beta-VAE.
 
 Reads cell_targets.csv (group,celltype,fraction,n_cells), keeps the rows of --group and writes
-<group>.generated.h5ad (X log-normalised CSR float32, obs['celltype'], var = model genes).
+<group>.generated.h5ad (X log-normalised CSR float32, obs['celltype'], var = model genes; with the
+native engine and --counts nb|poisson also integer counts in layers['counts'] and
+obs['total_counts']).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import pandas as pd
 
 from b2s.errors import InputError, run_cli
+from b2s.generate import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS
+from b2s.vae import REPARAM_CHOICES
 
 TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
 
@@ -28,6 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch_size", type=int, default=4096, help="cells per forward pass (memory only)")
+    p.add_argument("--decode", choices=DECODE_CHOICES, default=DEFAULTS["decode"],
+                   help="latent code decoded: posterior mean or a posterior sample (native engine)")
+    p.add_argument("--counts", choices=COUNTS_CHOICES, default=DEFAULTS["counts"],
+                   help="integer counts drawn from calibrated decoder rates into layers['counts'] (nb, poisson) "
+                        "or X = decoder output (none) (native engine)")
+    p.add_argument("--calibrate", choices=CALIBRATE_CHOICES, default=DEFAULTS["calibrate"],
+                   help="rate calibration per cell type and gene, or per gene")
+    p.add_argument("--reparam", choices=REPARAM_CHOICES, default="standard",
+                   help="latent sampling form the weights were trained with (TRAIN_VAE --reparam)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
     return p.parse_args(argv)
@@ -87,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
 
         adata = omicverse_engine.generate_cells(model.state_dict(), model_input, targets, **kwargs)
     else:
-        adata = generate_cells(model, model_input, targets, **kwargs)
+        adata = generate_cells(model, model_input, targets, decode=args.decode, counts=args.counts,
+                               calibrate=args.calibrate, reparam=args.reparam, **kwargs)
     adata.obs_names = [f"{args.group}_{name}" for name in adata.obs_names]
     out = os.path.join(args.outdir, f"{args.group}.generated.h5ad")
     write_h5ad(adata, out, params=dict(vars(args), generation_seed=seed))

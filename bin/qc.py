@@ -91,9 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     plots.plot_embedding(coords, labels, out["mde.png"], title=f"MDE of joint PCA: {g}",
                          sources=sources, palette=palette)
 
+    typing = qc.typing_summary(reference, assessed, seed=args.seed)
+    if typing["typing_accuracy"] is not None:
+        print(f"[qc] {g}: kNN typing accuracy of generated cells (classifier fit on the reference) "
+              f"{typing['typing_accuracy']:.3f}; reference cells themselves (leave-one-out) "
+              f"{typing['typing_accuracy_reference']:.3f}", flush=True)
     fsum = filter_summary(generated, filtered)
     metrics = qc.qc_metrics(props, summary, params, filter_summary=fsum,
-                            corr_summary_unfiltered=summary_unf)
+                            corr_summary_unfiltered=summary_unf, typing=typing)
     med = metrics["marker_r_margin_median"]
     print(f"[qc] {g}: {metrics['n_celltypes_identified']} of {metrics['n_celltypes_assessed']} types told "
           f"apart (own r > best other r); median margin {'NA' if med is None else f'{med:.3f}'}", flush=True)

@@ -16,6 +16,7 @@ import torch
 import b2s.train as btrain
 from b2s.errors import InputError, run_cli
 from b2s.io import write_json
+from b2s.vae import REPARAM_CHOICES
 
 CHECKPOINT_NAME = "vae_checkpoint.pt"
 
@@ -37,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log_every", type=int, default=d.log_every)
     p.add_argument("--amp", choices=btrain.AMP_CHOICES, default=d.amp,
                    help="mixed precision: auto = bf16 autocast where the hardware has native bf16, on, off (fp32)")
+    p.add_argument("--free_bits", type=float, default=d.free_bits,
+                   help="nats per latent dimension the KL term does not charge (native; default %(default)s)")
+    p.add_argument("--kl_warmup", type=int, default=d.kl_warmup,
+                   help="epochs of linear KL (beta) warm-up (native; default %(default)s)")
+    p.add_argument("--reparam", choices=REPARAM_CHOICES, default=d.reparam,
+                   help="latent sampling form: standard (z = mu + eps*std) or omicverse (z = eps + mu*std)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
     return p.parse_args(argv)
@@ -67,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         log_every=args.log_every,
         history_path=history_path,
         amp=args.amp,
+        free_bits=args.free_bits,
+        kl_warmup=args.kl_warmup,
+        reparam=args.reparam,
     )
     config.validate()
     device = btrain.resolve_device(args.device)  # fail fast on --device cuda without a GPU

@@ -92,7 +92,9 @@ def model_input(reference: anndata.AnnData, bulk_genes) -> anndata.AnnData:
     """Reference cells x genes shared with the bulk (reference gene order), log-normalised.
 
     Normalisation uses each cell's total over ALL reference genes (normalise first, subset
-    after, as omicverse). ``obs['celltype']`` and the other obs columns are kept.
+    after, as omicverse). ``obs['celltype']`` and the other obs columns are kept; the raw counts
+    of the shared genes go to ``layers['counts']`` (CSR float32) and each cell's total over all
+    genes to ``obs['total_counts']``, for GENERATE's count sampling.
     """
     genes = pd.Index(reference.var_names.astype(str))
     keep = genes.isin(pd.Index(pd.Series(list(bulk_genes), dtype=str)))
@@ -103,7 +105,13 @@ def model_input(reference: anndata.AnnData, bulk_genes) -> anndata.AnnData:
             f"{', '.join(genes[:3])}); map the bulk IDs to symbols with --gene_map"
         )
     norm = normalize_single(reference)
-    out = norm[:, np.flatnonzero(keep)].copy()
+    cols = np.flatnonzero(keep)
+    out = norm[:, cols].copy()
     if sparse.issparse(out.X):
         out.X = sparse.csr_matrix(out.X, dtype=np.float32)
+    # GENERATE draws counts from the reference's libraries and per-gene dispersion (b2s.generate)
+    raw = reference.X
+    out.obs["total_counts"] = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
+    out.layers["counts"] = sparse.csr_matrix(raw[:, cols], dtype=np.float32) if sparse.issparse(raw) \
+        else sparse.csr_matrix(np.asarray(raw)[:, cols], dtype=np.float32)
     return out

@@ -79,6 +79,9 @@ LABELS = {
     "celltypes_without_r": "cell types without r", "n_celltypes_identified": "cell types told apart",
     "n_celltypes_assessed": "cell types assessed", "celltype_identity_rate": "share of types told apart",
     "marker_r_margin_median": "own r minus best other r (median)", "n_cells_in": "cells in",
+    "typing_accuracy": "kNN typing accuracy of generated cells (classifier fit on the reference)",
+    "typing_accuracy_reference": "kNN typing accuracy of reference cells (leave-one-out)",
+    "typing_ratio": "typing accuracy generated / reference",
     "n_cells_out": "cells out", "n_cells_removed": "cells removed", "n_hvg": "highly variable genes",
     "n_pcs": "principal components", "n_clusters": "leiden clusters",
     "dropped_clusters": "dropped clusters", "leiden_size": "min. cluster size (leiden_size)",
@@ -356,6 +359,15 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
         cls = " class='warn'" if any(metrics[g].get("warnings") for g in groups) else ""
         cards.append(_card(f"<span{cls}>{k}/{n}</span>",
                            "cell types told apart" + (" (lowest group)" if len(groups) > 1 else "")))
+    typ = [(metrics[g]["typing_accuracy"], metrics[g].get("typing_accuracy_reference")) for g in groups
+           if _is_num(metrics[g].get("typing_accuracy"))]
+    if typ:
+        acc, ref_acc = min(typ, key=lambda t: t[0])
+        cls = " class='warn'" if any(metrics[g].get("warnings") for g in groups) else ""
+        ref_txt = f" / {float(ref_acc):.2f}" if _is_num(ref_acc) else ""
+        cards.append(_card(f"<span{cls}>{float(acc):.2f}{_esc(ref_txt)}</span>",
+                           "kNN typing accuracy, generated / reference cells"
+                           + (" (lowest group)" if len(groups) > 1 else "")))
     if train:
         cards.append(_card(_esc(_fmt(train.get("device"))), "training device"))
         ep = _fmt(train.get("epochs_run"))
@@ -374,9 +386,9 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
     if "seed" in params:
         cards.append(_card(_esc(_fmt(params["seed"])), "seed"))
     parts.append("<div class='cards'>" + "".join(cards) + "</div>")
-    for g in groups:
-        for w in metrics[g].get("warnings") or []:
-            parts.append(f'<p class="note"><b>{_esc(g)}</b>: {_esc(w)}</p>')
+    # warnings first, above the cards: the run may look fine otherwise
+    parts[1:1] = [f'<p class="note warn"><b>WARNING {_esc(g)}</b>: {_esc(w)}</p>'
+                  for g in groups for w in metrics[g].get("warnings") or []]
     parts.append("<h3 id='groups'>Groups</h3>" + _overview(groups, files))
     return "\n".join(parts)
 
@@ -534,12 +546,13 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
                 "marker_r_median", "marker_r_min", "marker_r_mean_unfiltered", "n_markers",
                 "n_celltypes_reference", "n_celltypes_generated", "n_celltypes_filtered",
                 "celltypes_without_r", "n_celltypes_identified", "n_celltypes_assessed",
-                "marker_r_margin_median"]
+                "marker_r_margin_median", "typing_accuracy", "typing_accuracy_reference",
+                "typing_ratio"]
         shown = {k: m[k] for k in keys if k in m}
         for k, v in (m.get("proportion_l1") or {}).items():
             shown[f"L1 proportions {k.replace('_', ' ').replace('filtered', 'kept')}"] = v
         r3 = lambda v: f"{float(v):.3f}" if _is_num(v) else _fmt(v)  # noqa: E731
-        fmts = {k: r3 for k in shown if k.startswith("marker_r") or k.startswith("L1 ")}
+        fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_"))}
         fmts["fraction_kept"] = _pct
         parts.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
         for w in m.get("warnings") or []:

@@ -35,13 +35,13 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import InputError
-from b2s.vae import BetaVAE, vae_loss
+from b2s.vae import REPARAM_CHOICES, BetaVAE, vae_loss
 
 if TYPE_CHECKING:
     import anndata
 
 #: Bumped when the checkpoint layout changes, so old files are ignored instead of misread.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 
 
@@ -63,6 +63,13 @@ class TrainConfig:
     log_every: int = 50
     history_path: str | None = None
     amp: str = "auto"  # auto: bf16 autocast where the hardware computes bf16 natively; on | off
+    # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty). 0.5 keeps the KL
+    # off its collapsed ~3e-5 on the Hao reference (0.006 at 30 epochs) and the bundled data
+    # tell all 10 types apart at 50 epochs; with calibrated counts the seed's 0 did as well on the
+    # Hao data at 30 epochs (benchmarks/README.md, realism section): not a proven win there.
+    free_bits: float = 0.5
+    kl_warmup: int = 0  # epochs over which beta rises linearly from beta/kl_warmup to beta
+    reparam: str = "standard"  # standard | omicverse (b2s.vae.BetaVAE)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the parameter when a value cannot work."""
@@ -83,6 +90,18 @@ class TrainConfig:
             raise InputError(f"--amp {self.amp} is not one of {', '.join(AMP_CHOICES)}; pass --amp auto")
         if not (self.weight_decay >= 0 and self.beta >= 0):
             raise InputError(f"weight_decay {self.weight_decay} and beta {self.beta} must be >= 0; use 5e-4 and 4")
+        if not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
+            raise InputError(f"--free_bits {self.free_bits} must be >= 0; pass e.g. --free_bits {TrainConfig.free_bits}")
+        if int(self.kl_warmup) != self.kl_warmup or self.kl_warmup < 0:
+            raise InputError(f"--kl_warmup {self.kl_warmup} must be a whole number >= 0; pass e.g. --kl_warmup 0")
+        if self.reparam not in REPARAM_CHOICES:
+            raise InputError(f"--reparam {self.reparam} is not one of {', '.join(REPARAM_CHOICES)}; pass --reparam standard")
+
+    def beta_at(self, epoch: int) -> float:
+        """beta used in (1-based) ``epoch``: linear warm-up over ``kl_warmup`` epochs, then ``beta``."""
+        if self.kl_warmup <= 0:
+            return float(self.beta)
+        return float(self.beta) * min(1.0, epoch / self.kl_warmup)
 
 
 AMP_CHOICES = ("auto", "on", "off")
@@ -244,6 +263,9 @@ def _fingerprint(X: Any, config: TrainConfig, device: torch.device) -> dict[str,
         "beta": float(config.beta),
         "seed": int(config.seed),
         "amp": str(config.amp),
+        "free_bits": float(config.free_bits),
+        "kl_warmup": int(config.kl_warmup),
+        "reparam": str(config.reparam),
         "device_type": device.type,
     }
 
@@ -329,7 +351,7 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
     # the same seed gives the same start on any device.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = BetaVAE(n_genes, config.hidden_size)
+        model = BetaVAE(n_genes, config.hidden_size, config.reparam)
     model.to(device).train()
     optimizer = _make_optimizer(model, config)
     shuffle_gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -406,6 +428,7 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
     t_train = time.perf_counter()
     # A checkpoint taken at the epoch limit continues when --epoch_num is raised.
     while not stopped and epoch < config.epoch_num:
+        beta = config.beta_at(epoch + 1)
         perm_cpu = torch.randperm(n_cells, generator=shuffle_gen)
         perm = perm_cpu.to(device, non_blocking=True)
         perm_np = perm_cpu.numpy()
@@ -414,7 +437,7 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
             xb = data.batch(perm[start:start + bs], perm_np[start:start + bs])
             with autocast():
                 x_hat, mu, logvar = model(xb, noise_gen)
-            loss, recon, kl = vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), config.beta)
+            loss, recon, kl = vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), beta, config.free_bits)
             optimizer.zero_grad(set_to_none=True)
             if scaler.is_enabled():
                 scaler.scale(loss).backward()
@@ -432,7 +455,9 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
                 "values (it must be log-normalised) or lower --learning_rate"
             )
         history.append([epoch, loss_sum, recon_sum, kl_sum])
-        if loss_sum < best_loss:
+        # during a KL warm-up beta rises, so losses of different epochs are not comparable: the
+        # latest epoch counts as the best until beta reaches its final value
+        if loss_sum < best_loss or epoch < config.kl_warmup:
             best_loss, best_epoch, wait = loss_sum, epoch, 0
             for k, v in live.items():
                 best[k].copy_(v)

@@ -7,7 +7,15 @@ named ``encoder`` and ``decoder`` indexed in forward order, which gives exactly 
 shapes of omicverse's ``VAE`` (``encoder.{i}.weight|bias``, ``decoder.{i}.weight|bias``): weights
 load in either tool.
 
-Sampling uses the standard reparameterisation ``z = mu + eps * exp(logvar / 2)``.
+Sampling uses the standard reparameterisation ``z = mu + eps * exp(logvar / 2)``; omicverse's
+forward-pass form ``z = eps + mu * exp(logvar / 2)`` is an opt-in (``reparam="omicverse"``). The
+form is an attribute, not a weight: state dicts are the same either way.
+
+The loss can give each latent dimension "free bits" (Kingma et al. 2016): the KL of a dimension,
+averaged over the batch, is charged only above ``free_bits`` nats. Why (benchmarks/README.md,
+realism section): with MSE + 4 * KL on log-normalised data the KL weight equals a Gaussian decoder
+of variance 2, far wider than the data, so the posterior collapses (KL ~1e-5 per entry) and the
+decoder emits one average cell for every type.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from b2s.errors import InputError
 
 #: Widths of the hidden layers, encoder order (the decoder mirrors them).
 HIDDEN_LAYERS: tuple[int, ...] = (2048, 1024, 512)
+#: Reparameterisation forms: the standard one, and omicverse 2.3.2's forward pass.
+REPARAM_CHOICES = ("standard", "omicverse")
 
 
 class BetaVAE(nn.Module):
@@ -31,12 +41,16 @@ class BetaVAE(nn.Module):
     Args:
         n_genes: number of input genes (model input columns).
         hidden_size: latent dimension (omicverse's ``hidden_size``, default 256).
+        reparam: ``standard`` (``z = mu + eps * std``) or ``omicverse`` (``z = eps + mu * std``).
     """
 
-    def __init__(self, n_genes: int, hidden_size: int = 256) -> None:
+    def __init__(self, n_genes: int, hidden_size: int = 256, reparam: str = "standard") -> None:
         super().__init__()
         if n_genes < 1 or hidden_size < 1:
             raise ValueError(f"BetaVAE needs n_genes >= 1 and hidden_size >= 1, got {n_genes}, {hidden_size}")
+        if reparam not in REPARAM_CHOICES:
+            raise ValueError(f"reparam must be one of {REPARAM_CHOICES}, got {reparam!r}")
+        self.reparam = reparam
         self.n_genes = int(n_genes)
         self.hidden_size = int(hidden_size)
         enc = [self.n_genes, *HIDDEN_LAYERS, 2 * self.hidden_size]
@@ -60,11 +74,16 @@ class BetaVAE(nn.Module):
             z = F.relu(layer(z))
         return z
 
-    @staticmethod
-    def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``z = mu + eps * exp(logvar / 2)`` with ``eps ~ N(0, 1)`` from ``generator``."""
+    def sample(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``z`` with ``eps ~ N(0, 1)`` from ``generator`` in the model's reparameterisation form."""
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if self.reparam == "omicverse":
+            return eps + mu * torch.exp(0.5 * logvar)
         return mu + eps * torch.exp(0.5 * logvar)
+
+    def latent_mean(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """The mean of the distribution ``z`` is drawn from (``mu``, or ``mu * std`` for omicverse's form)."""
+        return mu * torch.exp(0.5 * logvar) if self.reparam == "omicverse" else mu
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -79,13 +98,25 @@ def kl_term(mu: torch.Tensor, logvar: torch.Tensor, n_genes: int) -> torch.Tenso
     return 0.5 * torch.sum(torch.exp(logvar) + mu.pow(2) - 1.0 - logvar) / (mu.shape[0] * n_genes)
 
 
+def kl_penalty(mu: torch.Tensor, logvar: torch.Tensor, n_genes: int, free_bits: float) -> torch.Tensor:
+    """KL charged with free bits: per latent dimension ``max(batch-mean KL, free_bits)``, summed, / genes.
+
+    With ``free_bits`` 0 this is :func:`kl_term`.
+    """
+    per_dim = 0.5 * torch.mean(torch.exp(logvar) + mu.pow(2) - 1.0 - logvar, dim=0)
+    return torch.clamp(per_dim, min=float(free_bits)).sum() / n_genes
+
+
 def vae_loss(
-    x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 4.0
+    x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 4.0,
+    free_bits: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return ``(loss, recon, kl)`` with ``loss = MSE(x_hat, x) + beta * kl`` (MSE averaged over all entries)."""
+    """Return ``(loss, recon, kl)``: ``loss = MSE(x_hat, x) + beta * KL penalty`` (MSE averaged over all
+    entries); ``kl`` is the true KL term (:func:`kl_term`), the penalty adds free bits when > 0."""
     recon = F.mse_loss(x_hat, x)
     kl = kl_term(mu, logvar, x.shape[1])
-    return recon + beta * kl, recon, kl
+    penalty = kl if free_bits <= 0 else kl_penalty(mu, logvar, x.shape[1], free_bits)
+    return recon + beta * penalty, recon, kl
 
 
 def state_dict_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
@@ -96,7 +127,8 @@ def state_dict_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
 
 
 def load_weights(
-    path: str | os.PathLike, n_genes: int, hidden_size: int = 256, device: str | torch.device = "cpu"
+    path: str | os.PathLike, n_genes: int, hidden_size: int = 256, device: str | torch.device = "cpu",
+    reparam: str = "standard",
 ) -> BetaVAE:
     """Load a state dict written by TRAIN_VAE (or omicverse's ``Bulk2Single.train``) into a BetaVAE.
 
@@ -131,7 +163,7 @@ def load_weights(
             f"--vae_weights {path} has hidden_size {file_hidden}, --hidden_size is {hidden_size}; "
             f"pass --hidden_size {file_hidden}"
         )
-    model = BetaVAE(n_genes, hidden_size)
+    model = BetaVAE(n_genes, hidden_size, reparam)
     try:
         model.load_state_dict(state)
     except RuntimeError:  # a layer in the middle has an unexpected width

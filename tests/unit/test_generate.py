@@ -52,22 +52,23 @@ def _noiseless(model: BetaVAE) -> BetaVAE:
 
 def test_counts_layout_and_determinism(model, model_input):
     targets = {"NK": 7, "T": 40, "B": 12}  # T and B above the available 30 and 5 cells: cycling
-    a = generate_cells(model, model_input, targets, hidden_size=LATENT, seed=1, device="cpu", batch_size=16)
+    kw = dict(hidden_size=LATENT, device="cpu", batch_size=16, decode="sample")  # the seed's posterior draws
+    a = generate_cells(model, model_input, targets, seed=1, **kw)
     assert a.obs["celltype"].value_counts().to_dict() == targets
     assert list(a.obs["celltype"].cat.categories) == ["NK", "T", "B"]
     assert sp.isspmatrix_csr(a.X) and a.X.dtype == np.float32 and a.shape == (59, N_GENES)
     assert a.X.data.min() >= 0 and a.X.nnz < a.shape[0] * a.shape[1]  # ReLU zeros are not stored
     assert a.obs_names.is_unique and a.obs_names[0] == "cell_0"
     assert list(a.var_names) == list(model_input.var_names)
-    b = generate_cells(model.state_dict(), model_input, targets, hidden_size=LATENT, seed=1, device="cpu", batch_size=16)
+    b = generate_cells(model.state_dict(), model_input, targets, seed=1, **kw)
     assert (a.X != b.X).nnz == 0  # same seed: identical matrix (state dict or model alike)
-    c = generate_cells(model, model_input, targets, hidden_size=LATENT, seed=2, device="cpu", batch_size=16)
+    c = generate_cells(model, model_input, targets, seed=2, **kw)
     assert (a.X != c.X).nnz > 0
 
 
 def test_cycles_over_reference_cells_of_the_type(model, model_input):
     m = _noiseless(model)
-    out = generate_cells(m, model_input, {"B": 12}, hidden_size=LATENT, seed=0, device="cpu")
+    out = generate_cells(m, model_input, {"B": 12}, hidden_size=LATENT, seed=0, device="cpu", decode="sample")
     X = out.X.toarray()
     # 5 reference B cells used in order, then again from the first: rows i and i+5 match
     assert np.allclose(X[:7], X[5:12], atol=1e-6)
@@ -125,3 +126,90 @@ def test_group_seed_is_stable_and_differs_between_groups():
     assert group_seed(42, "ctrl") == group_seed(42, "ctrl")
     assert group_seed(42, "ctrl") != group_seed(42, "stim")
     assert group_seed(42, "ctrl") != group_seed(43, "ctrl")
+
+
+def _with_counts(model_input: anndata.AnnData, seed: int = 0) -> anndata.AnnData:
+    """The fixture with raw counts (layers['counts']) and libraries consistent with its X."""
+    rng = np.random.default_rng(seed)
+    n = model_input.n_obs
+    lib = rng.integers(800, 1600, n).astype(np.float64)
+    counts = sp.csr_matrix(rng.poisson(np.expm1(model_input.X.toarray()) * 3).astype(np.float32))
+    out = model_input.copy()
+    out.layers["counts"] = counts
+    out.obs["total_counts"] = np.maximum(lib, np.asarray(counts.sum(axis=1)).ravel())
+    x = counts.multiply(1e4 / out.obs["total_counts"].to_numpy()[:, None]).tocsr()
+    x.data = np.log1p(x.data)
+    out.X = x.astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["nb", "poisson"])
+def test_counts_layer_is_integer_consistent_with_x_and_seeded(model, model_input, mode):
+    mi = _with_counts(model_input)
+    targets = {"T": 25, "B": 9}
+    a = generate_cells(model, mi, targets, hidden_size=LATENT, seed=4, device="cpu", decode="mean", counts=mode)
+    c = a.layers["counts"]
+    assert sp.isspmatrix_csr(c) and c.dtype == np.float32 and np.array_equal(c.data, np.round(c.data))
+    assert (c.data > 0).all()
+    # X is log1p(counts / library of the source cell * 1e4)
+    lib = a.obs["total_counts"].to_numpy()
+    expected = np.log1p(c.toarray() / lib[:, None] * 1e4)
+    np.testing.assert_allclose(a.X.toarray(), expected, rtol=1e-5, atol=1e-6)
+    # libraries are those of the reference cells cycled over
+    rows_b = np.flatnonzero(mi.obs["celltype"].to_numpy() == "B")
+    np.testing.assert_array_equal(lib[25:], np.resize(mi.obs["total_counts"].to_numpy()[rows_b], 9))
+    b = generate_cells(model, mi, targets, hidden_size=LATENT, seed=4, device="cpu", decode="mean", counts=mode)
+    assert (a.layers["counts"] != b.layers["counts"]).nnz == 0 and (a.X != b.X).nnz == 0
+    d = generate_cells(model, mi, targets, hidden_size=LATENT, seed=5, device="cpu", decode="mean", counts=mode)
+    assert (a.layers["counts"] != d.layers["counts"]).nnz > 0
+
+
+def test_calibrated_rates_reproduce_the_reference_means(model, model_input):
+    """Per type and gene, the mean rate of the decoded reference cells is their real mean normalised count."""
+    from b2s.generate import calibration, reference_counts
+
+    mi = _with_counts(model_input, seed=1)
+    counts, lib = reference_counts(mi)
+    labels = mi.obs["celltype"].astype(str).to_numpy()
+    types = sorted(set(labels))
+    codes = pd.Categorical(labels, categories=types).codes.astype(np.int64)
+    cal, base = calibration(model, mi, counts, lib, codes, len(types), "mean", torch.Generator(),
+                            torch.device("cpu"), 7)
+    with torch.no_grad():
+        mu, _ = model.encode(torch.as_tensor(mi.X.toarray()))
+        dec = np.expm1(model.decode(mu).double().numpy())
+    norm = counts.toarray() / lib[:, None] * 1e4
+    for i, t in enumerate(types):
+        rows = codes == i
+        ok = dec[rows].sum(0) > 0
+        np.testing.assert_allclose((dec[rows] * cal[i] + base[i]).mean(0), norm[rows].mean(0), rtol=1e-5)
+        assert (cal[i][~ok] == 0).all() and (base[i][ok] == 0).all()
+
+
+def test_dispersion_recovers_nb_overdispersion():
+    from b2s.generate import dispersion
+
+    rng = np.random.default_rng(0)
+    n, g, phi = 4000, 6, np.array([0.05, 0.2, 0.5, 1.0, 2.0, 0.01])
+    codes = rng.integers(0, 2, n)
+    lib = rng.uniform(2000, 6000, n)
+    p = np.where(codes[:, None] == 0, 0.002, 0.004) * np.ones(g)
+    m = p * lib[:, None]
+    x = rng.poisson(rng.gamma(1 / phi, m * phi))
+    est = dispersion(sp.csr_matrix(x.astype(np.float64)), lib, codes, 2)
+    np.testing.assert_allclose(est, phi, rtol=0.25, atol=0.01)
+
+
+def test_posterior_mean_decoding_needs_no_noise(model, model_input):
+    a = generate_cells(model, model_input, {"NK": 12}, hidden_size=LATENT, seed=1, device="cpu", decode="mean")
+    b = generate_cells(model, model_input, {"NK": 12}, hidden_size=LATENT, seed=2, device="cpu", decode="mean")
+    assert (a.X != b.X).nnz == 0 and "counts" not in a.layers
+    with pytest.raises(InputError, match="--decode"):
+        generate_cells(model, model_input, {"NK": 1}, hidden_size=LATENT, device="cpu", decode="median")
+    with pytest.raises(InputError, match="--counts"):
+        generate_cells(model, model_input, {"NK": 1}, hidden_size=LATENT, device="cpu", counts="zinb")
+
+
+def test_counts_without_reference_counts_fall_back_to_log_values(model, model_input, capsys):
+    out = generate_cells(model, model_input, {"NK": 3}, hidden_size=LATENT, seed=1, device="cpu", counts="nb")
+    assert "counts" not in out.layers and "no layers['counts']" in capsys.readouterr().out

@@ -102,6 +102,15 @@ def test_model_input_shared_genes_in_reference_order(pbmc_counts):
     full = pp.normalize_single(pbmc_counts)
     np.testing.assert_allclose(m.X.toarray(), full.X[:, 100:300].toarray())
     assert np.expm1(m.X.toarray()).sum(axis=1).max() < 1e4 - 1
+    # raw counts of the shared genes and the all-gene library, for GENERATE's count sampling
+    raw = pbmc_counts.X
+    raw = raw.toarray() if sparse.issparse(raw) else np.asarray(raw)
+    assert sparse.isspmatrix_csr(m.layers["counts"]) and m.layers["counts"].dtype == np.float32
+    np.testing.assert_array_equal(m.layers["counts"].toarray(), raw[:, 100:300])
+    np.testing.assert_allclose(m.obs["total_counts"].to_numpy(), raw.sum(axis=1))
+    tot = raw.sum(axis=1, keepdims=True)
+    expected = np.log1p(np.divide(raw[:, 100:300] * 1e4, tot, out=np.zeros((raw.shape[0], 200)), where=tot > 0))
+    np.testing.assert_allclose(expected, m.X.toarray(), rtol=1e-5, atol=1e-6)
 
 
 def test_model_input_without_shared_genes(pbmc_counts):

@@ -241,3 +241,44 @@ def test_identity_with_one_generated_type_is_not_assessed(ref, gen, markers):
     ident = qc.identity_summary(summary)
     assert ident["n_celltypes_assessed"] == 0 and ident["celltype_identity_rate"] is None
     assert ident["warnings"] == []
+
+
+def test_identity_warns_when_types_are_told_apart_by_a_hair():
+    """The seed's settings on a real reference: 6 of 9 types 'told apart' with a median margin of 3e-4."""
+    margins = [0.0003, 0.0001, -0.001, 0.0005, 0.0002, 0.0004, -0.0002, -0.0001, 0.0003]
+    ident = qc.identity_summary(pd.DataFrame({"r_margin": margins}))
+    assert ident["n_celltypes_identified"] == 6 and ident["celltype_identity_rate"] > qc.MIN_IDENTITY_RATE
+    assert len(ident["warnings"]) == 1
+    w = ident["warnings"][0]
+    assert "6 of 9" in w and "median margin 0.0002" in w and "--epoch_num" in w and "MDE" in w
+    clear = qc.identity_summary(pd.DataFrame({"r_margin": [0.05, 0.08, 0.02]}))
+    assert clear["warnings"] == []
+
+
+def _flat(ref: ad.AnnData, per_type: int = 20) -> ad.AnnData:
+    avg = np.asarray(ref.X.mean(axis=0)).ravel()
+    labels = np.repeat(ref.obs["celltype"].astype(str).unique(), per_type)
+    rng = np.random.default_rng(0)
+    x = np.clip(avg + rng.normal(0, 0.01, (len(labels), ref.n_vars)), 0, None).astype(np.float32)
+    return ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame({"celltype": labels},
+                      index=[f"F_{i}" for i in range(len(labels))]), var=ref.var.copy())
+
+
+def test_knn_typing_of_real_like_and_mixed_cells(ref, gen):
+    good = qc.typing_summary(ref, gen, seed=0)
+    assert good["typing_accuracy"] > 0.5 and good["typing_ratio"] > qc.MIN_TYPING_RATIO
+    assert 0 < good["typing_accuracy_reference"] <= 1 and good["warnings"] == []
+    assert set(good["typing_per_celltype"]) == set(gen.obs["celltype"].astype(str))
+    again = qc.typing_summary(ref, gen, seed=0)
+    assert again == good  # seeded
+    bad = qc.typing_summary(ref, _flat(ref), seed=0)
+    assert bad["typing_ratio"] < qc.MIN_TYPING_RATIO
+    assert len(bad["warnings"]) == 1 and "--epoch_num" in bad["warnings"][0]
+    # the classifier is fit on the training cells only; leave-one-out excludes each cell itself
+    typer = qc.KnnTyper(ref, seed=0)
+    assert (typer.predict(ref) == typer.labels).mean() >= (typer.predict_train_loo() == typer.labels).mean()
+    m = qc.qc_metrics(qc.celltype_proportions(ref, pd.DataFrame({"celltype": ["CD19+ B"], "n_cells": [1]}),
+                                              gen, gen),
+                      qc.marker_correlation(ref, gen, markers=qc.reference_markers(ref, 50))[0], {},
+                      typing=bad)
+    assert m["typing_accuracy"] == bad["typing_accuracy"] and bad["warnings"][0] in m["warnings"]

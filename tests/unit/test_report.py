@@ -209,7 +209,8 @@ def test_report_shows_cell_type_identity_and_its_warning(tmp_path):
     text = out.read_text()
     summary = text[text.index("id='summary'"):text.index("id='fractions'")]
     assert "<span class='warn'>1/3</span></div><div class='k'>cell types told apart (lowest group)" in summary
-    assert f"<b>{GROUPS[1]}</b>: {warning}</p>" in summary
+    assert f"<b>WARNING {GROUPS[1]}</b>: {warning}</p>" in summary
+    assert summary.index("WARNING") < summary.index("cell types told apart")  # above the cards
     assert ">3/3</td>" in summary and ">1/3</td>" in summary
     second = text[text.index("id='g-treated_v2'"):]
     assert "title='n_celltypes_identified'>cell types told apart</th>" in second

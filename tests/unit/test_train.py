@@ -34,7 +34,8 @@ def _data(seed: int = 0) -> sp.csr_matrix:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(hidden_size=LATENT, batch_size=64, epoch_num=2, patience=100, device="cpu", log_every=1000)
+    base = dict(hidden_size=LATENT, batch_size=64, epoch_num=2, patience=100, device="cpu", log_every=1000,
+                free_bits=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -186,3 +187,34 @@ def test_amp_auto_follows_native_bf16_support():
     assert resolve_amp("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
     with pytest.raises(InputError, match="--amp"):
         TrainConfig(amp="fast").validate()
+
+
+def test_free_bits_warmup_and_reparam_shape_the_loss_and_the_checkpoint(tmp_path, capsys):
+    X = _data()
+    plain = train_vae(X, _cfg(epoch_num=3))
+    fb = train_vae(X, _cfg(epoch_num=3, free_bits=0.5))
+    # free bits: the loss charges at least 0.5 nats per latent dim per batch (4 batches), KL reported as is
+    floor = 4 * 4.0 * 0.5 * LATENT / N_GENES
+    assert (fb.history["loss"] >= fb.history["recon"] + floor - 1e-5).all()  # float32 sums
+    assert not np.allclose(fb.history["loss"], fb.history["recon"] + 4.0 * fb.history["kl"])
+    assert not _same(plain.state_dict, fb.state_dict)
+    again = train_vae(X, _cfg(epoch_num=3, free_bits=0.5))
+    assert _same(fb.state_dict, again.state_dict)  # seeded
+    cfg = _cfg(kl_warmup=4)
+    assert [cfg.beta_at(e) for e in (1, 2, 4, 9)] == [1.0, 2.0, 4.0, 4.0]
+    warm = train_vae(X, _cfg(epoch_num=3, kl_warmup=4))
+    h = warm.history
+    assert np.allclose(h["loss"], h["recon"] + np.array([1.0, 2.0, 3.0]) * h["kl"], rtol=1e-6)
+    assert warm.best_epoch == 3  # during the warm-up the latest epoch is kept
+    ov = train_vae(X, _cfg(epoch_num=2, reparam="omicverse"))
+    assert list(ov.state_dict) == list(plain.state_dict)
+    with pytest.raises(InputError, match="--reparam"):
+        _cfg(reparam="x").validate()
+    with pytest.raises(InputError, match="--free_bits"):
+        _cfg(free_bits=-1.0).validate()
+    # a checkpoint of other free bits is not resumed
+    ckpt = str(tmp_path / "vae_checkpoint.pt")
+    train_vae(X, _cfg(epoch_num=2, checkpoint_path=ckpt, free_bits=0.5))
+    capsys.readouterr()
+    other = train_vae(X, _cfg(epoch_num=2, checkpoint_path=ckpt, free_bits=0.25))
+    assert other.resumed_from is None and "WARNING: checkpoint" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from b2s.errors import InputError
-from b2s.vae import BetaVAE, kl_term, load_weights, vae_loss
+from b2s.vae import BetaVAE, kl_penalty, kl_term, load_weights, vae_loss
 
 N_GENES, LATENT = 100, 16
 
@@ -73,7 +73,7 @@ def test_omicverse_weights_load_into_ours(ov_vae, tmp_path):
         h_theirs = theirs.get_hidden(x)
         torch.manual_seed(3)
         mu, logvar = ours.encode(x)
-        h_ours = BetaVAE.sample(mu, logvar)
+        h_ours = ours.sample(mu, logvar)
         assert torch.allclose(h_ours, h_theirs, atol=1e-6)
 
 
@@ -134,3 +134,50 @@ def test_load_weights_rejects_non_state_dicts(tmp_path, content):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(InputError, match="does not exist"):
         load_weights(tmp_path / "missing.pth", N_GENES, LATENT)
+
+
+def test_omicverse_reparameterisation_is_opt_in_and_leaves_the_weights_alone(ov_vae):
+    torch.manual_seed(4)
+    std_model = BetaVAE(N_GENES, LATENT).eval()
+    ov_form = BetaVAE(N_GENES, LATENT, reparam="omicverse").eval()
+    ov_form.load_state_dict(std_model.state_dict())
+    assert list(ov_form.state_dict()) == list(_ov_model(ov_vae).state_dict())
+    x = torch.rand(6, N_GENES)
+    with torch.no_grad():
+        x_hat, mu, logvar = ov_form(x, torch.Generator().manual_seed(5))
+        eps = torch.randn(6, LATENT, generator=torch.Generator().manual_seed(5))
+        std = torch.exp(logvar / 2)
+        assert torch.allclose(x_hat, ov_form.decode(eps + mu * std), atol=1e-6)
+        # omicverse's own forward pass, same noise: z = eps + mu * std
+        theirs = _ov_model(ov_vae).eval()
+        theirs.load_state_dict(std_model.state_dict())
+        torch.manual_seed(9)
+        out = theirs(x, torch.device('cpu'))
+        torch.manual_seed(9)
+        eps2 = torch.randn(6, LATENT)
+        assert torch.allclose(out[0], ov_form.decode(eps2 + mu * std), atol=1e-5)
+        assert torch.equal(ov_form.latent_mean(mu, logvar), mu * std)
+        assert torch.equal(std_model.latent_mean(mu, logvar), mu)
+    with pytest.raises(ValueError, match="reparam"):
+        BetaVAE(N_GENES, LATENT, reparam="other")
+
+
+def test_free_bits_penalty():
+    rng = np.random.default_rng(1)
+    t = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    mu, logvar = t(rng.normal(0, 0.3, (8, 4))), t(rng.normal(0, 0.3, (8, 4)))
+    # no free bits: the plain KL term
+    assert kl_penalty(mu, logvar, 10, 0.0).item() == pytest.approx(kl_term(mu, logvar, 10).item(), rel=1e-12)
+    per_dim = 0.5 * (torch.exp(logvar) + mu ** 2 - 1 - logvar).mean(0)
+    lam = float(per_dim.detach().median())
+    expected = torch.clamp(per_dim, min=lam).sum() / 10
+    assert kl_penalty(mu, logvar, 10, lam).item() == pytest.approx(expected.item(), rel=1e-12)
+    # dimensions under the free bits get no KL gradient at all
+    big = kl_penalty(mu, logvar, 10, 100.0)
+    assert big.item() == pytest.approx(4 * 100.0 / 10)
+    big.backward()
+    assert float(mu.grad.abs().sum()) == 0.0
+    x, x_hat = t(rng.random((8, 10))), t(rng.random((8, 10)))
+    loss, recon, kl = vae_loss(x_hat, x, mu, logvar, beta=4.0, free_bits=100.0)
+    assert kl.item() == pytest.approx(kl_term(mu, logvar, 10).item())  # reported KL is the true one
+    assert loss.item() == pytest.approx(recon.item() + 4.0 * 40.0)

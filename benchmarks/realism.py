@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Realism of generated cells on a real full-transcriptome reference, ours vs omicverse 2.3.2.
+
+    .venv/bin/python benchmarks/realism.py --quick       # smoke run, a few minutes
+    .venv/bin/python benchmarks/realism.py               # full run (~40 min on 2 shared cores)
+    # options: --splits 0,1,2 --epochs 50,100,200,300 --variants default,seed --gen mean:nb,sample:none
+    #          --ov-epochs 300 --ov-default --outdir DIR (units already in DIR are reused)
+
+Data: the Hao et al. PBMC counts (benchmarks/realdata.py: 11,180 genes; types split per seeded
+split into a reference half and a held-out half; four pseudo-bulk groups summed from held-out
+cells). Per split the model input is built as PREPROCESS builds it (``b2s.preprocess.model_input``)
+and the cell targets as ESTIMATE_FRACTIONS does (``b2s.fractions.cell_targets``) but from the TRUE
+group fractions, so generation is measured apart from fraction error.
+
+Units (each in its own fresh process, one after the other; results cached as JSON in
+``--outdir/units``):
+
+- ``ours``: ``b2s.train.train_vae`` with one trainer variant, run in chunks up to each of
+  ``--epochs`` (a checkpoint carries the run on, so the trajectory is that of one uninterrupted
+  run with the pipeline's patience), and after each chunk ``b2s.generate.generate_cells`` with
+  each generation mode for the four groups;
+- ``ov``: omicverse's seed calls (``Bulk2Single.train`` / ``load`` + ``generate`` through
+  ``b2s.omicverse_engine``) at fixed epochs (patience = epochs) and at its defaults (3500
+  epochs, patience 50: its early stop).
+
+Metrics of every (unit, epoch, generation mode), mean over the four groups:
+
+- ``typing``: kNN typing accuracy of the generated cells by a classifier fit on held-out REAL
+  cells (``b2s.qc.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
+  classifier on the reference's real cells, weighted to each group's composition; ``ratio``;
+- ``marker_r``: per-type marker r vs held-out cells (``b2s.qc.marker_correlation`` with held-out
+  markers); ``told_apart`` / ``margin``: the pipeline's identity check (``b2s.qc.identity_summary``
+  on the correlation with the reference);
+- distribution per type vs held-out real cells (generated cells of all groups pooled per type):
+  ``lib`` = median library size ratio gen/real (counts layer vs real counts when the cells carry
+  counts, else sum of expm1(X) vs the real cells' sum of expm1 of their log-normalised values),
+  ``det`` = detection-rate ratio (non-zero share of X), ``log2mean`` = median |log2(gen/real
+  per-gene mean of expm1(X))| on the type's top 20 % expressed genes; reported as the worst type
+  (largest deviation) and the mean over types;
+- ``seconds``: wall time of training up to that epoch plus generating the four groups.
+
+The last line printed is one JSON object with every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT / "bin", ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+#: Trainer variants measured (keys of b2s.train.TrainConfig). ``default`` = the pipeline's defaults.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard"},
+    "fb0.1": {"free_bits": 0.1, "kl_warmup": 0, "reparam": "standard"},
+    "fb0.5": {"free_bits": 0.5, "kl_warmup": 0, "reparam": "standard"},
+    "fb2": {"free_bits": 2.0, "kl_warmup": 0, "reparam": "standard"},
+    "warmup50": {"free_bits": 0.0, "kl_warmup": 50, "reparam": "standard"},
+    "ovform": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "omicverse"},
+    "fb0.5_lr3e-4": {"free_bits": 0.5, "kl_warmup": 0, "reparam": "standard", "learning_rate": 3e-4},
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_split(split: int) -> dict[str, Any]:
+    """Reference / held-out halves, model input, held-out log-normalised cells and the cell targets."""
+    import pandas as pd
+
+    import realdata
+    from b2s import fractions, preprocess
+
+    adata = realdata.load_hao()
+    ref, held = realdata.split_reference(adata, seed=split)
+    types = list(adata.obs["celltype"].cat.categories)
+    bulk, truth, sheet = realdata.make_pseudobulks(held, realdata.pseudobulk_design(types), seed=split)
+    mi = preprocess.model_input(ref, bulk.index)
+    held_mi = preprocess.model_input(held, bulk.index)
+    group_truth = truth.groupby(sheet.set_index("sample")["group"]).mean()
+    group_truth = group_truth.loc[pd.unique(sheet["group"])]
+    targets = fractions.cell_targets(bulk, sheet, ref, group_truth)
+    by_group = {g: dict(zip(d["celltype"], d["n_cells"].astype(int))) for g, d in targets.groupby("group", sort=False)}
+    return {"mi": mi, "held": held_mi, "targets": by_group}
+
+
+class Evaluator:
+    """Everything per split that does not depend on the generated cells, computed once."""
+
+    def __init__(self, data: dict[str, Any], seed: int = 0) -> None:
+        from b2s import qc
+
+        self.qc = qc
+        self.mi, self.held, self.targets = data["mi"], data["held"], data["targets"]
+        self.seed = seed
+        self.held_markers = qc.reference_markers(self.held)
+        self.ref_markers = qc.reference_markers(self.mi)
+        self.typer = qc.KnnTyper(self.held, seed=seed)
+        ref_pred = self.typer.predict(self.mi)
+        labels = self.mi.obs["celltype"].astype(str).to_numpy()
+        self.ref_acc = {t: float((ref_pred[labels == t] == t).mean()) for t in np.unique(labels)}
+        self.ref_typing = float((ref_pred == labels).mean())
+        s, _ = qc.marker_correlation(self.held, self.mi, markers=self.held_markers)
+        self.ref_marker_r = float(np.nanmean(s["pearson_r"]))
+        self.real = self._type_stats(self.held, real=True)
+
+    @staticmethod
+    def _type_stats(adata: Any, real: bool = False) -> dict[str, dict[str, Any]]:
+        """Per type: library sizes, detection rate, per-gene mean of expm1(X)."""
+        import scipy.sparse as sp
+
+        X = sp.csr_matrix(adata.X)
+        counts = adata.layers.get("counts") if hasattr(adata, "layers") else None
+        labels = adata.obs["celltype"].astype(str).to_numpy()
+        out = {}
+        for t in np.unique(labels):
+            rows = np.flatnonzero(labels == t)
+            xt = X[rows]
+            e = xt.copy()
+            e.data = np.expm1(e.data)
+            st = {"lib_expm1": float(np.median(np.asarray(e.sum(axis=1)).ravel())),
+                  "det": float(xt.nnz / max(1, xt.shape[0] * xt.shape[1])),
+                  "mean": np.asarray(e.mean(axis=0)).ravel()}
+            if counts is not None:
+                st["lib_counts"] = float(np.median(np.asarray(sp.csr_matrix(counts)[rows].sum(axis=1)).ravel()))
+            out[str(t)] = st
+        return out
+
+    def evaluate(self, generated: dict[str, Any]) -> dict[str, Any]:
+        """Metrics of the generated cells of every group (dict group -> AnnData)."""
+        import anndata as ad
+
+        qc = self.qc
+        typing, ceiling, marker_r, told, margin = [], [], [], [], []
+        for g, cells in generated.items():
+            labels = cells.obs["celltype"].astype(str).to_numpy()
+            pred = self.typer.predict(cells)
+            typing.append(float((pred == labels).mean()))
+            comp = {t: float((labels == t).mean()) for t in np.unique(labels)}
+            ceiling.append(sum(w * self.ref_acc.get(t, np.nan) for t, w in comp.items()))
+            s, _ = qc.marker_correlation(self.held, cells, markers=self.held_markers)
+            marker_r.append(float(np.nanmean(s["pearson_r"])))
+            ident = qc.identity_summary(qc.marker_correlation(self.mi, cells, markers=self.ref_markers)[0])
+            told.append(ident["celltype_identity_rate"] or 0.0)
+            margin.append(ident["marker_r_margin_median"] if ident["marker_r_margin_median"] is not None else np.nan)
+        pooled = ad.concat(list(generated.values()), join="inner", index_unique="-")
+        gen = self._type_stats(pooled)
+        lib, det, l2 = {}, {}, {}
+        for t, st in gen.items():
+            real = self.real[t]
+            if "lib_counts" in st:
+                lib[t] = st["lib_counts"] / real["lib_counts"]
+            else:
+                lib[t] = st["lib_expm1"] / real["lib_expm1"]
+            det[t] = st["det"] / real["det"]
+            top = np.argsort(-real["mean"])[: max(1, int(0.2 * len(real["mean"])))]
+            eps = 1e-3
+            l2[t] = float(np.median(np.abs(np.log2((st["mean"][top] + eps) / (real["mean"][top] + eps)))))
+
+        def worst(d: dict[str, float], log: bool = False) -> float:
+            v = np.asarray(list(d.values()), float)
+            return float(v[np.argmax(np.abs(v - (0 if log else 1)))])
+
+        return {
+            "typing": float(np.mean(typing)), "ceiling": float(np.mean(ceiling)),
+            "ratio": float(np.mean(typing) / np.mean(ceiling)),
+            "typing_by_group": dict(zip(generated, typing)),
+            "marker_r": float(np.mean(marker_r)), "told_apart": float(np.mean(told)),
+            "margin": float(np.nanmean(margin)),
+            "lib_worst": worst(lib), "lib_mean": float(np.mean(list(lib.values()))),
+            "det_worst": worst(det), "det_mean": float(np.mean(list(det.values()))),
+            "log2mean_worst": worst(l2, log=True), "log2mean_mean": float(np.mean(list(l2.values()))),
+            "per_type": {t: {"lib": lib[t], "det": det[t], "log2mean": l2[t]} for t in lib},
+        }
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def _threads() -> int:
+    import torch
+
+    from b2s.train import cpu_count
+
+    torch.set_num_threads(cpu_count())
+    return torch.get_num_threads()
+
+
+def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str], seed: int,
+              patience: int) -> dict[str, Any]:
+    """Train one variant in chunks to each epoch count; generate and evaluate after each chunk."""
+    from b2s.generate import generate_cells, group_seed
+    from b2s.train import TrainConfig, train_vae
+
+    threads = _threads()
+    data = prepare_split(split)
+    ev = Evaluator(data)
+    mi = data["mi"]
+    rows = []
+    train_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="b2s_realism_") as tmp:
+        ckpt = os.path.join(tmp, "vae_checkpoint.pt")
+        for e in epochs:
+            cfg = TrainConfig(epoch_num=e, patience=patience, seed=seed, device="cpu",
+                              checkpoint_path=ckpt, checkpoint_every=10_000, log_every=50,
+                              **VARIANTS[variant])
+            res = train_vae(mi.X, cfg)
+            train_s += res.seconds
+            kl = float(res.history["kl"].iloc[-1])
+            for mode in gen_modes:
+                decode, counts, *cal = mode.split(":")
+                t0 = time.perf_counter()
+                gen = {g: generate_cells(res.state_dict, mi, tg, seed=group_seed(seed, g), device="cpu",
+                                         decode=decode, counts=counts, reparam=cfg.reparam,
+                                         calibrate=cal[0] if cal else "type")
+                       for g, tg in data["targets"].items()}
+                gen_s = time.perf_counter() - t0
+                m = ev.evaluate(gen)
+                rows.append({"unit": f"ours:{variant}", "split": split, "seed": seed, "epoch_num": e,
+                             "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "gen": mode,
+                             "train_s": train_s, "gen_s": gen_s, "seconds": train_s + gen_s,
+                             "kl_last": kl, **m})
+                print(f"[{variant} split {split}] epochs {res.epochs_run} {mode}: typing {m['typing']:.3f} "
+                      f"(ceiling {m['ceiling']:.3f}) r {m['marker_r']:.3f} apart {m['told_apart']:.2f} "
+                      f"lib {m['lib_worst']:.2f} det {m['det_worst']:.2f} log2 {m['log2mean_worst']:.2f} "
+                      f"{train_s + gen_s:.0f} s", flush=True)
+    return {"rows": rows, "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": threads}
+
+
+def unit_ov(split: int, epoch_num: int, patience: int, seed: int) -> dict[str, Any]:
+    """omicverse's trainer and generator (seed calls) at one setting."""
+    from b2s import omicverse_engine as ove
+    from b2s.generate import group_seed
+    from b2s.train import TrainConfig
+
+    ove._omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
+    threads = _threads()
+    data = prepare_split(split)
+    ev = Evaluator(data)
+    mi = data["mi"]
+    cfg = TrainConfig(epoch_num=epoch_num, patience=patience, seed=seed, device="cpu")
+    res = ove.train_vae(mi, cfg)
+    t0 = time.perf_counter()
+    gen = {g: ove.generate_cells(res.state_dict, mi, tg, seed=group_seed(seed, g), device="cpu")
+           for g, tg in data["targets"].items()}
+    gen_s = time.perf_counter() - t0
+    m = ev.evaluate(gen)
+    label = "default" if epoch_num == 3500 and patience == 50 else f"{epoch_num}"
+    row = {"unit": f"omicverse:{label}", "split": split, "seed": seed, "epoch_num": epoch_num,
+           "epochs_run": res.epochs_run, "best_epoch": res.best_epoch, "gen": "omicverse",
+           "train_s": res.seconds, "gen_s": gen_s, "seconds": res.seconds + gen_s, **m}
+    print(f"[omicverse {label} split {split}] epochs {res.epochs_run}: typing {m['typing']:.3f} "
+          f"(ceiling {m['ceiling']:.3f}) r {m['marker_r']:.3f} {res.seconds + gen_s:.0f} s", flush=True)
+    return {"rows": [row], "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": threads}
+
+
+def _dispatch(name: str, log_path: str, kwargs: dict) -> dict:
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    print(f"=== {name} {kwargs}", flush=True)
+    return {"ours": unit_ours, "ov": unit_ov}[name](**kwargs)
+
+
+def run_unit(outdir: Path, key: str, name: str, **kwargs: Any) -> dict:
+    """Run one unit in a fresh spawned process, unless its JSON is already in ``outdir/units``."""
+    units = outdir / "units"
+    units.mkdir(parents=True, exist_ok=True)
+    path = units / f"{key}.json"
+    if path.exists():
+        print(f"reusing {path}", flush=True)
+        return json.loads(path.read_text())
+    print(f"running {key} ...", flush=True)
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as ex:
+        out = ex.submit(_dispatch, name, str(outdir / f"{key}.log"), kwargs).result()
+    out["process_s"] = time.perf_counter() - t0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, default=float))
+    os.replace(tmp, path)
+    for r in out["rows"]:
+        print(f"  {r['unit']} e{r['epochs_run']} {r['gen']}: typing {r['typing']:.3f}/{r['ceiling']:.3f} "
+              f"r {r['marker_r']:.3f} lib {r['lib_worst']:.2f} det {r['det_worst']:.2f} "
+              f"log2 {r['log2mean_worst']:.2f} {r['seconds']:.0f} s", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, SIMD flags, cores, load."""
+    model, flags = "unknown", []
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("Flags"):
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma"))]
+    except OSError:
+        pass
+    return {"cpu": model, "simd": flags, "cores": os.cpu_count(), "python": platform.python_version(),
+            "load_average": os.getloadavg()}
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean over splits per (unit, epoch_num, gen); min / median seconds."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    keys = ["unit", "epoch_num", "gen"]
+    num = ["epochs_run", "typing", "ceiling", "ratio", "marker_r", "told_apart", "margin", "lib_worst",
+           "det_worst", "log2mean_worst", "lib_mean", "det_mean", "log2mean_mean"]
+    g = df.groupby(keys, sort=False)
+    out = g[num].mean()
+    out["n_splits"] = g.size()
+    out["seconds_min"] = g["seconds"].min()
+    out["seconds_median"] = g["seconds"].median()
+    # worst type over every split, not the mean of worsts
+    for col in ("lib_worst", "det_worst"):
+        out[col] = g[col].apply(lambda v: float(v.to_numpy()[np.argmax(np.abs(v.to_numpy() - 1))]))
+    out["log2mean_worst"] = g["log2mean_worst"].max()
+    return out.reset_index().to_dict("records")
+
+
+def print_table(summary: list[dict[str, Any]]) -> None:
+    """Markdown table of the summary rows."""
+    head = ("| unit | epochs (run) | generation | typing | ceiling | ratio | marker r | told apart | "
+            "lib worst | det worst | log2 mean worst | s min / median | splits |")
+    print(head)
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in summary:
+        print(f"| {r['unit']} | {r['epoch_num']} ({r['epochs_run']:.0f}) | {r['gen']} | {r['typing']:.3f} | "
+              f"{r['ceiling']:.3f} | {r['ratio']:.2f} | {r['marker_r']:.3f} | {r['told_apart']:.2f} | "
+              f"{r['lib_worst']:.2f} | {r['det_worst']:.2f} | {r['log2mean_worst']:.2f} | "
+              f"{r['seconds_min']:.0f} / {r['seconds_median']:.0f} | {r['n_splits']} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the units that are not cached yet, then print the table and the JSON."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one split, short training: a smoke run")
+    p.add_argument("--splits", default=None, help="comma-separated split seeds (default 0,1,2; quick: 0)")
+    p.add_argument("--epochs", default=None, help="epoch counts at which ours is evaluated (default 50,100,200,300)")
+    p.add_argument("--variants", default="default,seed", help=f"trainer variants: {', '.join(VARIANTS)}")
+    p.add_argument("--gen", default="mean:nb,sample:none", help="generation modes decode:counts[:calibrate]")
+    p.add_argument("--ov-epochs", default=None, help="omicverse fixed-epoch points (default 300; quick: 20)")
+    p.add_argument("--ov-default", action=argparse.BooleanOptionalAction, default=None,
+                   help="also omicverse at its defaults (3500 epochs, patience 50); default on in full mode")
+    p.add_argument("--ov-splits", default=None, help="splits for omicverse (default: all splits)")
+    p.add_argument("--patience", type=int, default=None, help="patience of ours (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--outdir", default=None)
+    a = p.parse_args(argv)
+    from b2s.train import TrainConfig
+
+    splits = [int(s) for s in (a.splits or ("0" if a.quick else "0,1,2")).split(",")]
+    epochs = [int(e) for e in (a.epochs or ("20,40" if a.quick else "50,100,200,300")).split(",")]
+    ov_spec = a.ov_epochs if a.ov_epochs is not None else ("20" if a.quick else "300")
+    ov_epochs = [int(e) for e in ov_spec.split(",") if e]
+    ov_default = (not a.quick) if a.ov_default is None else a.ov_default
+    ov_splits = [int(s) for s in a.ov_splits.split(",")] if a.ov_splits else splits
+    patience = a.patience or TrainConfig().patience
+    outdir = Path(a.outdir or tempfile.mkdtemp(prefix="b2s_realism_"))
+    outdir.mkdir(parents=True, exist_ok=True)
+    print(f"outdir {outdir}", flush=True)
+    machine = machine_info()
+    t0 = time.perf_counter()
+    results = []
+    gen = a.gen.split(",")
+    for split in splits:
+        for v in a.variants.split(","):
+            if not v:
+                continue
+            key = f"ours_{v}_s{split}_e{'-'.join(map(str, epochs))}_p{patience}_{'_'.join(gen).replace(':', '-')}_seed{a.seed}"
+            results.append(run_unit(outdir, key, "ours", split=split, variant=v, epochs=epochs,
+                                    gen_modes=gen, seed=a.seed, patience=patience))
+        if split in ov_splits:
+            for e in ov_epochs:
+                results.append(run_unit(outdir, f"ov_s{split}_e{e}_seed{a.seed}", "ov", split=split,
+                                        epoch_num=e, patience=e, seed=a.seed))
+            if ov_default:
+                results.append(run_unit(outdir, f"ov_s{split}_default_seed{a.seed}", "ov", split=split,
+                                        epoch_num=3500, patience=50, seed=a.seed))
+    rows = [r for res in results for r in res["rows"]]
+    summary = summarise(rows)
+    machine["load_average_end"] = os.getloadavg()
+    print(f"\nreference's own cells (ceiling, all cells): typing "
+          f"{np.mean([r['ceiling_overall'] for r in results]):.3f}, marker r "
+          f"{np.mean([r['ref_marker_r'] for r in results]):.3f}; machine {machine['cpu']} "
+          f"{' '.join(machine['simd'])}; {time.perf_counter() - t0:.0f} s\n")
+    print_table(summary)
+    print(json.dumps({"summary": summary, "rows": rows, "machine": machine,
+                      "ceiling_overall": [r["ceiling_overall"] for r in results],
+                      "ref_marker_r": [r["ref_marker_r"] for r in results]}, default=float))
+
+
+if __name__ == "__main__":
+    main()
