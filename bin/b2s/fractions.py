@@ -59,7 +59,7 @@ from scipy import sparse
 
 from b2s.errors import InputError
 
-METHODS: tuple[str, ...] = ("nnls", "tape", "scaden")
+METHODS: tuple[str, ...] = ("wls", "nnls", "tape", "scaden")
 DEFAULT_METHOD: str = "nnls"
 
 CELLTYPE_KEY = "celltype"
@@ -215,6 +215,58 @@ def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_mark
     if not cell_share:
         coef = coef * prof["library"][None, :]
     return pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=prof["types"])
+
+
+# --------------------------------------------------------------------------------------------
+# wls (pairwise-test markers, count-space profiles, variance-weighted NNLS)
+# --------------------------------------------------------------------------------------------
+def _marker_positions(markers: dict[str, list[str]], ref_genes: pd.Index) -> np.ndarray:
+    """Positions (in ``ref_genes``) of the union of a curated marker list."""
+    wanted = pd.Index(sorted({g for gs in markers.values() for g in gs}))
+    pos = ref_genes.get_indexer(wanted)
+    return np.sort(pos[pos >= 0])
+
+
+def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_pair: int = 25,
+         min_fold: float = 1.5, n_irls: int = 3, sampling: bool = True, huber: float | None = 1.345,
+         multiplicative: str | float = "fit", marker_method: str = "pairwise", markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Variance-weighted NNLS on pairwise-test markers (:mod:`b2s.fraction_wls`). ``seed``
+    unused (deterministic) but accepted for a uniform signature."""
+    from b2s.fraction_markers import pairwise_markers
+    from b2s.fraction_wls import wls_fit
+
+    ref_pos, bulk_pos = _shared(bulk, reference)
+    lab = _labels(reference)
+    k = len(lab.categories)
+    x = _csr(reference.X[:, ref_pos])
+    if markers is None:
+        genes = pairwise_markers(x, lab.codes, k, n_per_pair=n_per_pair, min_fold=min_fold)
+        if marker_method != "pairwise":
+            fc = _markers(type_profiles(reference, ref_pos)["mean"], 50)
+            genes = fc if marker_method == "foldchange" else np.union1d(genes, fc)
+    else:
+        genes = _marker_positions(markers, pd.Index(reference.var_names.astype(str)[ref_pos]))
+    ind = _indicator(lab.codes, k)
+    n_ref = np.asarray(ind.sum(axis=1)).ravel()
+    xg = x[:, genes]
+    mean = np.asarray((ind @ xg).todense()) / n_ref[:, None]  # types x markers, counts per cell
+    sq = xg.copy()
+    sq.data **= 2
+    var = np.maximum(np.asarray((ind @ sq).todense()) / n_ref[:, None] - mean ** 2, 0.0)
+    var *= (n_ref / np.maximum(n_ref - 1, 1))[:, None]
+    # one global factor q puts the signature on the CPM scale (per-type factors would turn the
+    # coefficients from cells into reads)
+    lib = np.asarray((ind @ x).sum(axis=1)).ravel() / n_ref  # mean counts per cell, shared genes
+    q = 1e6 / max(float(lib.mean()), 1e-12)
+    b_raw = _bulk_matrix(bulk, bulk_pos)
+    total = b_raw.sum(axis=1)
+    p = 1e6 / np.where(total > 0, total, 1.0)
+    b = b_raw[:, genes] * p[:, None]
+    coef = wls_fit(mean.T * q, var.T * q * q, n_ref, b, p, q, n_irls=n_irls, sampling=sampling, huber=huber,
+                    multiplicative=multiplicative)
+    out = pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=list(lab.categories))
+    out.attrs["marker_genes"] = list(reference.var_names.astype(str)[ref_pos][genes])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,12 +435,17 @@ def estimate_sample_fractions(bulk: pd.DataFrame, reference: anndata.AnnData,
         raise InputError(f"--method '{method}' is unknown; use one of {', '.join(METHODS)}")
     if bulk.shape[1] == 0:
         raise InputError("bulk_counts.tsv: no sample columns; give at least one bulk sample")
-    if method == "nnls":
+    if method == "wls":
+        out = _wls(bulk, reference, seed=seed, **kwargs)
+    elif method == "nnls":
         out = _nnls(bulk, reference, seed=seed, **kwargs)
     else:
         out = _mlp_method(method, bulk, reference, seed=seed, **kwargs)
     out.index.name = "sample"
-    return out[sorted(out.columns)]
+    attrs = dict(out.attrs)
+    out = out[sorted(out.columns)]
+    out.attrs.update(attrs)
+    return out
 
 
 def group_fractions(sample_fractions: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:

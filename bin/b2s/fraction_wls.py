@@ -1,0 +1,110 @@
+"""The ``wls`` fraction estimator: pairwise-test markers, count-space profiles, variance-weighted NNLS.
+
+Model: a bulk sample is the sum of its cells' counts, so on the marker genes
+``bulk_g = sum_t n_t * mu_tg + noise`` where ``mu_tg`` is the MEAN raw count per cell of type t
+(per-type mRNA content included: a type with twice the transcripts per cell contributes twice
+per cell) and ``n_t`` the number of cells. The coefficients are therefore cell numbers, and
+normalising them gives fractions of CELLS, not of reads (no separate mRNA-bias step is needed).
+
+Steps (all samples at once; no per-sample Python loop):
+
+1. markers: :func:`b2s.fraction_markers.pairwise_markers` (Welch t on per-cell log CP10k for
+   every ordered pair of types), or a curated ``--markers`` file;
+2. signature ``mu`` and per-cell variance ``v`` (types x markers) of raw counts from two sparse
+   indicator products;
+3. variance-aware weights (DWLS-like, iteratively re-weighted): the residual of gene g has
+   variance ``sum_t c_t^2 v_tg / m_t`` (error of the reference mean from m_t cells, scaled by
+   the fitted cell numbers; it also stands for person-to-person variation) plus
+   ``sum_t n_t v_tg`` (which cells the bulk happened to contain) plus
+   Poisson counting noise; weights = 1 / variance, refitted ``n_irls`` times from the current
+   fit, so noisy markers and highly variable genes get little say, and the weights follow each
+   sample's own composition;
+4. a batched coordinate-descent NNLS on the per-sample weighted normal equations
+   (samples x types x types), warm-started between re-weightings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+
+def batched_nnls_gram(gram: np.ndarray, rhs: np.ndarray, init: np.ndarray | None = None,
+                      max_sweeps: int = 3000, tol: float = 1e-10) -> np.ndarray:
+    """Solve min_c 0.5 c'G_s c - h_s'c, c >= 0, for every sample s at once (cyclic coordinate descent).
+
+    ``gram`` samples x k x k (symmetric PSD), ``rhs`` samples x k; returns samples x k.
+    Each coordinate update is exact, so the objective never increases; sweeps stop when no
+    coefficient moves by more than ``tol`` relative to the sample's largest coefficient.
+    """
+    s, k, _ = gram.shape
+    diag = np.einsum("sii->si", gram).copy()
+    diag[diag <= 0] = 1.0
+    c = np.zeros((s, k)) if init is None else np.clip(np.array(init, dtype=np.float64), 0, None)
+    grad = np.einsum("sij,sj->si", gram, c) - rhs
+    for _ in range(max_sweeps):
+        moved = np.zeros(s)
+        for t in range(k):  # loop over types (few), vectorised over samples
+            new = np.maximum(c[:, t] - grad[:, t] / diag[:, t], 0.0)
+            d = new - c[:, t]
+            if not d.any():
+                continue
+            c[:, t] = new
+            grad += gram[:, :, t] * d[:, None]
+            np.maximum(moved, np.abs(d), out=moved)
+        scale = np.maximum(c.max(axis=1), 1e-300)
+        if np.all(moved <= tol * scale):
+            break
+    return c
+
+
+def weighted_normal_equations(sig: np.ndarray, weights: np.ndarray, bulk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample ``G_s = S' W_s S`` and ``h_s = S' W_s b_s`` (``sig`` genes x k, ``weights`` and
+    ``bulk`` samples x genes)."""
+    gram = np.einsum("gk,sg,gl->skl", sig, weights, sig, optimize=True)
+    rhs = np.einsum("gk,sg->sk", sig, weights * bulk, optimize=True)
+    return gram, rhs
+
+
+def wls_fit(sig: np.ndarray, var: np.ndarray, n_ref: np.ndarray, bulk: np.ndarray,
+            bulk_scale: np.ndarray, sig_scale: float, n_irls: int = 3,
+            sampling: bool = True, huber: float | None = 1.345, multiplicative: str | float = "fit") -> np.ndarray:
+    """Cell-number coefficients (samples x k) of ``bulk`` (samples x genes, CPM) on ``sig``
+    (genes x k, CPM-scaled mean counts per cell) with variance weights (module docstring).
+
+    ``var``: per-cell variance of ``sig``'s units (genes x k); ``n_ref``: reference cells per
+    type; ``bulk_scale``: CPM units per raw count of each sample (p; Poisson term p * mu);
+    ``sig_scale``: CPM units per raw count of the signature (q). A coefficient c_t stands for
+    c_t * q / p cells, so the cell-sampling variance is ``(p / q) * sum_t c_t v_tg``.
+    """
+    mean_gene = np.maximum(sig.mean(axis=1), 1e-12)
+    w = np.broadcast_to(1.0 / mean_gene, bulk.shape)  # start: Poisson-like weights at the signature mean
+    gram, rhs = weighted_normal_equations(sig, w, bulk)
+    c = batched_nnls_gram(gram, rhs)
+    for _ in range(n_irls):
+        mu = c @ sig.T  # samples x genes fitted
+        v = (c ** 2) @ (var / n_ref[None, :]).T
+        if sampling:
+            v = v + (c @ var.T) * (bulk_scale / sig_scale)[:, None]
+        v = v + np.maximum(mu, 0) * bulk_scale[:, None]
+        if multiplicative == "fit":
+            # gene-level deviations that scale with expression (platform, person, the bulk's own
+            # noise): phi * mu^2 with phi per sample from the residuals (robust moment estimate)
+            r2 = (bulk - mu) ** 2
+            phi = np.maximum(np.median((r2 - v) / np.maximum(mu, 1e-12) ** 2, axis=1), 0.0)
+            v = v + phi[:, None] * mu ** 2
+        elif multiplicative:
+            v = v + float(multiplicative) * mu ** 2
+        floor = 1e-3 * np.maximum(np.median(v, axis=1, keepdims=True), 1e-300)
+        w = 1.0 / np.maximum(v, floor)
+        if huber:
+            # Huber weights on standardised residuals (scale: MAD per sample): genes whose
+            # held-out expression departs far from the reference (outlier cells, a state the
+            # reference lacks) lose influence instead of pulling the fit
+            z = (bulk - mu) * np.sqrt(w)
+            scale = 1.4826 * np.median(np.abs(z), axis=1, keepdims=True)
+            az = np.abs(z) / np.maximum(scale, 1e-300)
+            w = w * np.minimum(1.0, huber / np.maximum(az, 1e-300))
+        gram, rhs = weighted_normal_equations(sig, w, bulk)
+        c = batched_nnls_gram(gram, rhs, init=c)
+    return c
