@@ -60,7 +60,7 @@ from scipy import sparse
 from b2s.errors import InputError
 
 METHODS: tuple[str, ...] = ("wls", "nnls", "tape", "scaden")
-DEFAULT_METHOD: str = "nnls"
+DEFAULT_METHOD: str = "wls"
 
 CELLTYPE_KEY = "celltype"
 
@@ -189,12 +189,13 @@ def _bulk_matrix(bulk: pd.DataFrame, bulk_pos: np.ndarray) -> np.ndarray:
 # nnls
 # --------------------------------------------------------------------------------------------
 def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_markers: int = 50,
-          gene_scale: str = "sqrt", cell_share: bool = True) -> pd.DataFrame:
+          gene_scale: str = "sqrt", cell_share: bool = True,
+          markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Marker-gene NNLS on per-type mean profiles; see the module docstring. ``seed`` unused
     (the method is deterministic) but accepted for a uniform signature."""
     ref_pos, bulk_pos = _shared(bulk, reference)
     prof = type_profiles(reference, ref_pos)
-    genes = _markers(prof["mean"], n_markers)
+    genes = _chosen_markers(prof["mean"], n_markers, markers, reference, ref_pos)
     b = _bulk_matrix(bulk, bulk_pos)
     lib = b.sum(axis=1, keepdims=True)
     b = b / np.where(lib > 0, lib, 1) * 1e6  # CPM over the shared genes
@@ -214,7 +215,9 @@ def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_mark
     coef = _batched_nnls(sig, rhs).T  # samples x types, proportional to cell numbers
     if not cell_share:
         coef = coef * prof["library"][None, :]
-    return pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=prof["types"])
+    out = pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=prof["types"])
+    out.attrs["marker_genes"] = list(reference.var_names.astype(str)[ref_pos][genes])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,9 +230,17 @@ def _marker_positions(markers: dict[str, list[str]], ref_genes: pd.Index) -> np.
     return np.sort(pos[pos >= 0])
 
 
-def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_pair: int = 25,
-         min_fold: float = 1.5, n_irls: int = 3, sampling: bool = True, huber: float | None = 1.345,
-         multiplicative: str | float = "fit", marker_method: str = "pairwise", markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
+def _chosen_markers(mean: np.ndarray, n_markers: int, markers: dict[str, list[str]] | None,
+                    reference: anndata.AnnData, ref_pos: np.ndarray) -> np.ndarray:
+    """Curated markers (``--markers``) when given, else the fold-change markers."""
+    if markers is None:
+        return _markers(mean, n_markers)
+    return _marker_positions(markers, pd.Index(reference.var_names.astype(str)[ref_pos]))
+
+
+def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_pair: int = 30,
+         min_fold: float = 2.0, n_irls: int = 3, sampling: bool = True, huber: float | None = 1.345,
+         multiplicative: str | float = "fit", marker_method: str = "pairwise", shrink: float = 10.0, markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Variance-weighted NNLS on pairwise-test markers (:mod:`b2s.fraction_wls`). ``seed``
     unused (deterministic) but accepted for a uniform signature."""
     from b2s.fraction_markers import pairwise_markers
@@ -254,6 +265,14 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
     sq.data **= 2
     var = np.maximum(np.asarray((ind @ sq).todense()) / n_ref[:, None] - mean ** 2, 0.0)
     var *= (n_ref / np.maximum(n_ref - 1, 1))[:, None]
+    if shrink > 0:
+        # few reference cells give noisy variances: shrink each towards a negative-binomial
+        # trend mu + phi mu^2 (one phi, moment estimate over well-expressed entries), with the
+        # weight of ``shrink`` pseudo-cells
+        ok = mean > 0.1
+        phi = float(np.median(((var - mean) / np.maximum(mean, 1e-12) ** 2)[ok])) if ok.any() else 0.0
+        trend = mean + max(phi, 0.0) * mean ** 2
+        var = (n_ref[:, None] * var + shrink * trend) / (n_ref[:, None] + shrink)
     # one global factor q puts the signature on the CPM scale (per-type factors would turn the
     # coefficients from cells into reads)
     lib = np.asarray((ind @ x).sum(axis=1)).ravel() / n_ref  # mean counts per cell, shared genes
@@ -389,11 +408,12 @@ def _train_mlp(kind: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: 
 def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42,
                 n_pseudobulk: int = 1000, n_cells: int = 200, n_markers: int = 100,
                 epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3,
-                scaling: str = "zscore", tape_dropout: float = 0.5) -> pd.DataFrame:
+                scaling: str = "zscore", tape_dropout: float = 0.5,
+                markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Simulate cell-level pseudo-bulks, train the networks, predict the real bulk."""
     ref_pos, bulk_pos = _shared(bulk, reference)
     prof = type_profiles(reference, ref_pos)
-    genes = _markers(prof["mean"], n_markers)
+    genes = _chosen_markers(prof["mean"], n_markers, markers, reference, ref_pos)
     rng = np.random.default_rng(seed)
     print(f"simulating {n_pseudobulk} pseudo-bulks of {n_cells} cells", flush=True)
     summed, y, types = simulate_pseudobulk(reference, n_pseudobulk, n_cells, rng, ref_pos)
@@ -410,7 +430,9 @@ def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed:
         x, test = _zscore(x, test)
     print(f"training {kind} on {x.shape[0]} pseudo-bulks x {x.shape[1]} genes", flush=True)
     pred = _train_mlp(kind, x, y, test, seed, epochs, batch_size, lr, recon if kind == "tape" else None, tape_dropout)
-    return pd.DataFrame(_normalise_rows(pred), index=bulk.columns, columns=types)
+    out = pd.DataFrame(_normalise_rows(pred), index=bulk.columns, columns=types)
+    out.attrs["marker_genes"] = list(reference.var_names.astype(str)[ref_pos][genes])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
