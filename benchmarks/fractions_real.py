@@ -94,6 +94,30 @@ def job_estimate(engine: str, method: str, ref_path: str, bulk_path: str, out_cs
     return {"seconds": sec}
 
 
+def _digest(*paths: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached(engine: str, pred_csv: str, inputs: tuple[str, str], reuse: bool, run) -> dict:
+    """Run a job, or with ``reuse`` take a finished peer result made from identical input files
+    (``--reuse_peers``: an interrupted run's Rectangle/omicverse output need not be recomputed)."""
+    meta = Path(pred_csv + ".json")
+    digest = _digest(*inputs)
+    if reuse and engine != "native" and meta.exists() and Path(pred_csv).exists():
+        old = json.loads(meta.read_text())
+        if old.get("inputs") == digest:
+            print(f"  reusing {pred_csv} ({old['seconds']:.1f} s when measured)", flush=True)
+            return {**old, "reused": True}
+    res = run()
+    meta.write_text(json.dumps({**res, "inputs": digest}))
+    return res
+
+
 def run_python_job(**kw: Any) -> dict:
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as ex:
@@ -161,20 +185,29 @@ def real_splits(args, work: Path, methods: list[tuple[str, str]], logs: Path) ->
         ref_path, bulk_path = str(d / "reference.h5ad"), str(d / "bulk.csv")
         ref.write_h5ad(ref_path)
         bulk.to_csv(bulk_path)
+        cells_txt = str(d / "reference_cells.txt")  # the split's identity (h5ad bytes need not be stable)
+        Path(cells_txt).write_text("\n".join(ref.obs_names) + "\n")
         truth.to_csv(d / "truth.csv")
         for engine, method in methods:
             key = f"{engine}:{method}"
             print(f"[split {split}] {key} ...", flush=True)
             pred_csv = str(d / f"{engine}_{method}.csv")
             if engine == "rectanglepy":
-                res = run_rectangle(ref_path, bulk_path, pred_csv, str(logs / f"rect_split{split}.log"), args.rect_cpus)
+                def run(pred_csv=pred_csv, split=split):
+                    return run_rectangle(ref_path, bulk_path, pred_csv, str(logs / f"rect_split{split}.log"), args.rect_cpus)
             else:
-                res = run_python_job(engine=engine, method=method, ref_path=ref_path, bulk_path=bulk_path,
-                                     out_csv=pred_csv, seed=args.seed, log_path=str(logs / f"{engine}_{method}_split{split}.log"))
+                def run(engine=engine, method=method, pred_csv=pred_csv, split=split):
+                    return run_python_job(engine=engine, method=method, ref_path=ref_path, bulk_path=bulk_path,
+                                          out_csv=pred_csv, seed=args.seed,
+                                          log_path=str(logs / f"{engine}_{method}_split{split}.log"))
+            res = cached(engine, pred_csv, (cells_txt, bulk_path), args.reuse_peers, run)
             s = score(pred_csv, truth, res["seconds"])
             print(f"[split {split}] {key}: r {s['r']:.3f} rmse {s['rmse']:.4f} ccc {s['ccc']:.3f} {s['seconds']:.1f} s",
                   flush=True)
             out[key].append(s)
+        # after every split: the summary so far, so an interrupted run still leaves its numbers
+        Path(args.out + ".partial").write_text(json.dumps(
+            {"splits_done": split + 1, "real": {k: summarise(v) for k, v in out.items() if v}}, indent=1))
     return {k: summarise(v) for k, v in out.items() if v}
 
 
@@ -195,6 +228,8 @@ def bundled(args, work: Path, methods: list[tuple[str, str]], logs: Path) -> dic
         truth = pd.read_csv(td / tfile, index_col=0)
         truth.index = truth.index.astype(str)
         for engine, method in methods:
+            if engine == "rectanglepy" and name == "6":
+                continue  # minutes for 6 samples; the 24-sample set answers the same question
             key = f"{engine}:{method}"
             pred_csv = str(d / f"{engine}_{method}_{name}.csv")
             if engine == "rectanglepy":
@@ -285,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=42, help="estimator seed")
     p.add_argument("--rect_cpus", type=int, default=2)
     p.add_argument("--no_peers", action="store_true", help="native methods only")
+    p.add_argument("--reuse_peers", action="store_true",
+                   help="reuse Rectangle/omicverse outputs of an earlier run on identical input files")
     p.add_argument("--out", default=str(HERE / ".cache" / "fractions_real.json"))
     args = p.parse_args(argv)
     from b2s import fractions

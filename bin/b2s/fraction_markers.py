@@ -54,8 +54,8 @@ def type_moments(x: sparse.csr_matrix, codes: np.ndarray, n_types: int) -> dict[
     return {"mean": mean, "var": var, "cp10k": cp_mean, "n": n}
 
 
-def pairwise_markers(x: sparse.csr_matrix, codes: np.ndarray, n_types: int, n_per_pair: int = 25,
-                     min_fold: float = 1.5, min_t: float = 2.0) -> np.ndarray:
+def pairwise_markers(x: sparse.csr_matrix, codes: np.ndarray, n_types: int, n_per_pair: int = 30,
+                     min_fold: float = 2.0, min_t: float = 2.0) -> np.ndarray:
     """Sorted gene positions: union over ordered type pairs (t, u) of the ``n_per_pair`` genes
     with the largest Welch t (t over u) among genes with CP10k fold change >= ``min_fold``
     and t >= ``min_t``.

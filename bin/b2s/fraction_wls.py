@@ -95,8 +95,8 @@ def weighted_normal_equations(sig: np.ndarray, weights: np.ndarray, bulk: np.nda
 
 
 def wls_fit(sig: np.ndarray, var: np.ndarray, n_ref: np.ndarray, bulk: np.ndarray,
-            bulk_scale: np.ndarray, sig_scale: float, n_irls: int = 3,
-            sampling: bool = True, huber: float | None = 1.345, multiplicative: str | float = "fit") -> np.ndarray:
+            bulk_scale: np.ndarray, sig_scale: float, n_irls: int = 2,
+            sampling: bool = True, huber: float | None = 1.0, multiplicative: str | float = "fit") -> np.ndarray:
     """Cell-number coefficients (samples x k) of ``bulk`` (samples x genes, CPM) on ``sig``
     (genes x k, CPM-scaled mean counts per cell) with variance weights (module docstring).
 

@@ -239,7 +239,7 @@ def _chosen_markers(mean: np.ndarray, n_markers: int, markers: dict[str, list[st
 
 
 def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_pair: int = 30,
-         min_fold: float = 2.0, n_irls: int = 3, sampling: bool = True, huber: float | None = 1.345,
+         min_fold: float = 2.0, n_irls: int = 2, sampling: bool = True, huber: float | None = 1.0,
          multiplicative: str | float = "fit", marker_method: str = "pairwise", shrink: float = 10.0, markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Variance-weighted NNLS on pairwise-test markers (:mod:`b2s.fraction_wls`). ``seed``
     unused (deterministic) but accepted for a uniform signature."""
