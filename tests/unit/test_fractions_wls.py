@@ -250,3 +250,22 @@ def test_script_writes_fit_and_uses_markers(tmp_path, data):
     res = subprocess.run(cmd + ["--markers", str(tmp_path / "bad.csv")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith(f"ERROR: --markers {tmp_path / 'bad.csv'}: cell type(s) Mono")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_shows_goodness_of_fit_and_warns(tmp_path):
+    from b2s.report import build_report
+
+    summary = {"method": "wls", "goodness_of_fit": {
+        "thresholds": {"min_fit_r": 0.9, "max_residual": 0.2},
+        "samples": {"s1": {"fit_r": 0.97, "residual": 0.05, "explained": True},
+                    "s2": {"fit_r": 0.62, "residual": 0.41, "explained": False}},
+        "n_unexplained": 1}}
+    (tmp_path / "fractions_summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report.html"
+    build_report(str(tmp_path), str(out), {}, None)
+    html = out.read_text()
+    assert "Goodness of fit per sample" in html and "0.620" in html and "0.410" in html
+    assert "explains 1 sample(s) poorly (s2)" in html
+    (tmp_path / "fractions_summary.json").write_text(json.dumps({"method": "nnls"}))  # older summaries: no section
+    build_report(str(tmp_path), str(out), {}, None)
+    assert "Goodness of fit" not in out.read_text()
