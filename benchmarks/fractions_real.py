@@ -244,9 +244,7 @@ def bundled(args, work: Path, methods: list[tuple[str, str]], logs: Path) -> dic
 
 
 def goodness_section() -> dict:
-    """fit_r / residual per group: full reference vs the reference without monocytes."""
-    import pandas as pd
-
+    """fit_r / residual per group (split 0): the full reference vs references lacking types."""
     import realdata as rd
     from b2s import fractions
     from b2s.fraction_fit import goodness_of_fit
@@ -256,12 +254,18 @@ def goodness_section() -> dict:
     ref, held = rd.split_reference(adata, seed=0)
     bulk, truth, sheet = rd.make_pseudobulks(held, rd.pseudobulk_design(types), seed=100)
     group = sheet.set_index("sample")["group"]
+    lymphoid = ["B cells", "NK cells", "Plasma cells", "T cells CD4 conv", "T cells CD8", "Tregs"]
+    cases = [("full reference", ref),
+             ("without Monocytes", ref[ref.obs["celltype"] != "Monocytes"].copy()),
+             ("without Monocytes and mDC", ref[~ref.obs["celltype"].isin(["Monocytes", "mDC"])].copy()),
+             ("lymphoid types only", ref[ref.obs["celltype"].isin(lymphoid)].copy())]
     out = {}
-    for name, r in [("full reference", ref), ("reference without Monocytes", ref[ref.obs["celltype"] != "Monocytes"].copy())]:
+    for name, r in cases:
         pred = fractions.estimate_sample_fractions(bulk, r, fractions.DEFAULT_METHOD)
-        fit = goodness_of_fit(bulk, r, pred, pred.attrs.get("marker_genes"))
+        fit = goodness_of_fit(bulk, r, pred)
         g = fit.groupby(group.reindex(fit.index).to_numpy(), sort=False).agg(
-            fit_r_min=("fit_r", "min"), residual_max=("residual", "max"), flagged=("explained", lambda x: int((~x).sum())))
+            fit_r_min=("fit_r", "min"), fit_r_max=("fit_r", "max"), residual_min=("residual", "min"),
+            residual_max=("residual", "max"), flagged=("explained", lambda x: int((~x).sum())))
         out[name] = g.round(4).to_dict(orient="index")
         print(f"goodness of fit, {name}:\n{g.round(3).to_string()}", flush=True)
     return out
@@ -323,9 +327,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reuse_peers", action="store_true",
                    help="reuse Rectangle/omicverse outputs of an earlier run on identical input files")
     p.add_argument("--out", default=str(HERE / ".cache" / "fractions_real.json"))
+    p.add_argument("--only", choices=("goodness", "scale"), help="run one extra section alone")
     args = p.parse_args(argv)
     from b2s import fractions
 
+    if args.only:
+        return {"goodness": goodness_section, "scale": lambda: scale_section(args.seed)}[args.only]()
     if args.quick:
         args.splits = 1
     work = HERE / ".cache" / "fractions_real"

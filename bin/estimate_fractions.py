@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         sample_fr = fr.estimate_sample_fractions(bulk, reference, method=args.method, seed=args.seed, **kwargs)
     seconds = time.perf_counter() - t0
     marker_genes = sample_fr.attrs.get("marker_genes")
-    fit = goodness_of_fit(bulk, reference, sample_fr, marker_genes)
+    fit = goodness_of_fit(bulk, reference, sample_fr)
     sample_fr = sample_fr[sorted(sample_fr.columns)]
     sample_fr.index.name = "sample"
     group_fr = fr.group_fractions(sample_fr, groups)
