@@ -177,7 +177,8 @@ def real_splits(args, work: Path, methods: list[tuple[str, str]], logs: Path) ->
     types = list(adata.obs["celltype"].cat.categories)
     out: dict[str, list] = {f"{e}:{m}": [] for e, m in methods}
     splits = []
-    for split in range(args.splits):
+    ids = set(range(args.splits)) if not args.split_ids else {int(i) for i in args.split_ids.split(",")}
+    for split in sorted(ids):
         ref, held = rd.split_reference(adata, seed=split)
         bulk, truth, _ = rd.make_pseudobulks(held, rd.pseudobulk_design(types), seed=100 + split)
         d = work / f"split{split}"
@@ -189,8 +190,7 @@ def real_splits(args, work: Path, methods: list[tuple[str, str]], logs: Path) ->
         Path(cells_txt).write_text("\n".join(ref.obs_names) + "\n")
         truth.to_csv(d / "truth.csv")
         splits.append((split, d, ref_path, bulk_path, cells_txt, truth))
-    plan = [(sp, m) for sp in splits for m in methods
-            if m[0] != "omicverse" or sp[0] < args.omicverse_splits]
+    plan = [(sp, m) for sp in splits for m in methods if m[0] != "omicverse" or sp[0] < args.omicverse_splits]
     for (split, d, ref_path, bulk_path, cells_txt, truth), (engine, method) in plan:
         key = f"{engine}:{method}"
         print(f"[split {split}] {key} ...", flush=True)
@@ -233,8 +233,8 @@ def bundled(args, work: Path, methods: list[tuple[str, str]], logs: Path) -> dic
         truth = pd.read_csv(td / tfile, index_col=0)
         truth.index = truth.index.astype(str)
         for engine, method in methods:
-            if engine == "rectanglepy" and name == "6":
-                continue  # minutes for 6 samples; the 24-sample set answers the same question
+            if engine == "rectanglepy" and (name == "6" or not args.bundled_peers):
+                continue  # minutes each; the 24-sample set answers the question, with --bundled_peers
             key = f"{engine}:{method}"
             pred_csv = str(d / f"{engine}_{method}_{name}.csv")
             if engine == "rectanglepy":
@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="reuse Rectangle/omicverse outputs of an earlier run on identical input files")
     p.add_argument("--out", default=str(HERE / ".cache" / "fractions_real.json"))
     p.add_argument("--only", choices=("goodness", "scale"), help="run one extra section alone")
+    p.add_argument("--split_ids", default=None, help="with --methods: comma-separated split numbers to run")
+    p.add_argument("--bundled_peers", action="store_true",
+                   help="also run Rectangle on the 24-sample bundled set (minutes; its numbers are in issue #10)")
     p.add_argument("--methods", default=None,
                    help="comma-separated engine:method keys to run on the real splits alone (e.g. omicverse:scaden); "
                         "with --reuse_peers a later full run takes their results")

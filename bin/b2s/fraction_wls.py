@@ -12,21 +12,29 @@ Steps (all samples at once; no per-sample Python loop):
    every ordered pair of types), or a curated ``--markers`` file;
 2. signature ``mu`` and per-cell variance ``v`` (types x markers) of raw counts from two sparse
    indicator products;
-3. variance-aware weights (DWLS-like, iteratively re-weighted): the residual of gene g has
+3. variance-aware weights (DWLS-like, iteratively re-weighted ``n_irls`` times from the current
+   fit, so the weights follow each sample's own composition): the residual of gene g has
    variance ``sum_t c_t^2 v_tg / m_t`` (error of the reference mean from m_t cells, scaled by
-   the fitted cell numbers; it also stands for person-to-person variation) plus
-   ``sum_t n_t v_tg`` (which cells the bulk happened to contain) plus
-   Poisson counting noise; weights = 1 / variance, refitted ``n_irls`` times from the current
-   fit, so noisy markers and highly variable genes get little say, and the weights follow each
-   sample's own composition;
+   the fitted cell numbers) + ``sum_t n_t v_tg`` (which cells the bulk happened to contain) +
+   Poisson counting noise + ``phi mu_g^2`` (gene-level deviations proportional to expression,
+   phi per sample from the residuals); weights = 1 / variance, times Huber weights on the
+   standardised residuals, so noisy markers and genes that the reference does not predict for
+   this bulk get little say (the Huber step alone raised r from 0.950 to 0.981 on the Hao
+   splits, by removing a B-cell over-estimate driven by a few genes);
 4. an exact batched active-set (Lawson-Hanson) NNLS on the per-sample weighted normal
-   equations (samples x types x types).
+   equations (samples x types x types). A first-order solver (coordinate descent) stalled
+   before the optimum on nearly collinear types.
+
+Design measurements (Hao PBMC, 3 splits, wls variants, mean r / RMSE): no re-weighting
+(1/mean weights) 0.835 / 0.053; variance weights without Huber 0.950 / 0.029; with Huber
+0.981 / 0.018; markers by fold change over the highest other type instead of the pairwise test
+0.826 / 0.053 (CD4 T under-estimated by 0.076); 10 / 25 / 50 / 100 markers per pair 0.935 /
+0.950 / 0.950 / 0.949 (before Huber).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
 
 
 def _solve_on(gram: np.ndarray, rhs: np.ndarray, free: np.ndarray) -> np.ndarray:

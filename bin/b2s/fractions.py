@@ -1,9 +1,22 @@
 """Cell-type fractions of bulk samples, group means and target cell numbers (ESTIMATE_FRACTIONS).
 
-Three estimators share one signature, :func:`estimate_sample_fractions`:
+Four estimators share one signature, :func:`estimate_sample_fractions`:
 
+``wls`` (default)
+    Variance-weighted robust NNLS (:mod:`b2s.fraction_wls`): markers from a between-type test on
+    the full gene space (Welch t on per-cell log CP10k for every ORDERED pair of types, so the few
+    genes that tell CD4 from CD8 T cells are kept; :mod:`b2s.fraction_markers`), per-type MEAN
+    raw counts per cell as the signature (coefficients = cell numbers, so per-type mRNA content
+    is corrected: fractions of cells, not reads), genes weighted by the residual variance the
+    fit implies (reference-mean error from the type's cell count, which cells the bulk sampled,
+    counting noise, a fitted expression-proportional term; per-type variances shrunk towards a
+    negative-binomial trend), re-weighted twice with Huber weights on the standardised residuals
+    (genes whose bulk expression departs from the reference lose influence), each solve an exact
+    Lawson-Hanson NNLS for all samples at once. Deterministic. ``markers`` (``--markers``)
+    replaces the automatic selection. Options: ``n_per_pair`` (30), ``min_fold`` (2), ``n_irls``
+    (2), ``huber`` (1.0), ``sampling``, ``multiplicative``, ``shrink`` (10).
 ``nnls``
-    Non-negative least squares of each bulk sample (CPM on the genes shared with the reference)
+    The former default. Non-negative least squares of each bulk sample (CPM on the genes shared with the reference)
     on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
     type by fold change of the type's CPM mean over the highest other type), every gene weighted
     by 1/sqrt(its mean over the type profiles) (Poisson-like variance, so highly expressed genes
@@ -240,7 +253,8 @@ def _chosen_markers(mean: np.ndarray, n_markers: int, markers: dict[str, list[st
 
 def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_pair: int = 30,
          min_fold: float = 2.0, n_irls: int = 2, sampling: bool = True, huber: float | None = 1.0,
-         multiplicative: str | float = "fit", marker_method: str = "pairwise", shrink: float = 10.0, markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
+         multiplicative: str | float = "fit", shrink: float = 10.0,
+         markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Variance-weighted NNLS on pairwise-test markers (:mod:`b2s.fraction_wls`). ``seed``
     unused (deterministic) but accepted for a uniform signature."""
     from b2s.fraction_markers import pairwise_markers
@@ -252,9 +266,6 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
     x = _csr(reference.X[:, ref_pos])
     if markers is None:
         genes = pairwise_markers(x, lab.codes, k, n_per_pair=n_per_pair, min_fold=min_fold)
-        if marker_method != "pairwise":
-            fc = _markers(type_profiles(reference, ref_pos)["mean"], 50)
-            genes = fc if marker_method == "foldchange" else np.union1d(genes, fc)
     else:
         genes = _marker_positions(markers, pd.Index(reference.var_names.astype(str)[ref_pos]))
     ind = _indicator(lab.codes, k)
