@@ -203,8 +203,12 @@ def real_splits(args, work: Path, methods: list[tuple[str, str]], logs: Path) ->
                 return run_python_job(engine=engine, method=method, ref_path=ref_path, bulk_path=bulk_path,
                                       out_csv=pred_csv, seed=args.seed,
                                       log_path=str(logs / f"{engine}_{method}_split{split}.log"))
-        res = cached(engine, pred_csv, (cells_txt, bulk_path), args.reuse_peers, run, args.reuse_native)
-        s = score(pred_csv, truth, res["seconds"])
+        if args.assemble and not Path(pred_csv + ".json").exists():
+            print(f"[split {split}] {key}: no finished result, skipped (--assemble)", flush=True)
+            continue
+        res = cached(engine, pred_csv, (cells_txt, bulk_path), args.reuse_peers or args.assemble, run,
+                     args.reuse_native or args.assemble)
+        s = {**score(pred_csv, truth, res["seconds"]), "split": split}
         print(f"[split {split}] {key}: r {s['r']:.3f} rmse {s['rmse']:.4f} ccc {s['ccc']:.3f} {s['seconds']:.1f} s",
               flush=True)
         out[key].append(s)
@@ -304,7 +308,8 @@ def summarise(runs: list[dict]) -> dict:
 
     keys = ("r", "rmse", "ccc", "seconds", "dropped_unknown")
     out = {k: float(np.mean([r[k] for r in runs])) for k in keys}
-    out.update({f"{k}_per_split": [round(r[k], 4) for r in runs] for k in ("r", "rmse")})
+    out.update({f"{k}_per_split": [round(r[k], 4) for r in runs] for k in ("r", "rmse", "seconds")})
+    out["splits"] = [r.get("split") for r in runs]
     types = runs[0]["bias"].keys()
     out["bias"] = {t: float(np.mean([r["bias"][t] for r in runs])) for t in types}
     out["max_abs_bias"] = max(abs(v) for v in out["bias"].values())
@@ -337,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--only", choices=("goodness", "scale"), help="run one extra section alone")
     p.add_argument("--reuse_native", action="store_true",
                    help="with --reuse_peers, also reuse native results (assemble the tables of jobs run separately)")
+    p.add_argument("--assemble", action="store_true",
+                   help="only collect finished results of earlier (partial or parallel) runs; skip the missing jobs")
     p.add_argument("--split_ids", default=None, help="with --methods: comma-separated split numbers to run")
     p.add_argument("--bundled_peers", action="store_true",
                    help="also run Rectangle on the 24-sample bundled set (minutes; its numbers are in issue #10)")
