@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """ESTIMATE_FRACTIONS: cell-type fractions per bulk sample and group, and target cell numbers.
 
-Writes fractions.csv, sample_fractions.csv, cell_targets.csv, fractions_barplot.png and
-fractions_summary.json into --outdir (see docs/architecture.md).
+Writes fractions.csv, sample_fractions.csv, cell_targets.csv, fractions_barplot.png,
+fractions_fit.csv (goodness of fit per sample) and fractions_summary.json into --outdir (see
+docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from b2s import fractions as fr
 from b2s.errors import InputError, run_cli
-from b2s.io import params_from_args, read_prepared, write_json
+from b2s.fraction_fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
+from b2s.fraction_markers import read_markers
+from b2s.io import params_from_args, read_prepared, warn, write_json
 from b2s.plots import plot_fractions
 
 
@@ -26,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", default=None, choices=fr.METHODS,
                    help=f"fraction estimator (default {fr.DEFAULT_METHOD}; scaden with --engine omicverse, "
                         "which offers scaden and tape)")
+    p.add_argument("--markers", default=None,
+                   help="celltype,gene CSV of curated marker genes replacing automatic selection (native engine)")
     p.add_argument("--scale_size", type=float, default=2.0, help="multiplier of the estimated total cell number")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--engine", default="native", choices=("native", "omicverse"))
@@ -33,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.method is None:
         args.method = "scaden" if args.engine == "omicverse" else fr.DEFAULT_METHOD
+    if args.markers and args.engine == "omicverse":
+        raise InputError(f"--markers {args.markers}: curated markers work with --engine native only "
+                         "(omicverse selects its own genes); drop --markers or use --engine native")
     if args.scale_size <= 0:
         raise InputError(f"--scale_size {args.scale_size} must be > 0; use e.g. 2 (omicverse's default)")
     return args
@@ -45,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     bulk, groups, reference = read_prepared(args.bulk, args.groups, args.reference)
+    kwargs = {}
+    if args.markers:
+        shared = sorted(set(map(str, bulk.index)) & set(map(str, reference.var_names)))
+        types = sorted(set(reference.obs[fr.CELLTYPE_KEY].astype(str)))
+        kwargs["markers"] = read_markers(args.markers, types, shared)
+        print(f"using {sum(map(len, kwargs['markers'].values()))} curated markers from {args.markers}", flush=True)
     print(f"estimating fractions: {bulk.shape[1]} samples, {reference.n_obs} reference cells, "
           f"method {args.method}, engine {args.engine}", flush=True)
     t0 = time.perf_counter()
@@ -53,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
 
         sample_fr = omicverse_engine.estimate_sample_fractions(bulk, reference, args.method, args.seed)
     else:
-        sample_fr = fr.estimate_sample_fractions(bulk, reference, method=args.method, seed=args.seed)
+        sample_fr = fr.estimate_sample_fractions(bulk, reference, method=args.method, seed=args.seed, **kwargs)
     seconds = time.perf_counter() - t0
+    marker_genes = sample_fr.attrs.get("marker_genes")
+    fit = goodness_of_fit(bulk, reference, sample_fr)
     sample_fr = sample_fr[sorted(sample_fr.columns)]
     sample_fr.index.name = "sample"
     group_fr = fr.group_fractions(sample_fr, groups)
@@ -63,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     sample_fr.to_csv(out / "sample_fractions.csv")
     group_fr.to_csv(out / "fractions.csv")
     targets.to_csv(out / "cell_targets.csv", index=False)
+    fit.to_csv(out / "fractions_fit.csv")
+    for line in fit_warnings(fit):
+        warn(line)
     plot_fractions(group_fr, str(out / "fractions_barplot.png"),
                    title=f"Estimated cell-type fractions ({args.method}, {args.engine})")
     totals = fr.total_cells(bulk, groups, reference)
@@ -72,6 +91,13 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(seconds, 3),
         "n_samples": int(sample_fr.shape[0]),
         "cell_types": list(sample_fr.columns),
+        "markers": {"source": args.markers or "automatic", "n_genes": len(marker_genes) if marker_genes else None},
+        "goodness_of_fit": {
+            "thresholds": {"min_fit_r": MIN_FIT_R, "max_residual": MAX_RESIDUAL},
+            "samples": {str(s): {"fit_r": round(float(r.fit_r), 4), "residual": round(float(r.residual), 4),
+                                 "explained": bool(r.explained)} for s, r in fit.iterrows()},
+            "n_unexplained": int((~fit["explained"]).sum()),
+        },
         "groups": {
             g: {"n_samples": int((groups["group"] == g).sum()),
                 "estimated_total_cells": round(totals[g], 3),

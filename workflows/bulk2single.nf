@@ -25,7 +25,8 @@ workflow BULK2SINGLE {
     )
     ch_versions = ch_versions.mix(PREPARE_INPUTS.out.versions)
 
-    ESTIMATE_FRACTIONS(PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups, PREPARE_INPUTS.out.reference)
+    ESTIMATE_FRACTIONS(PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups, PREPARE_INPUTS.out.reference,
+                       optional(params.markers))
     ch_versions = ch_versions.mix(ESTIMATE_FRACTIONS.out.versions)
 
     PREPROCESS(PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups, PREPARE_INPUTS.out.reference)

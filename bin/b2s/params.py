@@ -308,17 +308,48 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
     if values.get("samplesheet") and values.get("bulk_group"):
         res.errors.append("--samplesheet and --bulk_group were both given: pass only one "
                           f"(the samplesheet can hold many groups) {SEE_HELP}")
-    if values.get("engine") == "omicverse" and values.get("fraction_method") == "nnls":
-        res.errors.append("--fraction_method nnls is not part of omicverse: with --engine omicverse use "
-                          f"scaden (its default, also what an unset --fraction_method gives) or tape {SEE_HELP}")
+    if values.get("engine") == "omicverse" and values.get("fraction_method") in ("nnls", "wls"):
+        res.errors.append(f"--fraction_method {values['fraction_method']} is not part of omicverse: with --engine "
+                          f"omicverse use scaden (its default, also what an unset --fraction_method gives) or tape {SEE_HELP}")
+    markers = values.get("markers")
+    if markers and "markers" not in errors:
+        if values.get("engine") == "omicverse":
+            res.errors.append(f"--markers {markers}: curated markers work with --engine native only (omicverse "
+                              f"selects its own genes); drop --markers or use --engine native {SEE_HELP}")
+        elif isinstance(markers, str) and not _is_remote(markers) and Path(markers).is_file():
+            res.errors.extend(validate_markers_file(markers))
     return res
+
+
+def validate_markers_file(path: str | Path) -> list[str]:
+    """Format checks of a ``--markers`` file before any task runs (columns celltype,gene, at least
+    one row, no empty cell). Cell types and genes are checked against the data in ESTIMATE_FRACTIONS."""
+    what = f"--markers {path}"
+    fix = "give a CSV with header 'celltype,gene' and one row per marker gene"
+    try:
+        keys, rows = read_table(path)
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError) as err:
+        return [f"{what}: cannot be read ({err}); {fix} {SEE_HELP}"]
+    if not keys:
+        return [f"{what}: the file is empty; {fix} {SEE_HELP}"]
+    missing = [c for c in ("celltype", "gene") if c not in keys]
+    if missing:
+        return [f"{what}: missing column(s) {', '.join(missing)} (found: {', '.join(k for k in keys if k) or 'none'}); "
+                f"{fix} {SEE_HELP}"]
+    if not rows:
+        return [f"{what}: no marker rows below the header; {fix} {SEE_HELP}"]
+    blank = [i + 2 for i, r in enumerate(rows) if not r.get("celltype") or not r.get("gene")]
+    if blank:
+        return [f"{what}: line(s) {', '.join(map(str, blank[:5]))} have an empty celltype or gene; fill or remove them "
+                f"{SEE_HELP}"]
+    return []
 
 
 # --------------------------------------------------------------------------------------------
 # samplesheet
 # --------------------------------------------------------------------------------------------
-def read_samplesheet(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a CSV/TSV samplesheet (optionally .gz) as dicts with lower-case, stripped keys.
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header keys (lower-case, stripped) and rows of a CSV/TSV (optionally .gz) as dicts.
 
     Values are stripped; blank lines are skipped. Tab-separated when the header has a tab and
     no comma (as ``b2s.io`` reads it).
@@ -333,10 +364,15 @@ def read_samplesheet(path: str | Path) -> list[dict[str, str]]:
     reader = csv.reader(io.StringIO(text), delimiter=delim)
     rows = [r for r in reader if any(c.strip() for c in r)]
     if not rows:
-        return []
+        return [], []
     keys = [k.strip().lower() for k in rows[0]]
-    return [{k: (r[i].strip() if i < len(r) else "") for i, k in enumerate(keys) if k}
-            for r in rows[1:]]
+    return keys, [{k: (r[i].strip() if i < len(r) else "") for i, k in enumerate(keys) if k} for r in rows[1:]]
+
+
+def read_samplesheet(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV/TSV samplesheet (optionally .gz) as dicts with lower-case, stripped keys
+    (see :func:`read_table`)."""
+    return read_table(path)[1]
 
 
 def validate_samplesheet(path: str | Path, sheet_schema: Mapping[str, Any]) -> list[str]:

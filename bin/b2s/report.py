@@ -625,6 +625,33 @@ def _section_files(inputs_dir: Path, files: dict[str, Path]) -> str:
             + pd.DataFrame(rows).to_html(index=False, escape=False, border=0))
 
 
+def _section_fit(files: dict[str, Path]) -> str:
+    """Goodness of fit per sample (fractions_summary.json): how well each bulk is rebuilt from
+    its fractions and the reference's per-type profiles; unexplained samples are named first."""
+    summ = _read_json(files.get("fractions_summary.json")) or {}
+    gof = summ.get("goodness_of_fit")
+    if not isinstance(gof, dict) or not gof.get("samples"):
+        return ""
+    fit = pd.DataFrame(gof["samples"]).T
+    thr = gof.get("thresholds", {})
+    parts = ["<h3 id='fraction-fit'>Goodness of fit per sample</h3>",
+             "<p class='muted'>Each bulk sample against the bulk its fractions reconstruct from the "
+             "reference's per-type mean profiles, on the marker genes: <i>fit r</i> = Pearson r of "
+             "log1p(CPM), <i>residual</i> = share of marker reads misplaced (0 = perfect). A sample is "
+             f"flagged when fit r &lt; {_fmt(thr.get('min_fit_r'))} or residual &gt; "
+             f"{_fmt(thr.get('max_residual'))}.</p>"]
+    bad = [s for s, row in fit.iterrows() if not bool(row.get("explained", True))]
+    if bad:
+        parts.append(f"<p class='warn'><b>Warning:</b> the reference explains {len(bad)} sample(s) poorly "
+                     f"({_esc(', '.join(map(str, bad[:10])))}{', ...' if len(bad) > 10 else ''}): a cell type "
+                     "may be missing from the reference, or the tissue differs; treat their fractions with "
+                     "caution.</p>")
+    table = fit[["fit_r", "residual"]].astype(float)
+    table["explained"] = ["yes" if bool(v) else "NO" for v in fit["explained"]]
+    parts.append(_df_table(table, index_label="sample", digits=3))
+    return "\n".join(parts)
+
+
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -668,6 +695,7 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     body = [
         _section_summary(groups, files, params),
         _section_fractions(files),
+        _section_fit(files),
         _section_training(files, params),
         *[_section_group(g, files) for g in groups],
         _section_run(params, versions_yaml),

@@ -67,7 +67,7 @@ def mixture():
     return ref, b, truth
 
 
-FAST = {"nnls": {}, "tape": {"n_pseudobulk": 400, "epochs": 15}, "scaden": {"n_pseudobulk": 400, "epochs": 8}}
+FAST = {"wls": {}, "nnls": {}, "tape": {"n_pseudobulk": 400, "epochs": 15}, "scaden": {"n_pseudobulk": 400, "epochs": 8}}
 
 
 @pytest.mark.parametrize("method", F.METHODS)

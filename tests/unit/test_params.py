@@ -116,7 +116,7 @@ def test_schema_covers_exactly_the_config_params_with_the_same_defaults(schema):
 def test_enums_and_bounds(schema):
     props = bp.schema_properties(schema)
     assert props["engine"]["enum"] == ["native", "omicverse"]
-    assert props["fraction_method"]["enum"] == ["nnls", "tape", "scaden"]
+    assert props["fraction_method"]["enum"] == ["wls", "nnls", "tape", "scaden"]
     assert props["device"]["enum"] == ["auto", "cpu", "cuda"]
     for name in ("epoch_num", "batch_size", "max_single_cells", "hidden_size", "patience",
                  "checkpoint_every", "log_every", "top_marker_num", "ratio_num"):
@@ -141,8 +141,8 @@ def test_good_params_pass_without_warnings(schema):
     [
         ({"epoch_num": "ten"}, "--epoch_num ten: must be an integer"),
         ({"epoch_num": -5}, "--epoch_num -5: must be >= 1"),
-        ({"fraction_method": "foo"}, "--fraction_method foo: must be one of nnls, tape, scaden"),
-        ({"fraction_method": "NNLS"}, "--fraction_method NNLS: must be one of nnls, tape, scaden; did you mean nnls?"),
+        ({"fraction_method": "foo"}, "--fraction_method foo: must be one of wls, nnls, tape, scaden"),
+        ({"fraction_method": "NNLS"}, "--fraction_method NNLS: must be one of wls, nnls, tape, scaden; did you mean nnls?"),
         ({"learning_rate": 0}, "--learning_rate 0: must be > 0"),
         ({"learning_rate": -1e-3}, "--learning_rate -0.001: must be > 0"),
         ({"batch_size": 0}, "--batch_size 0: must be >= 1"),
@@ -267,7 +267,7 @@ def test_cli_exit_codes_and_lines(tmp_path):
     bad.write_text(json.dumps(good_params(epoch_num=-5, fraction_method="foo")))
     res = run_cli("--schema", str(SCHEMA_PATH), "--params-json", str(bad))
     assert res.returncode == 2
-    assert res.stderr.splitlines() == [f"ERROR: --fraction_method foo: must be one of nnls, tape, scaden {SEE}",
+    assert res.stderr.splitlines() == [f"ERROR: --fraction_method foo: must be one of wls, nnls, tape, scaden {SEE}",
                                        f"ERROR: --epoch_num -5: must be >= 1 {SEE}"]
 
     res = run_cli("--schema", str(SCHEMA_PATH), "--params-json", str(tmp_path / "missing.json"))

@@ -6,6 +6,7 @@ process ESTIMATE_FRACTIONS {
     path bulk
     path groups
     path reference
+    path markers, stageAs: 'input/*'   // [] when --markers is not given
 
     output:
     path 'fractions.csv'         , emit: fractions
@@ -13,23 +14,25 @@ process ESTIMATE_FRACTIONS {
     path 'cell_targets.csv'      , emit: targets
     path 'fractions_barplot.png' , emit: plot
     path 'fractions_summary.json', emit: summary
+    path 'fractions_fit.csv'     , emit: fit
     path 'versions.yml'          , emit: versions
 
     script:
     def args = task.ext.args ?: ''
+    def markers_arg = markers ? "--markers ${markers}" : ''
     """
     estimate_fractions.py \\
         --bulk ${bulk} \\
         --groups ${groups} \\
         --reference ${reference} \\
-        ${args} \\
+        ${markers_arg} ${args} \\
         --outdir .
     b2s_versions.py "${task.process}" torch scikit-learn scipy omicverse > versions.yml
     """
 
     stub:
     """
-    touch fractions.csv sample_fractions.csv cell_targets.csv fractions_barplot.png
+    touch fractions.csv sample_fractions.csv cell_targets.csv fractions_barplot.png fractions_fit.csv
     echo '{}' > fractions_summary.json
     b2s_versions.py "${task.process}" torch scikit-learn scipy omicverse > versions.yml
     """
