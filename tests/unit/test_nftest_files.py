@@ -520,6 +520,13 @@ def test_bare_nftest_finds_every_test():
     tests_dir = (REPO / re.search(r'testsDir\s+"([^"]+)"', config).group(1)).resolve()
     for t in MODULE_TESTS + [REPO / "tests" / "main.nf.test"]:
         assert tests_dir in t.resolve().parents, f"{t.relative_to(REPO)} is outside testsDir {tests_dir}"
+    # ... and nothing else: nf-test runs every *.nf.test under testsDir (fixtures are .txt)
+    found = set()
+    for root, dirs, files in os.walk(tests_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "work"]
+        found |= {Path(root, f).resolve() for f in files if f.endswith((".nf.test", ".groovy.test"))}
+    expected = {t.resolve() for t in MODULE_TESTS + [REPO / "tests" / "main.nf.test"]}
+    assert found == expected, f"unexpected nf-test files: {sorted(map(str, found - expected))}"
     lib = re.search(r'libDir\s+"([^"]+)"', config)
     helpers = {"H5ad", "Csv"} & set(re.findall(r"\b(H5ad|Csv)\.", "".join(t.read_text() for t in MODULE_TESTS)))
     for h in helpers:

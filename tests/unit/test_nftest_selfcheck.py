@@ -26,7 +26,7 @@ def _errors(module: str, text: str) -> list[str]:
     [("generate", "reference.h5ad"), ("qc", "reference.h5ad"), ("report", "samplesheet.csv")],
 )
 def test_fails_on_the_broken_tests_of_bb931c8(module: str, name: str):
-    errors = _errors(module, (FIXTURES / f"{module}.main.nf.test").read_text())
+    errors = _errors(module, (FIXTURES / f"{module}.main.nf.test.txt").read_text())
     collisions = [e for e in errors if "input file name collision" in e]
     assert collisions, errors
     assert all(f"'{name}'" in e for e in collisions), collisions
@@ -34,7 +34,7 @@ def test_fails_on_the_broken_tests_of_bb931c8(module: str, name: str):
 
 def test_qc_fixture_reports_each_extra_copy():
     # reference.h5ad is given three times: as generated, filtered and model input
-    errors = _errors("qc", (FIXTURES / "qc.main.nf.test").read_text())
+    errors = _errors("qc", (FIXTURES / "qc.main.nf.test.txt").read_text())
     assert len([e for e in errors if "collision" in e]) == 2, errors
 
 
