@@ -6,7 +6,6 @@ are capped at the machine's CPUs and memory (conf/base.config), so every task st
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -19,12 +18,16 @@ TEST_DATA = REPO / "assets" / "test_data"
 pytestmark = pytest.mark.pipeline
 
 
-def _report_tasks(outdir) -> list[dict]:
-    """Task records embedded in the execution report (they carry the requested cpus/memory)."""
+def _report_tasks(outdir) -> dict[str, dict[str, int]]:
+    """Requested cpus/memory per process, from the task records in the execution report.
+
+    (The report's embedded data is JavaScript, not strict JSON: read the fields by pattern.)
+    """
     report = next((outdir / "pipeline_info").glob("execution_report_*.html")).read_text()
-    m = re.search(r"window\.data = (\{.*?\});\s*$", report, re.S | re.M)
-    assert m, "no task data in the execution report"
-    return json.loads(m.group(1))["trace"]
+    found = re.findall(r'"name":"BULK2SINGLE:(\w+)[^"]*",.*?"cpus":"(\d+)","memory":"(\d+)"',
+                       report, re.S)
+    assert found, "no task records in the execution report"
+    return {name: {"cpus": int(c), "memory": int(m)} for name, c, m in found}
 
 
 def test_plain_parameters_run_on_this_machine(tmp_path):
@@ -39,7 +42,7 @@ def test_plain_parameters_run_on_this_machine(tmp_path):
     )
     assert res.returncode == 0, res.output[-4000:]
     assert "exceeds available" not in res.output
-    tasks = {t["name"].split(":")[-1].split(" ")[0]: t for t in _report_tasks(res.outdir)}
+    tasks = _report_tasks(res.outdir)
     assert {"PREPARE_INPUTS", "TRAIN_VAE", "FILTER", "QC", "REPORT"} <= set(tasks)
     ncpu = os.cpu_count()
     mem_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
