@@ -12,9 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _config(*args: str, cwd: Path = REPO) -> str:
-    proc = subprocess.run(["nextflow", "config", "-flat", *args, str(REPO)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+def _config(*args: str, user_config: Path | None = None) -> str:
+    pre = ["-c", str(user_config)] if user_config else []  # -c is an option of `nextflow` itself
+    proc = subprocess.run(["nextflow", *pre, "config", "-flat", *args, str(REPO)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -39,9 +40,9 @@ def test_explicit_resource_limits_win(tmp_path):
     assert _limits(_config("-profile", "test")) == "[cpus:2, memory:'6 GB', time:'1h']"
     user = tmp_path / "mine.config"
     user.write_text("process.resourceLimits = [cpus: 3, memory: 5.GB, time: 2.h]\n")
-    assert _limits(_config("-c", str(user))) == "[cpus:3, memory:'5 GB', time:'2h']"
+    assert _limits(_config(user_config=user)) == "[cpus:3, memory:'5 GB', time:'2h']"
     # a profile after which the user's -c file is applied still ends with the user's value
-    assert _limits(_config("-profile", "docker,gpu", "-c", str(user))) == "[cpus:3, memory:'5 GB', time:'2h']"
+    assert _limits(_config("-profile", "docker,gpu", user_config=user)) == "[cpus:3, memory:'5 GB', time:'2h']"
 
 
 def test_local_task_gets_capped_request(tmp_path):
