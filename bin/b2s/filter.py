@@ -2,8 +2,9 @@
 
 Behaviour follows the seed tool (omicverse ``Bulk2Single.filtered``): highly variable genes
 (seurat flavour: min_mean 0.0125, max_mean 3, min_disp 0.5) on the log-normalised generated
-cells, scale (max_value 10), PCA (100 components), kNN graph, Leiden, and clusters with fewer
-than ``leiden_size`` cells are removed.
+cells, scale (max_value 10), PCA (100 components), kNN graph (scanpy's umap connectivities,
+computed by :mod:`b2s.graph` without numba), Leiden, and clusters with fewer than
+``leiden_size`` cells are removed.
 
 Differences on purpose:
 - the kept cells are returned with ALL genes and the log-normalised X (the seed returns the
@@ -83,16 +84,22 @@ def _pca(x: np.ndarray, n_comps: int, seed: int, notes: list[str]) -> np.ndarray
 
 
 def _leiden(pcs: np.ndarray, seed: int) -> np.ndarray:
-    """Leiden clusters (leidenalg, the seed's backend) on the kNN graph of ``pcs``."""
+    """Leiden clusters (leidenalg, the seed's backend) on the fuzzy kNN graph of ``pcs``.
+
+    The graph is ``sc.pp.neighbors``' (umap method, exact kNN) computed by :mod:`b2s.graph`
+    instead of umap's numba kernels, which cost ~9 s of compilation in every FILTER task;
+    the Leiden call is unchanged.
+    """
     import scanpy as sc
 
+    from b2s.graph import connectivities
+
+    conn = connectivities(pcs, n_neighbors=min(N_NEIGHBORS, pcs.shape[0] - 1))
     g = ad.AnnData(X=np.zeros((pcs.shape[0], 1), dtype=np.float32))
-    g.obsm["X_pca"] = pcs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FutureWarning about the default leiden backend
-        sc.pp.neighbors(g, n_neighbors=min(N_NEIGHBORS, pcs.shape[0] - 1), use_rep="X_pca",
-                        random_state=seed)
-        sc.tl.leiden(g, flavor="leidenalg", random_state=seed, key_added="leiden")
+        sc.tl.leiden(g, adjacency=conn, flavor="leidenalg", random_state=seed,
+                     key_added="leiden")
     return g.obs["leiden"].astype(str).to_numpy()
 
 

@@ -463,31 +463,228 @@ def subsample_indices(labels: np.ndarray, max_cells: int, seed: int, min_cells: 
     return np.sort(chosen)
 
 
+#: Largest run of matrix entries (or dense rows x genes) read from the h5ad at once.
+_READ_BLOCK = 1 << 23
+#: Gaps between selected CSR rows shorter than this (in entries) are read through, not seeked.
+_READ_GAP = 1 << 16
+
+
+class _Unsupported(Exception):
+    """An h5ad layout the partial reader does not know; the whole file is read instead."""
+
+
+def _h5_index(group) -> pd.Index:
+    """The index of an anndata dataframe group (obs/var) without reading its columns."""
+    from anndata.io import read_elem
+
+    if not hasattr(group, "attrs") or "_index" not in group.attrs or not hasattr(group, "keys"):
+        raise _Unsupported("dataframe without '_index'")
+    return pd.Index(np.asarray(read_elem(group[group.attrs["_index"]])).astype(str))
+
+
+def _csr_rows(elem, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows ``rows`` (sorted, unique) of an on-disk CSR matrix, reading only their entries."""
+    indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+    data_ds, ind_ds = elem["data"], elem["indices"]
+    starts, ends = indptr[rows], indptr[rows + 1]
+    lengths = ends - starts
+    out_data = np.empty(int(lengths.sum()), dtype=np.float32)
+    out_ind = np.empty(out_data.size, dtype=np.int64)
+    # Spans of selected rows close enough to read in one go (bounded size).
+    first = 0
+    pos = 0
+    n = len(rows)
+    while first < n:
+        last = first
+        while (last + 1 < n and starts[last + 1] - ends[last] <= _READ_GAP
+               and ends[last + 1] - starts[first] <= _READ_BLOCK):
+            last += 1
+        lo, hi = int(starts[first]), int(ends[last])
+        if hi > lo:
+            lens = lengths[first:last + 1]
+            total = int(lens.sum())
+            # positions of the selected rows' entries inside the span just read
+            take = (np.repeat(starts[first:last + 1] - lo - np.cumsum(lens) + lens, lens)
+                    + np.arange(total))
+            out_data[pos:pos + total] = np.asarray(data_ds[lo:hi])[take]
+            out_ind[pos:pos + total] = np.asarray(ind_ds[lo:hi])[take]
+            pos += total
+        first = last + 1
+    new_indptr = np.concatenate([[0], np.cumsum(lengths)])
+    shape = (len(rows), int(elem.attrs["shape"][1]))
+    return sp.csr_matrix((out_data, out_ind, new_indptr), shape=shape)
+
+
+def _csc_rows(elem, rows: np.ndarray, n_obs: int) -> sp.csr_matrix:
+    """Rows ``rows`` of an on-disk CSC matrix: one streaming pass over the entries in blocks.
+
+    CSC stores cells inside columns, so every entry is scanned once, but only the selected
+    cells' entries are kept: memory is set by the subsample and the block size.
+    """
+    indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+    n_cols = indptr.size - 1
+    where = np.full(n_obs, -1, dtype=np.int64)
+    where[rows] = np.arange(rows.size)
+    keep_r, keep_c, keep_v = [], [], []
+    nnz = int(indptr[-1])
+    for lo in range(0, nnz, _READ_BLOCK):
+        hi = min(lo + _READ_BLOCK, nnz)
+        r = where[np.asarray(elem["indices"][lo:hi], dtype=np.int64)]
+        sel = np.flatnonzero(r >= 0)
+        if sel.size:
+            keep_r.append(r[sel])
+            keep_c.append(np.searchsorted(indptr, lo + sel, side="right") - 1)
+            keep_v.append(np.asarray(elem["data"][lo:hi])[sel].astype(np.float32))
+    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
+    coo = sp.coo_matrix((cat(keep_v, np.float32), (cat(keep_r, np.int64), cat(keep_c, np.int64))),
+                        shape=(rows.size, n_cols))
+    return coo.tocsr()
+
+
+def _dense_rows(ds, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows ``rows`` of an on-disk dense matrix, read in bounded row blocks, kept sparse."""
+    per = max(1, _READ_BLOCK // max(1, ds.shape[1]))
+    parts = [sp.csr_matrix(np.asarray(ds[rows[i:i + per]], dtype=np.float32))
+             for i in range(0, rows.size, per)]
+    return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, ds.shape[1]),
+                                                                       dtype=np.float32)
+
+
+def _h5_matrix_reader(elem, n_obs: int):
+    """A function ``rows -> CSR float32`` reading only those rows of an h5ad matrix element."""
+    import h5py
+
+    if isinstance(elem, h5py.Dataset):
+        if elem.ndim != 2:
+            raise _Unsupported(f"{elem.ndim}-d dataset")
+        return lambda rows: _dense_rows(elem, rows)
+    enc = elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", ""))
+    enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+    if enc in ("csr_matrix", "csr"):
+        return lambda rows: _csr_rows(elem, rows)
+    if enc in ("csc_matrix", "csc"):
+        return lambda rows: _csc_rows(elem, rows, n_obs)
+    raise _Unsupported(f"matrix encoding '{enc}'")
+
+
+class _H5Reference:
+    """The parts of a reference h5ad the pipeline uses, read on demand with h5py.
+
+    Labels and names are read first; matrix rows only for the chosen cells (CSR: only their
+    entries; CSC: one streaming pass; dense: their rows). Unknown layouts raise _Unsupported.
+    """
+
+    def __init__(self, f) -> None:
+        import h5py
+
+        if not isinstance(f.get("obs"), h5py.Group) or not isinstance(f.get("var"), h5py.Group):
+            raise _Unsupported("obs/var are not anndata dataframes")
+        self.f = f
+        self.obs_names = _h5_index(f["obs"])
+        self.var_names = _h5_index(f["var"])
+        self.n_obs, self.n_vars = len(self.obs_names), len(self.var_names)
+        order = f["obs"].attrs.get("column-order", [])
+        self.columns = [str(c) for c in np.atleast_1d(order)] if len(order) else []
+        # Matrix layouts are checked now (attributes only), so an unknown one falls back early.
+        self._candidates = []
+        if "layers" in f and "counts" in f["layers"]:
+            self._candidates.append(("layers['counts']",
+                                     _h5_matrix_reader(f["layers"]["counts"], self.n_obs),
+                                     self.var_names))
+        if "raw" in f and "X" in f["raw"]:
+            raw_var = _h5_index(f["raw"]["var"]) if "var" in f["raw"] else self.var_names
+            self._candidates.append((".raw.X", _h5_matrix_reader(f["raw"]["X"], self.n_obs),
+                                     raw_var))
+        self._candidates.append(("X", _h5_matrix_reader(f["X"], self.n_obs) if "X" in f else None,
+                                 self.var_names))
+
+    def labels(self, key: str) -> pd.Series:
+        from anndata.io import read_elem
+
+        return pd.Series(read_elem(self.f["obs"][key]))
+
+    def candidates(self) -> list[tuple[str, Any, Any]]:
+        return self._candidates
+
+
+class _MemoryReference:
+    """The same interface over an AnnData read whole (layouts the partial reader cannot read)."""
+
+    def __init__(self, adata: ad.AnnData) -> None:
+        self.adata = adata
+        self.obs_names, self.var_names = adata.obs_names, adata.var_names
+        self.n_obs, self.n_vars = adata.n_obs, adata.n_vars
+        self.columns = list(adata.obs.columns)
+
+    def labels(self, key: str) -> pd.Series:
+        return self.adata.obs[key].reset_index(drop=True)
+
+    def candidates(self) -> list[tuple[str, Any, Any]]:
+        a, out = self.adata, []
+        if "counts" in a.layers:
+            out.append(("layers['counts']", lambda rows, m=a.layers["counts"]: m[rows], a.var_names))
+        if a.raw is not None:
+            out.append((".raw.X", lambda rows, m=a.raw.X: m[rows], a.raw.var_names))
+        out.append(("X", None if a.X is None else (lambda rows, m=a.X: m[rows]), a.var_names))
+        return out
+
+
+def _cannot_read(what: str, err: Exception) -> InputError:
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return InputError(f"{what}: cannot be read as h5ad ({msg[:150]}); provide an AnnData .h5ad file "
+                      "(e.g. written by adata.write_h5ad)")
+
+
 def read_reference(path: str | os.PathLike, celltype_key: str, max_single_cells: int | None = None,
                    seed: int = 0, min_cells: int = 2) -> ad.AnnData:
-    """Read, validate, standardise and subsample the scRNA-seq reference.
+    """Read, validate, standardise and subsample the scRNA-seq reference, reading only what is used.
+
+    The cell names and ``obs[celltype_key]`` are read first; the seeded subsample is chosen from
+    the labels (:func:`subsample_indices`); then only those cells' rows of the counts matrix are
+    read from disk (CSR: their entries only; CSC: one streaming pass in blocks; dense: their rows),
+    so peak memory is set by the subsample, not the atlas. Layouts the partial reader does not
+    know (e.g. h5ad files from anndata < 0.7) are read whole, with a log line.
 
     Returns an AnnData with X = raw counts (CSR float32), ``obs['celltype']`` categorical
     (sorted categories, no other obs columns), unique var/obs names. Statistics go to
     ``result.uns['prepare']`` (a dict; callers replace it before writing).
     """
+    import h5py
+
     p = _check_exists(path, "--reference")
     what = f"--reference {path}"
     try:
-        adata = ad.read_h5ad(p)
-    except Exception as err:  # h5py/anndata raise many types for corrupt or non-h5ad files
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{what}: cannot be read as h5ad ({msg[:150]}); provide an AnnData .h5ad file "
-                         "(e.g. written by adata.write_h5ad)") from None
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(f"{what}: empty ({adata.n_obs} cells x {adata.n_vars} genes); provide a populated reference")
-    if celltype_key not in adata.obs.columns:
-        raise InputError(f"--celltype_key '{celltype_key}' is not a column of {path} obs (found: "
-                         f"{examples(adata.obs.columns, 12) or 'no columns'}); "
-                         "set --celltype_key to the cell-type column")
-    stats: dict[str, Any] = {"n_cells_input": int(adata.n_obs), "n_genes_input": int(adata.n_vars)}
+        f = h5py.File(p, "r", rdcc_nbytes=64 << 20)
+    except Exception as err:  # h5py raises OSError and others for non-HDF5/truncated files
+        raise _cannot_read(what, err) from None
+    with f:
+        try:
+            src: _H5Reference | _MemoryReference = _H5Reference(f)
+        except _Unsupported as why:
+            log(f"reference: layout not readable in part ({why}); reading the whole file "
+                "(re-save it with a current anndata to read only the subsample)")
+            try:
+                src = _MemoryReference(ad.read_h5ad(p))
+            except Exception as err:  # anndata raises many types for corrupt or non-h5ad files
+                raise _cannot_read(what, err) from None
+        except Exception as err:
+            raise _cannot_read(what, err) from None
+        return _select_reference(src, what, path, celltype_key, max_single_cells, seed, min_cells)
 
-    lab = adata.obs[celltype_key]
+
+def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any, celltype_key: str,
+                      max_single_cells: int | None = None, seed: int = 0, min_cells: int = 2
+                      ) -> ad.AnnData:
+    """Labels -> validated, seeded subsample -> its raw counts (see :func:`read_reference`)."""
+    if src.n_obs == 0 or src.n_vars == 0:
+        raise InputError(f"{what}: empty ({src.n_obs} cells x {src.n_vars} genes); provide a populated reference")
+    if celltype_key not in src.columns:
+        raise InputError(f"--celltype_key '{celltype_key}' is not a column of {path} obs (found: "
+                         f"{examples(src.columns, 12) or 'no columns'}); "
+                         "set --celltype_key to the cell-type column")
+    stats: dict[str, Any] = {"n_cells_input": int(src.n_obs), "n_genes_input": int(src.n_vars)}
+
+    lab = src.labels(celltype_key)
     labels = lab.astype("string").str.strip()
     unlabelled = (labels.isna() | (labels == "") | labels.str.lower().isin(["nan", "none", "na"])).to_numpy()
     if unlabelled.all():
@@ -514,18 +711,12 @@ def read_reference(path: str | os.PathLike, celltype_key: str, max_single_cells:
     final_labels = labels.to_numpy(dtype=object)[sub].astype(str)
 
     # Raw counts: layers['counts'], then .raw, then X (the first holding non-negative integers).
-    candidates = []
-    if "counts" in adata.layers:
-        candidates.append(("layers['counts']", adata.layers["counts"], adata.var_names))
-    if adata.raw is not None:
-        candidates.append((".raw.X", adata.raw.X, adata.raw.var_names))
-    candidates.append(("X", adata.X, adata.var_names))
     problems = []
-    for source, matrix, var_names in candidates:
-        if matrix is None:
+    for source, read_rows, var_names in src.candidates():
+        if read_rows is None:
             problems.append(f"{source} is empty")
             continue
-        x = matrix[sub]
+        x = read_rows(sub)
         x = sp.csr_matrix(x, dtype=np.float32) if not sp.issparse(x) else sp.csr_matrix(x).astype(np.float32)
         problem = _count_problem(x)
         if problem is None:
@@ -540,7 +731,7 @@ def read_reference(path: str | os.PathLike, celltype_key: str, max_single_cells:
         log(f"reference: using raw counts from {source} ({'; '.join(problems)})")
     stats["counts_source"] = source
 
-    obs_names = pd.Index(adata.obs_names[sub].astype(str))
+    obs_names = pd.Index(np.asarray(src.obs_names)[sub].astype(str))
     out = ad.AnnData(
         X=x,
         obs=pd.DataFrame({CELLTYPE_KEY: pd.Categorical(final_labels, categories=sorted(set(final_labels)))},

@@ -170,3 +170,29 @@ def test_filter_script_missing_input(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         script.main(["--input", str(tmp_path / "nope.h5ad"), "--group", "G",
                      "--outdir", str(tmp_path)])
+
+
+def test_clusters_match_scanpy_umap_graph(gen, filtered, monkeypatch):
+    """The b2s.graph connectivities give the clusters FILTER got from sc.pp.neighbors (umap)."""
+    import warnings
+
+    import scanpy as sc
+
+    import b2s.filter as bf
+
+    def scanpy_leiden(pcs, seed):  # the graph step as it was before b2s.graph
+        g = ad.AnnData(X=np.zeros((pcs.shape[0], 1), dtype=np.float32))
+        g.obsm["X_pca"] = pcs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sc.pp.neighbors(g, n_neighbors=min(bf.N_NEIGHBORS, pcs.shape[0] - 1),
+                            use_rep="X_pca", random_state=seed)
+            sc.tl.leiden(g, flavor="leidenalg", random_state=seed, key_added="leiden")
+        return g.obs["leiden"].astype(str).to_numpy()
+
+    monkeypatch.setattr(bf, "_leiden", scanpy_leiden)
+    before = filter_cells(gen, leiden_size=25, seed=7)
+    assert list(before.obs_names) == list(filtered.obs_names)
+    assert list(before.obs["leiden"]) == list(filtered.obs["leiden"])
+    assert json.loads(before.uns["b2s"])["summary"]["cluster_sizes"] == \
+        json.loads(filtered.uns["b2s"])["summary"]["cluster_sizes"]

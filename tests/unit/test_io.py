@@ -292,6 +292,116 @@ def test_subsample_is_seeded_and_keeps_every_type(tmp_path):
         bio.subsample_indices(a.obs["cluster"].to_numpy(), 5, seed=0)
 
 
+def _atlas(n: int = 400, n_genes: int = 60, seed: int = 0) -> ad.AnnData:
+    """A reference with several types, unlabelled cells and integer counts (CSR)."""
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(0.4, (n, n_genes)).astype(np.float32)
+    x[rng.random((n, n_genes)) < 0.5] = 0
+    labels = rng.choice(["B", "T", "NK", "Mono", "DC"], n, p=[0.3, 0.3, 0.2, 0.17, 0.03]).astype(object)
+    labels[rng.choice(n, 7, replace=False)] = None
+    obs = pd.DataFrame({"other": rng.normal(size=n), "cluster": pd.Categorical(labels)},
+                       index=[f"cell{i}" for i in range(n)])
+    return ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+
+
+def _layout(a: ad.AnnData, where: str, fmt: str) -> ad.AnnData:
+    """Put the counts in X / layers['counts'] / .raw as CSR, CSC or dense (log values elsewhere)."""
+    conv = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": lambda m: m.toarray()}[fmt]
+    counts = a.X.copy()
+    lognorm = counts.copy()
+    lognorm.data = np.log1p(lognorm.data * 1.7).astype(np.float32)
+    b = a.copy()
+    if where == "X":
+        b.X = conv(counts)
+    elif where == "layer":
+        b.X = lognorm
+        b.layers["counts"] = conv(counts)
+    else:  # raw, with one more gene than X
+        full = ad.AnnData(X=conv(sp.hstack([counts, counts[:, :1]]).tocsr()), obs=b.obs,
+                          var=pd.DataFrame(index=list(b.var_names) + ["extra"]))
+        b.raw = full
+        b.X = lognorm
+    return b
+
+
+def _whole_file(path, *args, **kw) -> ad.AnnData:
+    """read_reference as it was before partial reads: the whole file in memory, same selection."""
+    src = bio._MemoryReference(ad.read_h5ad(path))
+    return bio._select_reference(src, f"--reference {path}", path, *args, **kw)
+
+
+def _assert_same_reference(x: ad.AnnData, y: ad.AnnData) -> None:
+    assert list(x.obs_names) == list(y.obs_names) and list(x.var_names) == list(y.var_names)
+    assert list(x.obs["celltype"]) == list(y.obs["celltype"])
+    assert list(x.obs["celltype"].cat.categories) == list(y.obs["celltype"].cat.categories)
+    assert x.X.dtype == y.X.dtype == np.float32 and sp.isspmatrix_csr(x.X)
+    for attr in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(x.X, attr), getattr(y.X, attr))
+    assert x.uns["prepare"] == y.uns["prepare"]
+
+
+@pytest.mark.parametrize("where", ["X", "layer", "raw"])
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_partial_read_gives_the_whole_file_result(tmp_path, monkeypatch, where, fmt):
+    a = _layout(_atlas(), where, fmt)
+    path = tmp_path / "atlas.h5ad"
+    a.write_h5ad(path)
+    expect = _whole_file(path, "cluster", 120, 5)
+    expect_all = _whole_file(path, "cluster", None, 5)
+    # small read blocks so spans, gaps and CSC blocks are all exercised on this small file
+    monkeypatch.setattr(bio, "_READ_BLOCK", 97)
+    monkeypatch.setattr(bio, "_READ_GAP", 5)
+
+    def no_whole_read(*_a, **_k):
+        raise AssertionError("the whole file was read")
+
+    monkeypatch.setattr(bio.ad, "read_h5ad", no_whole_read)
+    got = bio.read_reference(path, "cluster", 120, 5)
+    _assert_same_reference(got, expect)
+    assert got.n_obs == 120 and got.uns["prepare"]["n_cells_unlabelled_dropped"] == 7
+    # the chosen rows are the seeded subsample of the labelled cells, with their own counts
+    kept = np.flatnonzero(a.obs["cluster"].notna().to_numpy())
+    labels = a.obs["cluster"].astype(str).to_numpy()[kept]
+    chosen = kept[bio.subsample_indices(labels, 120, 5)]
+    assert list(got.obs_names) == list(a.obs_names[chosen])
+    counts = _atlas().X[chosen].toarray()
+    if where == "raw":  # .raw holds one more gene, a copy of the first
+        counts = np.hstack([counts, counts[:, :1]])
+    np.testing.assert_array_equal(got.X.toarray(), counts)
+    # no subsampling: every labelled cell
+    _assert_same_reference(bio.read_reference(path, "cluster", None, 5), expect_all)
+
+
+def test_partial_read_same_seed_same_subsample_on_bundled_reference():
+    path = TEST_DATA / "reference.h5ad"
+    for seed in (0, 42):
+        _assert_same_reference(bio.read_reference(path, "celltype", 150, seed),
+                               _whole_file(path, "celltype", 150, seed))
+
+
+def test_unknown_layout_falls_back_to_whole_file(tmp_path, monkeypatch, capsys):
+    a = _atlas()
+    path = tmp_path / "old.h5ad"
+    a.write_h5ad(path)
+    import h5py
+
+    with h5py.File(path, "r+") as f:  # a matrix encoding the partial reader does not know
+        f["X"].attrs["encoding-type"] = "some_future_matrix"
+    with pytest.raises(InputError, match="cannot be read as h5ad"):  # anndata cannot either
+        bio.read_reference(path, "cluster", 50, 1)
+    assert "layout not readable in part (matrix encoding 'some_future_matrix'); reading the whole file" \
+        in capsys.readouterr().out
+    a.write_h5ad(path)
+
+    def unknown(self, f):
+        raise bio._Unsupported("test layout")
+
+    monkeypatch.setattr(bio._H5Reference, "__init__", unknown)
+    got = bio.read_reference(path, "cluster", 50, 1)
+    monkeypatch.undo()
+    _assert_same_reference(got, bio.read_reference(path, "cluster", 50, 1))
+
+
 def test_subsample_indices_uniform_fill():
     labels = np.array(["a"] * 900 + ["b"] * 100)
     idx = bio.subsample_indices(labels, 500, seed=1)
