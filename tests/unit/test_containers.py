@@ -210,7 +210,7 @@ def test_singularity_definition_bootstraps_from_the_published_image():
 
 def test_containers_readme_documents_build_push_and_gpu_checks():
     text = (CONTAINERS / "README.md").read_text()
-    for needle in ("make image", "make test-image", "-f containers/Dockerfile", "--push", "ghcr.io",
+    for needle in ("make image", "make test-image", "-f containers/Dockerfile", "docker push", "ghcr.io",
                    "docker login ghcr.io", "docker://ghcr.io/nf-bulk2single/nf-bulk2single:0.1.0",
                    "singularity build", "apptainer build", "containers/bulk2single.def",
                    "torch.cuda.is_available()", "--gpus all", "--nv", "SITE_CA=", "BASE_CA=", "docker save",
