@@ -103,8 +103,8 @@ def test_hadolint_passes_with_no_ignored_rule():
 def test_dockerfile_needs_no_registry_frontend():
     # A `# syntax=` directive makes BuildKit pull its frontend image from a registry.
     assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.M | re.I)
-    # The pip cache is a BuildKit cache mount (built-in frontend), never a layer.
-    assert "--mount=type=cache,id=nf-bulk2single-pip,target=/root/.cache/pip" in DOCKERFILE.read_text()
+    # The wheelhouse is a BuildKit cache mount (built-in frontend), never a layer.
+    assert "--mount=type=cache,id=nf-bulk2single-wheels,target=/wheels,sharing=locked" in DOCKERFILE.read_text()
 
 
 def test_dockerfile_installs_exactly_requirements_in_a_multistage_build():
@@ -119,7 +119,9 @@ def test_dockerfile_installs_exactly_requirements_in_a_multistage_build():
                       "--from=builder /opt/venv /opt/venv"]
     assert "python3 -m venv /opt/venv" in runs
     install = [r for r in runs if "pip install" in r]
-    assert len(install) == 1 and "pip install -r /tmp/requirements.txt && pip check" in install[0]
+    assert len(install) == 1
+    assert ("pip download --no-cache-dir --no-deps --progress-bar off -d /wheels -r /tmp/requirements.txt && "
+            "pip install --no-cache-dir --no-index --find-links /wheels -r /tmp/requirements.txt && pip check") in install[0]
     final = ins[[i for i, (op, _) in enumerate(ins) if op == "FROM"][1]:]
     # Nothing is installed from Debian in the Dockerfile (the base has python3, procps, CAs) ...
     assert not any("apt-get" in args for op, args in ins if op == "RUN")
