@@ -7,6 +7,7 @@ engine in tests/container (make test-image)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def test_image_build_is_keyed_on_its_inputs_and_sends_a_minimal_context():
 
 def test_make_targets_and_ci():
     make = subprocess.run(["make", "-n", "image", "test-image"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env={k: v for k, v in __import__("os").environ.items() if k != "MAKEFLAGS"})
+                          timeout=60, env={k: v for k, v in os.environ.items() if k != "MAKEFLAGS"})
     assert make.returncode == 0, make.stderr
     assert "containers/engine.sh run containers/image.sh" in make.stdout
     assert "B2S_IMAGE=ghcr.io/nf-bulk2single/nf-bulk2single:0.1.0" in make.stdout
