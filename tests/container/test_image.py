@@ -25,7 +25,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from ..pipeline.nfrun import REPO, NfResult, nextflow_run
+from ..pipeline.nfrun import REPO, NfResult
 from ..unit.test_containers import _canon, flat_config, read_pins, unquote
 
 IMAGE = os.environ.get("B2S_IMAGE", "")
@@ -58,30 +58,46 @@ def base_dir():
 
 
 @pytest.fixture(scope="module")
-def native_run(base_dir) -> NfResult:
-    res = nextflow_run(base_dir / "native", "-profile", "test", *PARAMS, timeout=1800)
+def pipeline(base_dir) -> Path:
+    """The pipeline (and the local Nextflow launcher) copied where the non-root uid can read it
+    (a checkout under /root is not); both runs use this copy."""
+    dst = base_dir / "pipeline"
+    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".nxf_home", ".nextflow-runtime", "benchmarks", "tests", "work", "results",
+        ".nextflow", ".nextflow.log*", "__pycache__", ".pytest_cache"))
+    shutil.copytree((REPO / ".nextflow-runtime").resolve(), dst / ".nextflow-runtime")
+    return dst
+
+
+def launch(pipeline: Path, launch_dir: Path, *args: str, env: dict | None = None,
+           prefix: tuple[str, ...] = ()) -> NfResult:
+    """`nextflow run <pipeline copy> -ansi-log false --outdir results <args>` in ``launch_dir``."""
+    cmd = [*prefix, str(pipeline / "tools" / "nextflow"), "run", str(pipeline), "-ansi-log", "false",
+           "--outdir", "results", *args]
+    proc = subprocess.run(cmd, cwd=launch_dir, env=env, capture_output=True, text=True, timeout=1800)
+    res = NfResult(proc.returncode, proc.stdout + proc.stderr, launch_dir, launch_dir / "results")
     assert res.returncode == 0, res.output[-4000:]
     return res
 
 
 @pytest.fixture(scope="module")
-def container_run(base_dir, native_run) -> NfResult:
+def native_run(base_dir, pipeline) -> NfResult:
+    (base_dir / "native").mkdir()
+    return launch(pipeline, base_dir / "native", "-profile", "test", *PARAMS)
+
+
+@pytest.fixture(scope="module")
+def container_run(base_dir, pipeline, native_run) -> NfResult:
     """`-profile test,docker` launched as uid 1234 (no passwd entry) with the docker group."""
-    launch = base_dir / "container"
-    launch.mkdir()
-    nxf_home = launch / ".nxf_home"
+    launch_dir = base_dir / "container"
+    nxf_home = launch_dir / ".nxf_home"
     shutil.copytree((REPO / ".nxf_home").resolve(), nxf_home)
-    for p in [launch, *launch.rglob("*")]:
+    for p in [launch_dir, *launch_dir.rglob("*")]:
         os.chown(p, UID, GID)
     docker_gid = os.stat("/var/run/docker.sock").st_gid
-    env = {**os.environ, "HOME": str(launch), "NXF_HOME": str(nxf_home)}
-    cmd = ["setpriv", f"--reuid={UID}", f"--regid={GID}", f"--groups={docker_gid}", "--",
-           "nextflow", "run", str(REPO), "-ansi-log", "false", "--outdir", "results",
-           "-profile", "test,docker", *PARAMS]
-    proc = subprocess.run(cmd, cwd=launch, env=env, capture_output=True, text=True, timeout=1800)
-    res = NfResult(proc.returncode, proc.stdout + proc.stderr, launch, launch / "results")
-    assert res.returncode == 0, res.output[-4000:]
-    return res
+    env = {**os.environ, "HOME": str(launch_dir), "NXF_HOME": str(nxf_home)}
+    return launch(pipeline, launch_dir, "-profile", "test,docker", *PARAMS, env=env,
+                  prefix=("setpriv", f"--reuid={UID}", f"--regid={GID}", f"--groups={docker_gid}", "--"))
 
 
 def task_dirs(run: NfResult) -> list[Path]:
