@@ -207,8 +207,9 @@ def test_every_versions_yml_names_the_image_packages(container_run):
 def test_no_task_prints_cache_warnings(native_run, container_run, which):
     run = native_run if which == "native" else container_run
     for d in task_dirs(run):
-        err = (d / ".command.err").read_text()
-        assert not CACHE_WARNING.search(err), f"{d}/.command.err:\n{err[-3000:]}"
+        for log in (".command.err", ".command.log"):  # stderr; stdout and stderr as the task printed them
+            text = (d / log).read_text()
+            assert not CACHE_WARNING.search(text), f"{d}/{log}:\n{text[-3000:]}"
         # The caches live in the task's own folder (nextflow.config), written by the task's uid.
         for cache in (d / ".cache").glob("*"):
             assert cache.stat().st_uid == (UID if which == "container" else os.getuid()), cache
