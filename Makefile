@@ -13,7 +13,7 @@ export NXF_HOME    := $(CURDIR)/.nxf_home
 export NXF_OFFLINE := true
 export NXF_VER     := $(NXF_VERSION)
 
-.PHONY: setup env nextflow demo test clean
+.PHONY: setup env nextflow demo test image test-image clean
 
 setup: env nextflow
 
@@ -39,6 +39,21 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest tests
+
+# The runtime image (containers/README.md): a Docker engine is installed (Debian's docker.io) and
+# started when missing, and stopped again if this target started it; the base is bootstrapped from
+# Debian packages when absent; the build is skipped when the image of the same inputs exists.
+IMAGE         ?= ghcr.io/nf-bulk2single/nf-bulk2single
+IMAGE_VERSION := $(shell sed -n "s/^ *version *= *'\(.*\)'.*/\1/p" nextflow.config)
+export IMAGE
+image:
+	VERSION=$(IMAGE_VERSION) containers/engine.sh run containers/image.sh
+
+# Container tests (tests/container, not part of `make test`): the test profile in the image as a
+# non-root uid against the same run without the container, pip freeze/check in the image.
+test-image: setup
+	VERSION=$(IMAGE_VERSION) containers/engine.sh run bash -c \
+	    'containers/image.sh && B2S_IMAGE=$(IMAGE):$(IMAGE_VERSION) $(VENV)/bin/python -m pytest tests/container'
 
 clean:
 	rm -rf work .nextflow .nextflow.log* $(OUTDIR) tests/.runs
