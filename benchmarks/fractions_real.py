@@ -60,12 +60,7 @@ print(json.dumps({"seconds": sec}))
 
 
 # ----------------------------------------------------------------------------- child jobs
-def _quiet(log_path: str) -> None:
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+from run import _quiet  # noqa: E402  (the main benchmark's log redirection for child jobs)
 
 
 def job_estimate(engine: str, method: str, ref_path: str, bulk_path: str, out_csv: str, seed: int,
