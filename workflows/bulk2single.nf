@@ -60,7 +60,10 @@ workflow BULK2SINGLE {
     QC(GENERATE.out.generated.join(FILTER.out.filtered), PREPROCESS.out.model_input, ESTIMATE_FRACTIONS.out.targets)
     ch_versions = ch_versions.mix(QC.out.versions)
 
+    // One block per process (the per-group tasks write identical blocks), sorted by text: task
+    // folders are hashed per run, so sorting the files themselves gave a different order each run.
     ch_versions_file = ch_versions
+        .map { it.text }
         .unique()
         .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true)
 
