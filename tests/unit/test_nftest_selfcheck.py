@@ -71,48 +71,32 @@ def test_fails_on_a_path_where_a_tuple_is_expected():
     assert any("takes a tuple of 2" in e and "gives a file" in e for e in errors), errors
 
 
-def test_fails_on_a_value_where_a_path_is_expected():
-    errors = _mutated("train_vae", "input[0] = PREPROCESS.out.model_input", 'input[0] = "model_input.h5ad"')
-    assert any("takes path model_input, the test gives val" in e for e in errors), errors
-
-
-def test_fails_on_an_output_the_setup_process_does_not_emit():
-    errors = _mutated("estimate_fractions", "input[0] = PREPARE_INPUTS.out.bulk", "input[0] = PREPARE_INPUTS.out.counts")
-    assert any("PREPARE_INPUTS has no output 'counts'" in e for e in errors), errors
-
-
-def test_fails_on_a_process_that_is_not_set_up():
-    errors = _mutated("generate", "input[2] = TRAIN_VAE.out.weights", "input[2] = TRAIN.out.weights")
-    assert any("TRAIN is not run in this test's setup" in e for e in errors), errors
-
-
-def test_fails_on_a_wrong_setup_script():
-    errors = _mutated("train_vae", 'script "../../preprocess/main.nf"', 'script "../../preprocess/mian.nf"')
-    assert any("does not exist" in e for e in errors), errors
-
-
-def test_fails_on_a_collision_through_stage_as():
+# (module test, text replaced, replacement, the error the stand-in must report)
+MUTATIONS = [
+    pytest.param("train_vae", "input[0] = PREPROCESS.out.model_input", 'input[0] = "model_input.h5ad"',
+                 "takes path model_input, the test gives val", id="value-where-a-path-is-expected"),
+    pytest.param("estimate_fractions", "input[0] = PREPARE_INPUTS.out.bulk", "input[0] = PREPARE_INPUTS.out.counts",
+                 "PREPARE_INPUTS has no output 'counts'", id="output-the-setup-process-does-not-emit"),
+    pytest.param("generate", "input[2] = TRAIN_VAE.out.weights", "input[2] = TRAIN.out.weights",
+                 "TRAIN is not run in this test's setup", id="process-not-set-up"),
+    pytest.param("train_vae", 'script "../../preprocess/main.nf"', 'script "../../preprocess/mian.nf"',
+                 "does not exist", id="wrong-setup-script"),
     # PREPARE_INPUTS stages all four inputs under input/: two files named alike collide there
-    errors = _mutated("prepare_inputs", "input[3] = file(\"${projectDir}/assets/test_data/samplesheet.csv\")",
-                      "input[3] = file(\"${projectDir}/assets/test_data/reference.h5ad\")")
-    assert any("collision: 'input/reference.h5ad'" in e for e in errors), errors
+    pytest.param("prepare_inputs", "input[3] = file(\"${projectDir}/assets/test_data/samplesheet.csv\")",
+                 "input[3] = file(\"${projectDir}/assets/test_data/reference.h5ad\")",
+                 "collision: 'input/reference.h5ad'", id="collision-through-stage-as"),
+    pytest.param("report", 'collectFile(name: "params.json")', 'collectFile(name: "software_versions.yml")',
+                 "collision: 'software_versions.yml'", id="collision-between-collected-files"),
+    pytest.param("preprocess", "assets/test_data/samplesheet.csv", "assets/test_data/samplesheet.tsv",
+                 "assets/test_data/samplesheet.tsv does not exist", id="missing-bundled-file"),
+    pytest.param("train_vae", "epoch_num        = 5", "epochs = 5",
+                 "params.epochs is not a pipeline parameter", id="unknown-param"),
+    pytest.param("generate", "process.out.versions", "process.out.version",
+                 "no output(s) ['version']", id="unknown-output"),
+]
 
 
-def test_fails_on_a_collision_between_collected_files():
-    errors = _mutated("report", 'collectFile(name: "params.json")', 'collectFile(name: "software_versions.yml")')
-    assert any("collision: 'software_versions.yml'" in e for e in errors), errors
-
-
-def test_fails_on_a_missing_bundled_file():
-    errors = _mutated("preprocess", "assets/test_data/samplesheet.csv", "assets/test_data/samplesheet.tsv")
-    assert any("assets/test_data/samplesheet.tsv does not exist" in e for e in errors), errors
-
-
-def test_fails_on_an_unknown_param():
-    errors = _mutated("train_vae", "epoch_num        = 5", "epochs = 5")
-    assert any("params.epochs is not a pipeline parameter" in e for e in errors), errors
-
-
-def test_fails_on_an_unknown_output():
-    errors = _mutated("generate", "process.out.versions", "process.out.version")
-    assert any("no output(s) ['version']" in e for e in errors), errors
+@pytest.mark.parametrize(("module", "old", "new", "expected"), MUTATIONS)
+def test_fails_on_a_mutated_test(module: str, old: str, new: str, expected: str):
+    errors = _mutated(module, old, new)
+    assert any(expected in e for e in errors), errors
