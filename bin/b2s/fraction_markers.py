@@ -25,13 +25,10 @@ from scipy import sparse
 from b2s.errors import InputError
 
 
-def _log_cp10k(x: sparse.csr_matrix) -> sparse.csr_matrix:
-    """Per-cell log1p(counts per 10,000), sparse (zeros stay zeros)."""
+def _cp10k(x: sparse.csr_matrix) -> sparse.csr_matrix:
+    """Per-cell counts per 10,000, sparse (empty cells stay zero)."""
     lib = np.asarray(x.sum(axis=1)).ravel()
-    scale = 1e4 / np.where(lib > 0, lib, 1.0)
-    y = sparse.csr_matrix(sparse.diags(scale) @ x)
-    y.data = np.log1p(y.data)
-    return y
+    return sparse.csr_matrix(sparse.diags(1e4 / np.where(lib > 0, lib, 1.0)) @ x)
 
 
 def type_moments(x: sparse.csr_matrix, codes: np.ndarray, n_types: int) -> dict[str, np.ndarray]:
@@ -41,15 +38,15 @@ def type_moments(x: sparse.csr_matrix, codes: np.ndarray, n_types: int) -> dict[
     """
     n = np.bincount(codes, minlength=n_types).astype(np.float64)
     ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_types, len(codes)))
-    y = _log_cp10k(x)
+    cp = _cp10k(x)
+    y = cp.copy()
+    y.data = np.log1p(y.data)  # log1p(CP10k): zeros stay zeros
     s1 = np.asarray((ind @ y).todense())
     y2 = y.copy()
     y2.data **= 2
     s2 = np.asarray((ind @ y2).todense())
     mean = s1 / n[:, None]
     var = np.maximum(s2 / n[:, None] - mean ** 2, 0.0) * (n / np.maximum(n - 1, 1))[:, None]
-    lib = np.asarray(x.sum(axis=1)).ravel()
-    cp = sparse.csr_matrix(sparse.diags(1e4 / np.where(lib > 0, lib, 1.0)) @ x)
     cp_mean = np.asarray((ind @ cp).todense()) / n[:, None]
     return {"mean": mean, "var": var, "cp10k": cp_mean, "n": n}
 
