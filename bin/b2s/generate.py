@@ -198,8 +198,9 @@ def calibration(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_mat
         pos += len(block)
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(lib > 0, TARGET_SUM / np.where(lib > 0, lib, 1.0), 0.0)
-    real = np.asarray((_indicator(codes, n_types) @ sp.diags(scale) @ counts).todense())
-    n = np.asarray(_indicator(codes, n_types).sum(axis=1)).ravel()
+    ind = _indicator(codes, n_types)
+    real = np.asarray((ind @ sp.diags(scale) @ counts).todense())
+    n = np.asarray(ind.sum(axis=1)).ravel()
     with np.errstate(invalid="ignore", divide="ignore"):
         cal = np.where(dec > 0, real / dec, 0.0)
         base = np.where(dec > 0, 0.0, real / np.maximum(n, 1)[:, None])
