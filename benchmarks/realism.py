@@ -76,6 +76,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "warmup50": {"free_bits": 0.0, "kl_warmup": 50, "reparam": "standard"},
     "ovform": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "omicverse"},
     "fb0.5_lr3e-4": {"free_bits": 0.5, "kl_warmup": 0, "reparam": "standard", "learning_rate": 3e-4},
+    # KL weight: beta 4 on per-entry MSE is a Gaussian decoder of variance beta / 2 = 2
+    "beta0.1": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard", "beta": 0.1},
+    "beta0.01": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard", "beta": 0.01},
 }
 
 

@@ -12,9 +12,12 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     counting noise, a fitted expression-proportional term; per-type variances shrunk towards a
     negative-binomial trend), re-weighted twice with Huber weights on the standardised residuals
     (genes whose bulk expression departs from the reference lose influence), each solve an exact
-    Lawson-Hanson NNLS for all samples at once. Deterministic. ``markers`` (``--markers``)
-    replaces the automatic selection. Options: ``n_per_pair`` (30), ``min_fold`` (2), ``n_irls``
-    (2), ``huber`` (1.0), ``sampling``, ``multiplicative``, ``shrink`` (10).
+    Lawson-Hanson NNLS for all samples at once, its normal equations corrected for the noise of
+    signatures estimated from few reference cells (errors-in-variables: without it a type with 5
+    reference cells is under-estimated and a similar type absorbs its cells). Deterministic.
+    ``markers`` (``--markers``) replaces the automatic selection. Options: ``n_per_pair`` (30),
+    ``min_fold`` (3), ``n_irls`` (2), ``huber`` (1.0), ``sampling``, ``multiplicative``,
+    ``shrink`` (10), ``eiv`` (0.5).
 ``nnls``
     The former default. Non-negative least squares of each bulk sample (CPM on the genes shared with the reference)
     on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
@@ -269,8 +272,8 @@ def _chosen_markers(mean: np.ndarray, n_markers: int, markers: dict[str, list[st
 
 
 def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_pair: int = 30,
-         min_fold: float = 2.0, n_irls: int = 2, sampling: bool = True, huber: float | None = 1.0,
-         multiplicative: str | float = "fit", shrink: float = 10.0,
+         min_fold: float = 3.0, n_irls: int = 2, sampling: bool = True, huber: float | None = 1.0,
+         multiplicative: str | float = "fit", shrink: float = 10.0, eiv: float = 0.5,
          markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Variance-weighted NNLS on pairwise-test markers (:mod:`b2s.fraction_wls`). ``seed``
     unused (deterministic) but accepted for a uniform signature."""
@@ -310,7 +313,7 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
     p = 1e6 / np.where(total > 0, total, 1.0)
     b = b_raw[:, genes] * p[:, None]
     coef = wls_fit(mean.T * q, var.T * q * q, n_ref, b, p, q, n_irls=n_irls, sampling=sampling, huber=huber,
-                    multiplicative=multiplicative)
+                    multiplicative=multiplicative, eiv=eiv)
     out = pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=list(lab.categories))
     out.attrs["marker_genes"] = list(reference.var_names.astype(str)[ref_pos][genes])
     return out
