@@ -81,6 +81,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # KL weight: beta 4 on per-entry MSE is a Gaussian decoder of variance beta / 2 = 2
     "beta0.1": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard", "beta": 0.1},
     "beta0.01": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard", "beta": 0.01},
+    # optimizer steps: 662 reference cells in batches of 512 are 2 steps per epoch
+    "bs64": {"batch_size": 64},
+    "bs128": {"batch_size": 128},
 }
 
 
