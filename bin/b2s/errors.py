@@ -6,6 +6,14 @@ import sys
 from collections.abc import Callable
 
 
+def warn(msg: str) -> None:
+    """One ``WARNING: <msg>`` line on stderr: the single format the pipeline collects from tasks.
+
+    ``msg`` is one line naming the file or parameter and what was done about it.
+    """
+    print(f"WARNING: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
+
+
 class InputError(Exception):
     """Bad input from the user. Printed as one line, without a traceback.
 

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,6 +47,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.errors import InputError
+from b2s.errors import warn as _warn
 
 #: Values within this distance of an integer count as integral (float32 storage, "12.0").
 INTEGRAL_TOL = 1e-3
@@ -70,8 +70,8 @@ def log(msg: str) -> None:
 
 
 def warn(msg: str) -> None:
-    """Warning line on stderr."""
-    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+    """Warning line on stderr (``WARNING: ...``, :func:`b2s.errors.warn`)."""
+    _warn(msg)
 
 
 def examples(values: Iterable[Any], n: int = 5) -> str:
