@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage."""
+    WARNINGS.clear()  # this run's warnings only (main may be called more than once in one process)
     args = parse_args(argv)
     params = bio.params_from_args(args)
     outdir = Path(args.outdir)
