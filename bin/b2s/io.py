@@ -205,8 +205,8 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
     if dups:
         raise InputError(f"{what} {path}: duplicate sample names {examples(dups)}; make sample names unique")
     df.columns = names
-    if (fields and fields[0] == "" and df.shape[1] >= 2 and pd.api.types.is_integer_dtype(df.index)
-            and np.array_equal(df.index.to_numpy(), np.arange(len(df)))
+    if (fields and fields[0] == "" and df.shape[1] >= 2
+            and np.array_equal(df.index.astype(str).to_numpy(), np.arange(len(df)).astype(str))
             and not pd.api.types.is_numeric_dtype(df.iloc[:, 0])):
         # pandas' to_csv() wrote its row index (0, 1, 2, ...) before the gene column
         log(f"{what} {path}: first column is a row index (0, 1, 2, ...) as pandas' to_csv() writes it; "
@@ -884,8 +884,8 @@ def check_shared_genes(bulk_genes: Iterable[str], ref_genes: Iterable[str], bulk
             hint = ("the reference is keyed by Ensembl IDs and the bulk by symbols "
                     + ("(--gene_map translated the bulk to symbols) " if gene_map else "")
                     + "and --gene_map translates only the bulk: set the reference's var_names to symbols (e.g. "
-                    "adata.var_names = adata.var['gene_symbols']) or give a bulk keyed by the same Ensembl IDs "
-                    + ("without --gene_map" if gene_map else ""))
+                    "adata.var_names = adata.var['gene_symbols']) or give a bulk keyed by the same Ensembl IDs"
+                    + (" without --gene_map" if gene_map else ""))
         elif bulk_ids and not ref_ids and gene_map:
             hint = (f"--gene_map {gene_map} left the bulk keyed by IDs; check that its symbol column holds gene "
                     "symbols as in the reference")

@@ -12,6 +12,10 @@ Nextflow) and checks what the user is told:
 
 An optional last element checks prepare_summary.json. To add a bad input: write a one-line
 breaker (``bulk``/``ref``/``write_map``/... below) and add one row.
+
+Cases that need a trained model live beside their stage's tests: a stale checkpoint
+(tests/unit/test_train.py::test_stale_checkpoint_never_changes_the_result) and weights whose
+genes are in another order, other genes or sizes, or without a sidecar (tests/unit/test_weights.py).
 """
 
 from __future__ import annotations
@@ -148,6 +152,8 @@ CASES = [
                                               lambda i, s: f"{i}\t{i}.7\t{s}"),                 "OK", lambda s: s["n_shared_genes"] == 765),
     ("headerless_three_column_map", write_map("", lambda i, s: f"{i}\tENST{i[1:]}\t{s}"),       "OK", lambda s: s["n_shared_genes"] == 765),
     ("reference_ensembl_bulk_symbols", ref(_ensembl_reference),                                 "ERROR: the reference is keyed by Ensembl IDs and the bulk by symbols"),
+    ("reference_ensembl_with_map",  both(write_map("gene_id\tsymbol", lambda i, s: f"{i}\t{s}"), ref(_ensembl_reference)),
+                                                                                                "ERROR: (--gene_map translated the bulk to symbols) and --gene_map translates only the bulk"),
     ("transposed_bulk_samplesheet", bulk(lambda d: d.T),                                        "ERROR: it looks transposed (samples x genes)"),
     ("transposed_bulk_no_sheet",    both(bulk(lambda d: d.T), no_samplesheet),                  "ERROR: the matrix looks transposed (samples x genes)"),
 ]
