@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             hidden = params.get("hidden_size")
-            check_weights(str(params["vae_weights"]), None, hidden if isinstance(hidden, int) else None)
+            check_weights(str(params["vae_weights"]), None, hidden if isinstance(hidden, int) else None,
+                          warn_fn=res.warnings.append)
         except InputError as err:
             res.errors.append(str(err))
     # --- end issue 12 (weights) ---

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from b2s.errors import InputError, warn
@@ -100,7 +100,7 @@ def _examples(values: Sequence[str], n: int = 3) -> str:
 
 def check_weights(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str] | None = None,
                   hidden_size: int | None = None, reparam: str | None = None,
-                  what: str = "--vae_weights") -> list[int] | None:
+                  what: str = "--vae_weights", warn_fn: Callable[[str], None] = warn) -> list[int] | None:
     """Check that the weights at ``sidecar_or_pth_path`` fit ``genes`` (model-input order) and settings.
 
     Args:
@@ -110,6 +110,7 @@ def check_weights(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str] |
         hidden_size: the run's ``--hidden_size`` (None: not checked).
         reparam: the run's ``--reparam`` (a different one gives a warning: the weights work, but
             were trained with the other sampling form).
+        warn_fn: where warnings go (default: a ``WARNING:`` line on stderr, :func:`b2s.errors.warn`).
 
     Returns:
         None when the weights can be used as they are (or, without a sidecar, when the gene order
@@ -126,7 +127,7 @@ def check_weights(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str] |
         raise InputError(f"{what} {pth}: file not found; pass the vae.pth written by TRAIN_VAE")
     meta = read_sidecar(path, what)
     if meta is None:
-        warn(f"{what} {pth}: no sidecar {os.path.basename(sidecar_path(pth))} beside it (weights from omicverse "
+        warn_fn(f"{what} {pth}: no sidecar {os.path.basename(sidecar_path(pth))} beside it (weights from omicverse "
              "or an older run): sizes are checked, the gene order cannot be verified; the weights must come "
              "from the same reference and bulk genes")
         return None
@@ -134,7 +135,7 @@ def check_weights(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str] |
         raise InputError(f"{what} {pth} has hidden_size {meta['hidden_size']}, --hidden_size is {hidden_size}; "
                          f"pass --hidden_size {meta['hidden_size']}")
     if reparam is not None and meta.get("reparam") not in (None, reparam):
-        warn(f"{what} {pth} was trained with --reparam {meta['reparam']}, this run uses --reparam {reparam}; "
+        warn_fn(f"{what} {pth} was trained with --reparam {meta['reparam']}, this run uses --reparam {reparam}; "
              f"pass --reparam {meta['reparam']} to generate as it was trained")
     if genes is None:
         return None
@@ -153,6 +154,6 @@ def check_weights(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str] |
             f"e.g. {_examples(extra) or '-'}); use the reference, bulk and --gene_map the weights were trained "
             "with, or drop --vae_weights to retrain"
         )
-    warn(f"{what} {pth}: the weights list the same {len(genes)} genes in another order than the model input; "
+    warn_fn(f"{what} {pth}: the weights list the same {len(genes)} genes in another order than the model input; "
          "their gene-facing layers are reordered to match")
     return [pos[g] for g in genes]

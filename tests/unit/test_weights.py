@@ -122,3 +122,24 @@ def test_train_writes_the_sidecar_and_generate_reorders(tmp_path):
     a = anndata.read_h5ad(tmp_path / "a" / "g1.generated.h5ad")
     b = anndata.read_h5ad(tmp_path / "b" / "g1.generated.h5ad")
     assert np.allclose(a[:, b.var_names].X.toarray(), b.X.toarray(), atol=1e-5)
+
+
+def test_head_node_parameter_check_reads_the_sidecar(tmp_path):
+    """bin/validate_params.py (before any task) refuses weights whose sidecar says another --hidden_size."""
+    from tests.unit.test_params import SCHEMA_PATH, good_params
+
+    pth = _weights(tmp_path)
+    params = tmp_path / "params.json"
+    for hidden, rc in ((LATENT, 0), (LATENT + 1, 2)):
+        params.write_text(json.dumps(good_params(vae_weights=str(pth), hidden_size=hidden)))
+        res = subprocess.run([sys.executable, str(BIN / "validate_params.py"), "--schema", str(SCHEMA_PATH),
+                              "--params-json", str(params)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == rc, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"ERROR: --vae_weights {pth} has hidden_size {LATENT}, --hidden_size is {LATENT + 1}; pass --hidden_size {LATENT}"]
+    Path(f"{pth}.json").unlink()  # weights without a sidecar: a warning the head node shows
+    params.write_text(json.dumps(good_params(vae_weights=str(pth), hidden_size=LATENT)))
+    res = subprocess.run([sys.executable, str(BIN / "validate_params.py"), "--schema", str(SCHEMA_PATH),
+                          "--params-json", str(params)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stderr.startswith(f"WARN: --vae_weights {pth}: no sidecar"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
