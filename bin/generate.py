@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
             f"--targets {args.targets} has cell type(s) {unknown} for group '{args.group}' that are not in "
             f"--input {args.input} obs['celltype'] (found: {', '.join(sorted(known))}); use files from the same run"
         )
-    model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu")
+    from b2s.weights import check_weights
+
+    # genes, order and sizes from the sidecar (vae.pth.json) when there is one; then the tensors' shapes
+    gene_index = check_weights(args.weights, list(model_input.var_names), args.hidden_size, args.reparam)
+    model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
     seed = group_seed(args.seed, args.group)
     kwargs = dict(hidden_size=args.hidden_size, seed=seed, device=str(device), batch_size=args.batch_size)
     if args.engine == "omicverse":

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 import b2s.io as bio
-from b2s.errors import InputError, run_cli
+from b2s.errors import WARNINGS, InputError, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage."""
+    WARNINGS.clear()  # this run's warnings only (main may be called more than once in one process)
     args = parse_args(argv)
     params = bio.params_from_args(args)
     outdir = Path(args.outdir)
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
             f"(counts from {stats['counts_source']})")
 
     shared = bio.check_shared_genes(counts.index, ref.var_names, f"--bulk {args.bulk}",
-                                    f"--reference {args.reference}")
+                                    f"--reference {args.reference}", bulk_samples=counts.columns,
+                                    gene_map=args.gene_map)
     bio.log(f"shared genes: {len(shared)}")
 
     bio.write_counts(counts, outputs["bulk_counts.tsv"])
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
             "duplicate_cells_renamed": stats["duplicate_cells_renamed"],
             "celltype_counts_before": stats["celltype_counts_input"],
             "celltype_counts": stats["celltype_counts"],
+            "n_cells_zero_counts_dropped": stats["n_cells_zero_counts"],
         },
+        "warnings": list(WARNINGS),  # every WARNING line of this stage, in order
         "n_shared_genes": len(shared),
         **bio.provenance(params, "PREPARE_INPUTS"),
     }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """TRAIN_VAE: train the Bulk2Single beta-VAE on the model input (once per run, reused by every group).
 
-Writes vae.pth (state dict, CPU tensors), loss_history.csv, loss_plot.png and train_summary.json
-into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
+Writes vae.pth (state dict, CPU tensors), vae.pth.json (its genes in order and settings,
+b2s.weights), loss_history.csv, loss_plot.png and train_summary.json into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
 epochs to <dir>/vae_checkpoint.pt and a rerun with the same data and settings resumes from it.
 """
 
@@ -17,6 +17,7 @@ import b2s.train as btrain
 from b2s.errors import InputError, run_cli
 from b2s.io import write_json
 from b2s.vae import REPARAM_CHOICES
+from b2s.weights import write_sidecar
 
 CHECKPOINT_NAME = "vae_checkpoint.pt"
 
@@ -99,6 +100,16 @@ def main(argv: list[str] | None = None) -> None:
     weights = os.path.join(args.outdir, "vae.pth")
     torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, weights + ".tmp")
     os.replace(weights + ".tmp", weights)
+    # the genes and settings the weights belong to, readable without torch (b2s.weights)
+    import b2s
+
+    write_sidecar(weights, list(adata.var_names), args.hidden_size, {
+        "engine": args.engine, "reparam": args.reparam, "free_bits": args.free_bits, "kl_warmup": args.kl_warmup,
+        "seed": args.seed, "epoch_num": args.epoch_num, "patience": args.patience,
+        "epochs_run": int(result.epochs_run), "best_epoch": int(result.best_epoch),
+        "trainer_code": btrain.trainer_code_version() if args.engine == "native" else None,
+        "b2s_version": b2s.__version__, "torch": str(torch.__version__),
+    })
     btrain.write_history(result.history, history_path)
     from b2s.plots import plot_loss
 

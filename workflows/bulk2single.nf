@@ -36,10 +36,13 @@ workflow BULK2SINGLE {
     ch_train_files = Channel.empty()
     if (params.vae_weights) {
         ch_weights = Channel.value(file(params.vae_weights, checkIfExists: true))
+        def sidecar = file("${params.vae_weights}.json")
+        ch_weights_meta = Channel.value(sidecar.exists() ? sidecar : [])
     } else {
         def checkpoint_dir = params.checkpoint_dir ?: "${workflow.workDir}/b2s_checkpoints"
         TRAIN_VAE(PREPROCESS.out.model_input, checkpoint_dir)
         ch_weights = TRAIN_VAE.out.weights
+        ch_weights_meta = TRAIN_VAE.out.weights_meta
         ch_train_files = TRAIN_VAE.out.plot.mix(TRAIN_VAE.out.summary, TRAIN_VAE.out.history)
         ch_versions = ch_versions.mix(TRAIN_VAE.out.versions)
     }
@@ -51,7 +54,7 @@ workflow BULK2SINGLE {
         .unique()
         .map { group -> [id: group] }
 
-    GENERATE(ch_groups.combine(ESTIMATE_FRACTIONS.out.targets), PREPROCESS.out.model_input, ch_weights)
+    GENERATE(ch_groups.combine(ESTIMATE_FRACTIONS.out.targets), PREPROCESS.out.model_input, ch_weights, ch_weights_meta)
     ch_versions = ch_versions.mix(GENERATE.out.versions)
 
     FILTER(GENERATE.out.generated)

@@ -6,6 +6,21 @@ import sys
 from collections.abc import Callable
 
 
+#: Every warning of this process, in order (stages copy them into their summary JSON).
+WARNINGS: list[str] = []
+
+
+def warn(msg: str) -> None:
+    """One ``WARNING: <msg>`` line on stderr: the single format the pipeline collects from tasks.
+
+    ``msg`` is one line naming the file or parameter and what was done about it; it is also
+    appended to :data:`WARNINGS`.
+    """
+    line = " ".join(str(msg).split())
+    WARNINGS.append(line)
+    print(f"WARNING: {line}", file=sys.stderr, flush=True)
+
+
 class InputError(Exception):
     """Bad input from the user. Printed as one line, without a traceback.
 

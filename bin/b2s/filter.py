@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from b2s.errors import InputError
+from b2s.errors import InputError, warn
 
 HVG_PARAMS = {"min_mean": 0.0125, "max_mean": 3.0, "min_disp": 0.5}
 MIN_HVG = 20  # below this, PCA on HVGs is meaningless: use all genes instead
@@ -161,6 +161,9 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
         notes.append(f"only {n_in} cells (< leiden_size {leiden_size} or < 3): clustering "
                      "skipped, all cells kept")
         _log(notes[-1])
+        if n_in < leiden_size:  # the parameter changes nothing: say so where warnings are collected
+            warn(f"--leiden_size {leiden_size} is larger than the {n_in} generated cells: nothing is filtered; "
+                 "lower --leiden_size (default 25)")
         clusters = np.zeros(n_in, dtype=object).astype(str)
         clusters[:] = "0"
     else:
@@ -173,6 +176,9 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
         notes.append(f"all {len(sizes)} clusters are smaller than leiden_size {leiden_size}; "
                      "all cells kept (lower --leiden_size or generate more cells)")
         _log(notes[-1])
+        if n_in >= leiden_size:  # (fewer cells than leiden_size was warned about above)
+            warn(f"--leiden_size {leiden_size}: all {len(sizes)} Leiden clusters (largest {int(sizes.max())} cells) "
+                 "are smaller, so nothing is filtered; lower --leiden_size (default 25)")
         keep[:] = True
         dropped: list[str] = []
     else:

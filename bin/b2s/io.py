@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,9 +47,17 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.errors import InputError
+from b2s.errors import warn as _warn
 
 #: Values within this distance of an integer count as integral (float32 storage, "12.0").
 INTEGRAL_TOL = 1e-3
+#: Library size of TPM/CPM data: a bulk whose every sample sums to within NORMALISED_TOL of it
+#: is normalised data made to look like counts (raw libraries never agree to 1 %).
+NORMALISED_TOTAL = 1e6
+NORMALISED_TOL = 0.01
+#: Reference cells whose totals all lie within 5 % of their median are normalised (normalize_total
+#: then rounded spreads by ~1 % on 765 genes; raw cell libraries vary several-fold).
+NORMALISED_CELL_TOL = 0.05
 #: Fewer shared bulk/reference genes than this gives a warning.
 MIN_SHARED_GENES = 50
 #: Group name used when ``--bulk_group a,b,c`` defines one group.
@@ -59,6 +66,7 @@ BULK_GROUP_NAME = "bulk_group"
 GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CELLTYPE_KEY = "celltype"
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d+)\.\d+$")
+_ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,8 +78,8 @@ def log(msg: str) -> None:
 
 
 def warn(msg: str) -> None:
-    """Warning line on stderr."""
-    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+    """Warning line on stderr (``WARNING: ...``, :func:`b2s.errors.warn`)."""
+    _warn(msg)
 
 
 def examples(values: Iterable[Any], n: int = 5) -> str:
@@ -91,6 +99,16 @@ def _open_text(path: Path):
     if magic == b"\x1f\x8b":
         return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
     return open(path, newline="", encoding="utf-8-sig")
+
+
+def _compression(path: Path) -> str | None:
+    """``"gzip"`` when the file starts with the gzip magic bytes, whatever its name; else None.
+
+    pandas infers compression from the file name only, so a gzip file named ``.tsv`` (or a
+    plain file named ``.gz``) would otherwise fail with a misleading decoding error.
+    """
+    with open(path, "rb") as fh:
+        return "gzip" if fh.read(2) == b"\x1f\x8b" else None
 
 
 def _first_line(path: Path, what: str) -> str:
@@ -157,8 +175,8 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
     sep = _sniff_sep(p, header)
     try:
         head = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
-                           compression="infer", encoding="utf-8-sig")
-        df = pd.read_csv(p, sep=sep, header=0, index_col=0, dtype={0: str}, compression="infer",
+                           compression=_compression(p), encoding="utf-8-sig")
+        df = pd.read_csv(p, sep=sep, header=0, index_col=0, dtype={0: str}, compression=_compression(p),
                          encoding="utf-8-sig", skip_blank_lines=True)
     except (EOFError, OSError, UnicodeDecodeError) as err:
         raise InputError(f"{what} {path}: cannot be read, the file looks truncated or corrupted ({err}); "
@@ -187,10 +205,17 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
     if dups:
         raise InputError(f"{what} {path}: duplicate sample names {examples(dups)}; make sample names unique")
     df.columns = names
+    if (fields and fields[0] == "" and df.shape[1] >= 2
+            and np.array_equal(df.index.astype(str).to_numpy(), np.arange(len(df)).astype(str))
+            and not pd.api.types.is_numeric_dtype(df.iloc[:, 0])):
+        # pandas' to_csv() wrote its row index (0, 1, 2, ...) before the gene column
+        log(f"{what} {path}: first column is a row index (0, 1, 2, ...) as pandas' to_csv() writes it; "
+            f"genes taken from column '{df.columns[0]}'")
+        df = df.set_index(df.columns[0])
     if df.shape[0] == 0:
         raise InputError(f"{what} {path}: header only, no gene rows; provide a genes x samples count table")
 
-    genes = df.index.to_series()
+    genes = pd.Series(df.index, dtype=object).map(lambda v: v if pd.isna(v) else str(v))
     if genes.isna().any() or (genes.str.strip() == "").any():
         row = int(np.flatnonzero(genes.isna().to_numpy() | (genes.fillna("").str.strip() == "").to_numpy())[0])
         raise InputError(f"{what} {path}: gene ID missing in data row {row + 1}; the first column must hold a "
@@ -232,6 +257,11 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
     zero = counts.columns[(counts.sum(axis=0) == 0).to_numpy()]
     if len(zero):
         raise InputError(f"{what} {path}: sample(s) {examples(zero)} have no counts at all; remove them")
+    totals = counts.sum(axis=0).to_numpy(dtype=np.float64)
+    if np.all(np.abs(totals - NORMALISED_TOTAL) <= NORMALISED_TOL * NORMALISED_TOTAL):
+        raise InputError(f"{what} {path}: every sample sums to about 1e6 (e.g. {totals[0]:.0f}), as TPM/CPM do: "
+                         "these look like normalised values rounded to integers, not raw counts; provide the raw "
+                         "read counts (e.g. featureCounts/STAR/salmon NumReads)")
 
     counts, n_dup = drop_duplicate_genes(counts)
     if n_dup:
@@ -250,35 +280,73 @@ def write_counts(counts: pd.DataFrame, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------------------------
 # gene map
 # --------------------------------------------------------------------------------------------
+#: Header names of a gene-symbol column (lower case; BioMart, GENCODE, 10x and omicverse spellings).
+SYMBOL_HEADERS = ("symbol", "gene_symbol", "gene symbol", "gene name", "gene_name", "genename",
+                  "hgnc symbol", "hgnc_symbol", "mgi symbol", "mgi_symbol", "external_gene_name", "name")
+#: Header names of a gene-ID column (lower case).
+ID_HEADERS = ("gene_id", "gene id", "geneid", "gene stable id", "ensembl_gene_id", "ensembl gene id", "id",
+              "gene", "ensembl", "gene stable id version", "transcript stable id", "ensembl_id")
+_ID_LIKE = re.compile(r"^(ENS[A-Z]*[GTP]\d+(\.\d+)?|[A-Z]{1,3}\d{5,}(\.\d+)?|\d+)$")
+
+
+def _id_like_fraction(values: pd.Series) -> float:
+    """Share of non-empty values that look like gene IDs (Ensembl, accession-style or numeric), not symbols."""
+    v = values.dropna().astype(str).str.strip()
+    v = v[v != ""]
+    return float(v.str.match(_ID_LIKE).mean()) if len(v) else 1.0
+
+
 def read_gene_map(path: str | os.PathLike, what: str = "--gene_map") -> pd.Series:
     """Read a gene ID -> symbol map (TSV/CSV, optionally gzipped; header optional).
 
-    Uses the first column as ID and the column named ``symbol`` (any case) when the header has
-    one, else the second column. Empty symbols are dropped; for repeated IDs the first wins.
+    The first column holds the IDs. The symbol column is the one whose header names a symbol
+    (``symbol``, ``Gene name`` as BioMart writes it, ...); without such a header, the first
+    other column whose values do not look like IDs (so a BioMart export with ``Gene stable ID
+    version`` or ``Transcript stable ID`` second uses the name column, not the versioned IDs).
+    The column used is logged. Empty symbols are dropped; for repeated IDs the first wins.
     Returns a Series indexed by ID.
     """
     p = _check_exists(path, what)
     first = _first_line(p, what)
     sep = _sniff_sep(p, first)
-    fields = [f.strip().lower() for f in first.split(sep)]
+    fields = [f.strip().strip('"').lower() for f in first.split(sep)]
     if len(fields) < 2:
         raise InputError(f"{what} {path}: needs two columns (gene ID, symbol) separated by a tab or comma; "
                          f"first line is {first[:60]!r}")
-    has_header = "symbol" in fields[1:]
+    has_header = any(f in SYMBOL_HEADERS or f in ID_HEADERS for f in fields) or fields[0] == ""
     try:
         table = pd.read_csv(p, sep=sep, header=0 if has_header else None, dtype=str, keep_default_na=True,
-                            compression="infer", encoding="utf-8-sig")
+                            compression=_compression(p), encoding="utf-8-sig")
     except (EOFError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise InputError(f"{what} {path}: cannot be parsed ({str(err).strip().splitlines()[-1]}); "
                          "provide a two-column ID<TAB>symbol table") from None
-    sym_col = fields.index("symbol", 1) if has_header else 1
+    if has_header and fields[0] == "" and table.shape[1] > 2:  # pandas to_csv() row index first
+        table, fields = table.iloc[:, 1:], fields[1:]
+    named = [i for i, f in enumerate(fields) if i > 0 and f in SYMBOL_HEADERS] if has_header else []
+    if named:
+        sym_col = named[0]
+    elif table.shape[1] == 2:
+        sym_col = 1
+    else:
+        candidates = [i for i in range(1, table.shape[1]) if _id_like_fraction(table.iloc[:, i]) < 0.5]
+        if not candidates:
+            raise InputError(f"{what} {path}: no column holds gene symbols (every column after the first looks like "
+                             "IDs); provide ID<TAB>symbol with the symbol column named 'symbol'")
+        sym_col = candidates[0]
+    if table.shape[1] > 2:
+        label = repr(table.columns[sym_col]) if has_header else f"number {sym_col + 1}"
+        log(f"{what} {path}: {table.shape[1]} columns; IDs from the first, symbols from column {label}")
     ids = table.iloc[:, 0].astype("string").str.strip()
     sym = table.iloc[:, sym_col].astype("string").str.strip()
     ok = ids.notna() & sym.notna() & (ids != "") & (sym != "")
     mapping = pd.Series(sym[ok].to_numpy(dtype=str), index=ids[ok].to_numpy(dtype=str))
     n_conflict = int(mapping.index.duplicated().sum())
     if n_conflict:
-        warn(f"{what} {path}: {n_conflict} repeated gene IDs; the first symbol of each is used")
+        # BioMart lists a gene once per transcript: repeats with the same symbol are no conflict
+        dup = mapping[mapping.index.duplicated(keep=False)]
+        n_conflict = int((dup.groupby(level=0).nunique() > 1).sum())
+        if n_conflict:
+            warn(f"{what} {path}: {n_conflict} gene IDs have several symbols; the first symbol of each is used")
         mapping = mapping[~mapping.index.duplicated(keep="first")]
     if mapping.empty:
         raise InputError(f"{what} {path}: no ID/symbol pairs found; provide a two-column ID<TAB>symbol table")
@@ -345,6 +413,11 @@ def _sanitise(name: str) -> str:
 def _missing_samples(wanted: list[str], counts: pd.DataFrame, what: str) -> None:
     have = set(counts.columns)
     missing = [s for s in wanted if s not in have]
+    in_rows = [s for s in missing if s in set(counts.index)]
+    if in_rows:
+        raise InputError(f"--bulk: sample(s) {examples(in_rows)} are row names, not columns, of the bulk matrix: "
+                         "it looks transposed (samples x genes); transpose it to genes x samples "
+                         "(first column gene IDs, one column per sample)")
     if missing:
         raise InputError(f"{what}: sample(s) {examples(missing)} not found in the bulk matrix columns "
                          f"(available: {examples(counts.columns, 8)}); use the bulk matrix's column names")
@@ -371,7 +444,7 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
         first = _first_line(p, "--samplesheet")
         try:
             sheet = pd.read_csv(p, sep=_sniff_sep(p, first), dtype=str, keep_default_na=False,
-                                encoding="utf-8-sig", compression="infer")
+                                encoding="utf-8-sig", compression=_compression(p))
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
             raise InputError(f"{what}: cannot be parsed ({str(err).strip().splitlines()[-1]}); "
                              "provide a CSV with columns group,sample") from None
@@ -702,6 +775,10 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
         listed = examples([f"{k!r} ({v})" for k, v in small.items()])
         raise InputError(f"{what}: cell type(s) with fewer than {min_cells} cells in obs['{celltype_key}']: {listed}; "
                          "remove those cells or merge them into another type")
+    if len(sizes) == 1:
+        raise InputError(f"{what}: obs['{celltype_key}'] has a single cell type ({sizes.index[0]!r}), so every "
+                         "fraction would be 1.0; choose the column that holds cell types (--celltype_key) or a "
+                         "reference with at least two types")
     stats["celltype_counts_input"] = {str(k): int(v) for k, v in sizes.sort_index().items()}
 
     sub = keep
@@ -746,9 +823,26 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
     if n_dup_cells:
         out.obs_names_make_unique()
         warn(f"{what}: {n_dup_cells} duplicate cell names made unique (suffix -1, -2, ...)")
-    zero_cells = np.asarray(x.sum(axis=1)).ravel() == 0
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    zero_cells = totals == 0
     if zero_cells.all():
         raise InputError(f"{what}: every selected cell has zero counts in {source}; provide a reference with counts")
+    nz = totals[~zero_cells]
+    if nz.size >= 10 and np.abs(nz - np.median(nz)).max() <= NORMALISED_CELL_TOL * np.median(nz):
+        raise InputError(f"{what}: every cell of {source} sums to about {np.median(nz):.0f}: normalised values "
+                         "(e.g. normalize_total) rounded to integers, not raw counts; provide raw UMI/read counts "
+                         "in X, layers['counts'] or .raw")
+    if zero_cells.any():
+        n_zero = int(zero_cells.sum())
+        out = out[~zero_cells].copy()
+        by_type = out.obs[CELLTYPE_KEY].value_counts()
+        gone = by_type[by_type < min_cells]
+        if len(gone):
+            raise InputError(f"{what}: after dropping {n_zero} cells with zero counts, cell type(s) "
+                             f"{examples([f'{k!r} ({v})' for k, v in gone.items()])} have fewer than {min_cells} "
+                             "cells; remove those cells or merge the type into another")
+        out.obs[CELLTYPE_KEY] = out.obs[CELLTYPE_KEY].cat.remove_unused_categories()
+        warn(f"{what}: {n_zero} of {zero_cells.size} selected cells have zero counts in {source} and were dropped")
     stats.update({
         "n_cells": int(out.n_obs), "n_genes": int(out.n_vars), "duplicate_genes_renamed": n_dup_genes,
         "duplicate_cells_renamed": n_dup_cells, "n_cells_zero_counts": int(zero_cells.sum()),
@@ -761,19 +855,47 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
 # --------------------------------------------------------------------------------------------
 # shared genes
 # --------------------------------------------------------------------------------------------
+def _ensembl_fraction(names: list[str]) -> float:
+    return float(np.mean([bool(_ENSEMBL_ID.match(n)) for n in names])) if names else 0.0
+
+
 def check_shared_genes(bulk_genes: Iterable[str], ref_genes: Iterable[str], bulk_name: str = "--bulk",
-                       ref_name: str = "--reference", min_shared: int = MIN_SHARED_GENES) -> list[str]:
-    """Genes present in both (in bulk order); InputError when none, warning when fewer than ``min_shared``."""
+                       ref_name: str = "--reference", min_shared: int = MIN_SHARED_GENES,
+                       bulk_samples: Iterable[str] | None = None, gene_map: str | None = None) -> list[str]:
+    """Genes present in both (in bulk order); InputError when none, warning when fewer than ``min_shared``.
+
+    The error's advice follows the cause: a transposed bulk (its sample names are reference
+    genes), Ensembl IDs on one side and symbols on the other (saying which side to translate:
+    ``--gene_map`` translates only the bulk), letter case, version suffixes.
+    """
     bulk_list = [str(g) for g in bulk_genes]
     ref_set = {str(g) for g in ref_genes}
     shared = [g for g in bulk_list if g in ref_set]
     if not shared:
+        ref_sample = sorted(ref_set)[:200]
+        bulk_ids, ref_ids = _ensembl_fraction(bulk_list[:200]) > 0.5, _ensembl_fraction(ref_sample) > 0.5
+        samples = [str(c) for c in (bulk_samples if bulk_samples is not None else [])]
         hint = "pass --gene_map ID<TAB>symbol to translate the bulk gene IDs"
         upper = {g.upper() for g in ref_set}
-        if any(g.upper() in upper for g in bulk_list):
+        if samples and sum(c in ref_set for c in samples) >= max(1, len(samples) // 2):
+            hint = ("the bulk's column names are reference genes: the matrix looks transposed (samples x genes); "
+                    "transpose it to genes x samples")
+        elif ref_ids and not bulk_ids:
+            hint = ("the reference is keyed by Ensembl IDs and the bulk by symbols "
+                    + ("(--gene_map translated the bulk to symbols) " if gene_map else "")
+                    + "and --gene_map translates only the bulk: set the reference's var_names to symbols (e.g. "
+                    "adata.var_names = adata.var['gene_symbols']) or give a bulk keyed by the same Ensembl IDs"
+                    + (" without --gene_map" if gene_map else ""))
+        elif bulk_ids and not ref_ids and gene_map:
+            hint = (f"--gene_map {gene_map} left the bulk keyed by IDs; check that its symbol column holds gene "
+                    "symbols as in the reference")
+        elif any(g.upper() in upper for g in bulk_list):
             hint = "names differ only in letter case (species? e.g. human TP53 vs mouse Trp53); use matching annotation"
         elif {_ENSEMBL_VERSION.sub(r"\1", g) for g in bulk_list} & {_ENSEMBL_VERSION.sub(r"\1", g) for g in ref_set}:
             hint = "IDs differ only by version suffix (.N); strip the versions or pass --gene_map"
+        elif gene_map:
+            hint = (f"the bulk was translated with --gene_map {gene_map}; check that the map's symbols use the "
+                    "reference's gene naming")
         raise InputError(f"no genes shared between {bulk_name} and {ref_name} (bulk genes look like "
                          f"{examples(bulk_list, 3)}; reference genes like {examples(sorted(ref_set)[:3], 3)}); {hint}")
     if len(shared) < min_shared:

@@ -34,14 +34,14 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from b2s.errors import InputError
+from b2s.errors import InputError, warn
 from b2s.vae import REPARAM_CHOICES, BetaVAE, vae_loss
 
 if TYPE_CHECKING:
     import anndata
 
 #: Bumped when the checkpoint layout changes, so old files are ignored instead of misread.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 
 
@@ -250,16 +250,37 @@ def data_fingerprint(X: Any) -> str:
     return h.hexdigest()
 
 
+def trainer_code_version() -> str:
+    """Hash of the trainer's and the model's source files: any code change makes old checkpoints stale."""
+    h = hashlib.blake2b(digest_size=8)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("train.py", "vae.py"):
+        with open(os.path.join(here, name), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
 def _fingerprint(X: Any, config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: data and everything that shapes the trajectory."""
+    """What must match for a checkpoint to be resumed: data, every parameter that shapes the
+    trajectory, the engine, the trainer's code and torch.
+
+    ``epoch_num`` is not in it but checked by :func:`_checkpoint_mismatch`: epochs 1..k do not
+    depend on it, so a checkpoint of epoch k <= ``epoch_num`` (same ``patience``) is exactly the
+    state an uninterrupted run reaches at epoch k. Options that only change logging or when
+    checkpoints are written (``log_every``, ``checkpoint_every``, paths) are left out.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
+        "engine": "native",
+        "trainer_code": trainer_code_version(),
+        "torch": str(torch.__version__),
         "data": data_fingerprint(X),
         "shape": [int(s) for s in X.shape],
         "hidden_size": int(config.hidden_size),
         "batch_size": int(config.batch_size),
         "learning_rate": float(config.learning_rate),
         "weight_decay": float(config.weight_decay),
+        "patience": int(config.patience),
         "beta": float(config.beta),
         "seed": int(config.seed),
         "amp": str(config.amp),
@@ -268,6 +289,23 @@ def _fingerprint(X: Any, config: TrainConfig, device: torch.device) -> dict[str,
         "reparam": str(config.reparam),
         "device_type": device.type,
     }
+
+
+def _checkpoint_mismatch(ckpt: Any, fingerprint: dict[str, Any], epoch_num: int) -> str | None:
+    """Why checkpoint ``ckpt`` cannot be resumed under ``fingerprint`` / ``epoch_num`` (None: it can)."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("fingerprint"), dict):
+        return "it is not a checkpoint of this trainer"
+    old = ckpt["fingerprint"]
+    diff = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+    diff += [k for k in old if k not in fingerprint]
+    if diff:
+        opaque = {"data": "model input", "shape": "model input shape", "trainer_code": "trainer code",
+                  "format": "checkpoint format"}
+        parts = [opaque[k] if k in opaque else f"{k} {old.get(k)} (now {fingerprint.get(k)})" for k in diff]
+        return "it was made with other " + ", ".join(parts)
+    if int(ckpt.get("epoch", 0)) > int(epoch_num):
+        return f"it is at epoch {int(ckpt['epoch'])}, beyond --epoch_num {int(epoch_num)}"
+    return None
 
 
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -310,20 +348,20 @@ def _set_numpy_state(state: dict[str, Any]) -> None:
                          state["has_gauss"], state["cached"]))
 
 
-def _load_checkpoint(path: str, fingerprint: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it exists, is readable and matches; otherwise None (with a warning)."""
+def _load_checkpoint(path: str, fingerprint: dict[str, Any], device: torch.device,
+                     epoch_num: int) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it exists, is readable and matches; otherwise None (with a
+    ``WARNING:`` line saying why it is ignored)."""
     if not os.path.exists(path):
         return None
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # corrupted by something else than us (we write atomically)
-        print(f"WARNING: checkpoint {path} is unreadable ({type(err).__name__}); starting from scratch", flush=True)
+        warn(f"checkpoint {path} is unreadable ({type(err).__name__}); ignoring it and training from scratch")
         return None
-    if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
-        print(
-            f"WARNING: checkpoint {path} belongs to other data or settings; ignoring it and starting from scratch",
-            flush=True,
-        )
+    why = _checkpoint_mismatch(ckpt, fingerprint, epoch_num)
+    if why is not None:
+        warn(f"checkpoint {path} does not match this run ({why}); ignoring it and training from scratch")
         return None
     return ckpt
 
@@ -375,7 +413,7 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
         for stale in glob.glob(glob.escape(ckpt_path) + ".tmp*"):  # left by a task killed mid-write
             with contextlib.suppress(OSError):
                 os.remove(stale)
-        ckpt = _load_checkpoint(ckpt_path, fingerprint, device)
+        ckpt = _load_checkpoint(ckpt_path, fingerprint, device, config.epoch_num)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -391,7 +429,8 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
             _set_numpy_state(ckpt["numpy_rng"])
             history = [list(r) for r in ckpt["history"].tolist()]
             resumed_from = start_epoch
-            print(f"resuming from epoch {start_epoch} (checkpoint {ckpt_path})", flush=True)
+            warn(f"resuming from epoch {start_epoch} of {config.epoch_num} (checkpoint {ckpt_path}: same data, "
+                 "settings and trainer code, so the result equals an uninterrupted run)")
 
     def save_checkpoint(epochs_done: int, done: bool) -> None:
         if ckpt_path:

@@ -126,11 +126,28 @@ def state_dict_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
     return n_genes, hidden_size
 
 
+def reorder_genes(state: Mapping[str, torch.Tensor], index: list[int] | None) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` whose gene-facing layers follow ``index`` (new gene j = file gene ``index[j]``):
+    the encoder's input columns and the decoder's last output rows. ``None`` returns ``state`` as is."""
+    state = dict(state)
+    if index is None:
+        return state
+    idx = torch.as_tensor(index, dtype=torch.long)
+    last = f"decoder.{len(HIDDEN_LAYERS)}"
+    state["encoder.0.weight"] = state["encoder.0.weight"].index_select(1, idx).contiguous()
+    state[f"{last}.weight"] = state[f"{last}.weight"].index_select(0, idx).contiguous()
+    state[f"{last}.bias"] = state[f"{last}.bias"].index_select(0, idx).contiguous()
+    return state
+
+
 def load_weights(
     path: str | os.PathLike, n_genes: int, hidden_size: int = 256, device: str | torch.device = "cpu",
-    reparam: str = "standard",
+    reparam: str = "standard", gene_index: list[int] | None = None,
 ) -> BetaVAE:
     """Load a state dict written by TRAIN_VAE (or omicverse's ``Bulk2Single.train``) into a BetaVAE.
+
+    ``gene_index`` (from :func:`b2s.weights.check_weights`) reorders the gene-facing layers so
+    the weights follow the model input's gene order.
 
     Raises:
         InputError: the file is missing, unreadable or not a VAE state dict, or its shapes do
@@ -165,7 +182,7 @@ def load_weights(
         )
     model = BetaVAE(n_genes, hidden_size, reparam)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(reorder_genes(state, gene_index))
     except RuntimeError:  # a layer in the middle has an unexpected width
         raise InputError(
             f"--vae_weights {path} has layer shapes that do not match the Bulk2Single VAE "

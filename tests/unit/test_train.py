@@ -103,7 +103,7 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, capsys):
     capsys.readouterr()
     # raising epoch_num continues from the checkpoint written at the old limit
     resumed = train_vae(X, _cfg(epoch_num=5, batch_size=100, checkpoint_path=ckpt, checkpoint_every=2, history_path=hist_csv))
-    assert "resuming from epoch 3" in capsys.readouterr().out
+    assert "WARNING: resuming from epoch 3" in capsys.readouterr().err
     assert resumed.resumed_from == 3 and resumed.epochs_run == 5
     assert _same(full.state_dict, resumed.state_dict)
     assert np.array_equal(full.history.to_numpy(), resumed.history.to_numpy())
@@ -111,7 +111,35 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, capsys):
     # other settings: the checkpoint is ignored with a warning
     other = train_vae(X, _cfg(epoch_num=1, batch_size=N_CELLS, seed=1, checkpoint_path=ckpt))
     assert other.resumed_from is None
-    assert "WARNING: checkpoint" in capsys.readouterr().out
+    assert "WARNING: checkpoint" in capsys.readouterr().err
+
+
+def test_stale_checkpoint_never_changes_the_result(tmp_path, capsys):
+    """Issue 12: a finished longer run's checkpoint must not be returned for a shorter request."""
+    X = _data()
+    ckpt = str(tmp_path / "vae_checkpoint.pt")
+    long = train_vae(X, _cfg(epoch_num=6, batch_size=100, checkpoint_path=ckpt))
+    fresh = train_vae(X, _cfg(epoch_num=2, batch_size=100))
+    capsys.readouterr()
+    short = train_vae(X, _cfg(epoch_num=2, batch_size=100, checkpoint_path=ckpt))
+    err = capsys.readouterr().err
+    assert short.resumed_from is None and short.epochs_run == 2
+    assert "WARNING: checkpoint" in err and "beyond --epoch_num 2" in err
+    assert _same(short.state_dict, fresh.state_dict) and not _same(short.state_dict, long.state_dict)
+    # other patience: ignored too (an early stop would have come at another epoch)
+    train_vae(X, _cfg(epoch_num=2, batch_size=100, checkpoint_path=ckpt, patience=5))
+    err = capsys.readouterr().err
+    assert "patience 100 (now 5)" in err and "resuming" not in err
+    # other trainer code: ignored
+    import b2s.train as bt
+
+    bt_code = bt.trainer_code_version
+    bt.trainer_code_version = lambda: "0" * 16
+    try:
+        res = train_vae(X, _cfg(epoch_num=2, batch_size=100, checkpoint_path=ckpt))
+    finally:
+        bt.trainer_code_version = bt_code
+    assert res.resumed_from is None and "trainer code" in capsys.readouterr().err
 
 
 def _write_model_input(path: Path) -> None:
@@ -155,7 +183,7 @@ def test_train_vae_script_kill_and_resume(tmp_path):
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming from epoch" in rerun.stdout
+    assert "WARNING: resuming from epoch" in rerun.stderr
     resumed_from = json.loads((out_dir / "train_summary.json").read_text())["resumed_from"]
     assert resumed_from is not None and resumed_from >= killed_at
     assert _same(torch.load(ref_dir / "vae.pth"), torch.load(out_dir / "vae.pth"))
@@ -217,4 +245,4 @@ def test_free_bits_warmup_and_reparam_shape_the_loss_and_the_checkpoint(tmp_path
     train_vae(X, _cfg(epoch_num=2, checkpoint_path=ckpt, free_bits=0.5))
     capsys.readouterr()
     other = train_vae(X, _cfg(epoch_num=2, checkpoint_path=ckpt, free_bits=0.25))
-    assert other.resumed_from is None and "WARNING: checkpoint" in capsys.readouterr().out
+    assert other.resumed_from is None and "WARNING: checkpoint" in capsys.readouterr().err

@@ -6,6 +6,7 @@ process GENERATE {
     tuple val(meta), path(targets)
     path model_input
     path weights
+    path weights_meta   // <weights>.json sidecar, staged beside it; [] when the weights have none
 
     output:
     tuple val(meta), path("${meta.id}.generated.h5ad"), emit: generated

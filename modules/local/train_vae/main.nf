@@ -13,6 +13,7 @@ process TRAIN_VAE {
     path 'loss_plot.png'     , emit: plot
     path 'train_summary.json', emit: summary
     path 'versions.yml'      , emit: versions
+    path 'vae.pth.json'      , emit: weights_meta  // genes in order + settings (b2s.weights)
 
     script:
     def args = task.ext.args ?: ''
@@ -27,7 +28,7 @@ process TRAIN_VAE {
 
     stub:
     """
-    touch vae.pth loss_history.csv loss_plot.png
+    touch vae.pth vae.pth.json loss_history.csv loss_plot.png
     echo '{}' > train_summary.json
     b2s_versions.py "${task.process}" torch > versions.yml
     """
