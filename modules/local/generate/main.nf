@@ -6,9 +6,12 @@ process GENERATE {
     tuple val(meta), path(targets)
     path model_input
     path weights
+    path bulk      // bulk_counts.tsv and groups.csv of PREPARE_INPUTS, for --bulk_shift
+    path groups
 
     output:
-    tuple val(meta), path("${meta.id}.generated.h5ad"), emit: generated
+    tuple val(meta), path("${meta.id}.generated.h5ad")                       , emit: generated
+    tuple val(meta), path("${meta.id}.celltype_shifts.csv"), optional: true , emit: shifts
     path 'versions.yml'                                , emit: versions
 
     script:
@@ -19,6 +22,8 @@ process GENERATE {
         --weights ${weights} \\
         --targets ${targets} \\
         --group '${meta.id}' \\
+        --bulk ${bulk} \\
+        --groups ${groups} \\
         ${args} \\
         --outdir .
     b2s_versions.py "${task.process}" torch anndata > versions.yml
