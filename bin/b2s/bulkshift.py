@@ -14,8 +14,9 @@ types that make the gene (``--bulk_shift``):
    ``f_t (1 + gamma_t)`` before the ratios are taken.
 3. Per gene, the log2 ratio of bulk to expectation (pseudocount 1 CPM), mean over the group's
    samples, with a standard error from the samples (variance moderated toward the median over
-   genes, 4 prior degrees of freedom, as limma) plus the Poisson error of the bulk and reference
-   counts; shrunk by soft thresholding, ``sign(r) max(|r| - z se, 0)``: no evidence, no shift.
+   genes, 4 prior degrees of freedom, as limma), the Poisson error of the bulk counts and the
+   error of the expectation (the per-type means come from finitely many reference cells: their
+   cell-to-cell variance / n); shrunk by soft thresholding, ``sign(r) max(|r| - z se, 0)``: no evidence, no shift.
 4. Allocation to types, where the type makes the gene (``m_tg > 0``; genes off stay off):
    ``allocate``: every type gets the gene's ratio (each gene's bulk counts split across types in
    proportion to ``f_t m_tg``: the expectation BayesPrism's sampler converges to);
@@ -33,7 +34,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from b2s.bulkqc import cpm, type_mean_counts
+from b2s.bulkqc import cpm
 from b2s.errors import InputError
 
 SHIFT_CHOICES = ("none", "allocate", "weighted")
@@ -42,6 +43,24 @@ DEFAULT_SHIFT = "none"
 PSEUDO_CPM = 1.0
 MIN_CPM_REFIT = 5.0
 PRIOR_DF = 4.0
+
+
+def _type_mean_and_variance(reference: ad.AnnData, types: list[str], genes: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Types x genes: mean count per cell, and the variance of that mean (cell variance / n; sparse sums)."""
+    import scipy.sparse as sp
+
+    from b2s.bulkqc import cell_counts
+
+    labels = reference.obs["celltype"].astype(str).to_numpy()
+    codes = pd.Categorical(labels, categories=types).codes
+    ok = codes >= 0
+    ind = sp.csr_matrix((np.ones(int(ok.sum())), (codes[ok], np.flatnonzero(ok))), shape=(len(types), len(labels)))
+    x = cell_counts(reference)[:, pd.Index(reference.var_names).get_indexer(genes)]
+    n = np.asarray(ind.sum(axis=1)).ravel()
+    mean = np.asarray((ind @ x).todense()) / np.maximum(n, 1)[:, None]
+    sq = np.asarray((ind @ x.multiply(x)).todense()) / np.maximum(n, 1)[:, None]
+    var_cells = np.clip(sq - mean ** 2, 0.0, None) * (n / np.maximum(n - 1, 1))[:, None]
+    return mean, (var_cells + mean) / np.maximum(n, 1)[:, None]  # + mean: a Poisson floor for rare genes
 
 
 def refit_fractions(bulk_cpm: np.ndarray, profiles: np.ndarray, fractions: np.ndarray,
@@ -104,8 +123,7 @@ def estimate_shifts(bulk_group: pd.DataFrame, reference: ad.AnnData, types: list
         raise InputError("the model input shares no gene with the bulk matrix; pass bulk_counts.tsv "
                          "and model_input.h5ad of the same run")
     counts = b.loc[genes].to_numpy(np.float64).T  # samples x genes
-    prof = type_mean_counts(reference, types, genes)
-    n_t = reference.obs["celltype"].astype(str).value_counts().reindex(types).fillna(0).to_numpy(float)
+    prof, prof_var = _type_mean_and_variance(reference, types, genes)
     f = np.clip(np.asarray(fractions, float), 0.0, None)
     f = f / f.sum() if f.sum() > 0 else f
     bulk_cpm = cpm(counts)  # samples x genes
@@ -119,10 +137,12 @@ def estimate_shifts(bulk_group: pd.DataFrame, reference: ad.AnnData, types: list
     r = ratios.mean(axis=0)
     n_s = ratios.shape[0]
     ln2sq = np.log(2.0) ** 2
-    # Poisson error of the bulk (its counts) and of the expectation (the reference counts behind it)
+    # Poisson error of the bulk counts, and the error of the expectation: the per-type means come
+    # from a finite number of reference cells (their cell-to-cell variance / n)
     var = 1.0 / ((counts.sum(axis=0) + 1.0) * ln2sq)
-    ref_counts = prof * n_t[:, None]
-    var += (share ** 2 / (ref_counts + 1.0)).sum(axis=0) / ln2sq
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(E > 0, (f_fit[:, None] ** 2 * prof_var).sum(axis=0) / np.where(E > 0, E, 1.0) ** 2, 0.0)
+    var += rel / ln2sq
     if n_s >= 2:
         s2 = ratios.var(axis=0, ddof=1)
         s0 = float(np.median(s2))

@@ -220,9 +220,9 @@ def _shift_multipliers(shift: pd.DataFrame | None, types: list[str], genes: pd.I
     """Types (model input order) x genes array of ``2 ** shift`` (1 where ``shift`` has no entry)."""
     if shift is None:
         return None
-    lfc = shift.reindex(index=types, columns=pd.Index(genes)).fillna(0.0).to_numpy(np.float64)
-    if not np.isfinite(lfc).all():
+    if not np.isfinite(shift.to_numpy(np.float64)).all():
         raise InputError("bulk shifts contain NaN or infinite values; rerun GENERATE")
+    lfc = shift.reindex(index=types, columns=pd.Index(genes)).fillna(0.0).to_numpy(np.float64)
     return np.exp2(lfc)
 
 
