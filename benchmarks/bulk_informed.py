@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/bulk_informed.py --quick          # 1 split, 10 epochs (~10 min on 2 shared cores)
     .venv/bin/python benchmarks/bulk_informed.py                  # splits 0,1,2, 30 epochs
+    .venv/bin/python benchmarks/bulk_informed.py --shifts_only   # shrinkage variants, shifts alone (~1 min)
     # options: --splits 0,1,2 --epochs 30 --modes none,allocate,weighted --omicverse --out FILE.json
 
 Data: the Hao et al. PBMC counts (benchmarks/realdata.py, 11,180 genes), split per seed into a
@@ -18,8 +19,8 @@ unperturbed. Everything downstream is the pipeline's own stage code: fractions
 (``b2s.preprocess.model_input``), one training run (``b2s.train.train_vae``, few epochs: the
 per-type calibration of the count sampler makes the per-type means independent of how far
 training went), then ``b2s.generate.generate_cells`` per group and ``--bulk_shift`` mode with the
-shifts of ``b2s.bulkshift.estimate_shifts`` from that group's bulk (``scale_size`` 8 instead of the
-pipeline's 2: four times the cells, so the sampling noise of the measured fold changes is small).
+shifts of ``b2s.bulkshift.estimate_shifts`` from that group's bulk (``scale_size`` 4 instead of the
+pipeline's 2: twice the cells, so the sampling noise of the measured fold changes is small).
 
 Metrics, per perturbed type (perturbed group) and per mode; recovered log2 FC of a gene =
 log2((mean CP10k of the generated cells of the type + 0.1) / (same of the reference cells of the
@@ -61,7 +62,7 @@ N_CONTROL = 200
 TOP_MARKERS = 200
 MIN_CP10K = 3.0
 #: cells generated per target cell: more cells, less sampling noise in the recovered fold changes
-SCALE_SIZE = 8
+SCALE_SIZE = 4
 PSEUDO = 0.1
 
 
@@ -246,6 +247,46 @@ def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism:
     return rows
 
 
+def shift_variants(splits: list[int]) -> list[dict[str, Any]]:
+    """The shifts alone (no training, no generation) of each allocation x shrinkage variant, scored as above.
+
+    Used to choose the shrinkage of b2s.bulkshift (its docstring); the recovered log2 FC is the
+    shift itself, so this is what generation carries at best (no sampling noise).
+    """
+    from b2s import bulkqc, bulkshift
+
+    rows = []
+    for split in splits:
+        d = prepare(split)
+        mi = d["mi"]
+        mi_types = list(pd.unique(mi.obs["celltype"].astype(str)))
+        allg = np.unique(np.r_[d["controls"], *[list(v) for v in d["truth"].values()]]).astype(int)
+        for mode in ("allocate", "weighted"):
+            for shrink, z in (("soft", 2.0), ("soft", 1.0), ("hard", 2.0), ("hard", 3.0)):
+                lfc = {}
+                for grp, tg in d["targets"].groupby("group", sort=False):
+                    est = bulkshift.estimate_shifts(bulkqc.group_bulk(d["bulk"], d["sheet"], grp), mi, mi_types,
+                                                    bulkqc.fractions_of(tg, mi_types), mode=mode, z=z, shrink=shrink)
+                    lfc[grp] = est["lfc"].reindex(d["types"]).to_numpy()
+                row: dict[str, Any] = {"split": split, "mode": mode, "shrink": shrink, "z": z}
+                for t, truth in d["truth"].items():
+                    i, g = d["types"].index(t), np.array(list(truth))
+                    true = np.array(list(truth.values()))
+                    rec, ctl = lfc[PERTURBED_GROUP][i, g], lfc[PERTURBED_GROUP][i, d["controls"]]
+                    row[t] = {"r": float(np.corrcoef(np.r_[true, np.zeros(len(ctl))], np.r_[rec, ctl])[0, 1]),
+                              "up": float(np.median(rec[true > 0])), "down": float(np.median(rec[true < 0])),
+                              "ctrl": float(np.median(np.abs(ctl)))}
+                others = [v for k, v in lfc.items() if k != PERTURBED_GROUP]
+                row["false_mean_abs"] = float(np.mean([np.abs(v[:, allg]).mean() for v in others]))
+                row["share_shifted"] = float(np.mean([(v != 0).mean() for v in others]))
+                rows.append(row)
+                print(f"[split {split}] {mode} {shrink} z={z}: " + "; ".join(
+                    f"{t}: r {row[t]['r']:.2f} up {row[t]['up']:.2f} down {row[t]['down']:.2f} ctrl {row[t]['ctrl']:.3f}"
+                    for t in d["truth"]) + f"; unperturbed mean |lfc| {row['false_mean_abs']:.3f}, "
+                    f"share shifted {row['share_shifted']:.4f}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table and one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -255,8 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modes", default="none,allocate,weighted")
     p.add_argument("--omicverse", action="store_true", help="add omicverse's generation (same weights)")
     p.add_argument("--no_realism", action="store_true", help="skip kNN typing / marker r on unperturbed groups")
+    p.add_argument("--shifts_only", action="store_true",
+                   help="score the shifts alone for each allocation x shrinkage variant (no training; seconds)")
     p.add_argument("--out", help="write the rows as JSON here too")
     args = p.parse_args(argv)
+    if args.shifts_only:
+        rows = shift_variants([0] if args.quick else [int(s) for s in args.splits.split(",")])
+        print(json.dumps({"rows": rows}, default=float))
+        return
     import torch
 
     from realism import machine_info
