@@ -44,7 +44,7 @@ from b2s.errors import InputError
 
 SHIFT_CHOICES = ("none", "allocate", "weighted")
 #: GENERATE's default (benchmarks/bulk_informed.py, benchmarks/README.md "Bulk-informed generation").
-DEFAULT_SHIFT = "none"
+DEFAULT_SHIFT = "weighted"
 PSEUDO_CPM = 1.0
 MIN_CPM_REFIT = 5.0
 PRIOR_DF = 4.0

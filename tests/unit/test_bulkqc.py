@@ -263,7 +263,7 @@ def test_report_shows_bulk_qc_and_shifts(tmp_path):
     assert "GZMB" in html and "composition_expected" in html
 
 
-def test_params_reject_bulk_shift_with_omicverse():
+def test_params_warn_bulk_shift_with_omicverse():
     from b2s.params import load_schema, validate_params
     from tests.helpers import REPO
 
@@ -272,7 +272,7 @@ def test_params_reject_bulk_shift_with_omicverse():
             "reference": str(REPO / "assets/test_data/reference.h5ad")}
     res = validate_params({**base, "bulk_shift": "allocate", "engine": "omicverse"}, schema,
                           check_samplesheet=False)
-    assert any("--bulk_shift allocate" in e for e in res.errors)
+    assert res.ok and any("--bulk_shift allocate is ignored" in w for w in res.warnings)
     assert validate_params({**base, "bulk_shift": "weighted"}, schema, check_samplesheet=False).ok
     assert any("bulk_shift" in e for e in validate_params({**base, "bulk_shift": "x"}, schema,
                                                           check_samplesheet=False).errors)
