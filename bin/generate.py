@@ -44,9 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reparam", choices=REPARAM_CHOICES, default="standard",
                    help="latent sampling form the weights were trained with (TRAIN_VAE --reparam)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
-    p.add_argument("--bulk_shift", choices=SHIFT_CHOICES, default=DEFAULT_SHIFT,
+    p.add_argument("--bulk_shift", choices=SHIFT_CHOICES, default=None,
                    help="bulk-informed generation: per-type fold changes of the group's bulk vs its composition "
-                        "expectation applied to the cells (allocate | weighted; b2s.bulkshift), or none")
+                        f"expectation applied to the cells (allocate | weighted; b2s.bulkshift), or none (default: "
+                        f"{DEFAULT_SHIFT} with --bulk and --groups and the native engine, else none)")
     p.add_argument("--bulk", help="bulk_counts.tsv from PREPARE_INPUTS (needed by --bulk_shift)")
     p.add_argument("--groups", help="groups.csv from PREPARE_INPUTS (needed by --bulk_shift)")
     p.add_argument("--outdir", default=".")
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu")
     seed = group_seed(args.seed, args.group)
     kwargs = dict(hidden_size=args.hidden_size, seed=seed, device=str(device), batch_size=args.batch_size)
+    if args.bulk_shift is None:
+        args.bulk_shift = DEFAULT_SHIFT if args.bulk and args.groups and args.engine == "native" else "none"
     shift = None
     if args.bulk_shift != "none":
         if args.engine == "omicverse":
