@@ -10,10 +10,12 @@ obs['total_counts']).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pandas as pd
 
+from b2s.bulkshift import DEFAULT_SHIFT, SHIFT_CHOICES
 from b2s.errors import InputError, run_cli
 from b2s.generate import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS
 from b2s.vae import REPARAM_CHOICES
@@ -42,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reparam", choices=REPARAM_CHOICES, default="standard",
                    help="latent sampling form the weights were trained with (TRAIN_VAE --reparam)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
+    p.add_argument("--bulk_shift", choices=SHIFT_CHOICES, default=None,
+                   help="bulk-informed generation: per-type fold changes of the group's bulk vs its composition "
+                        f"expectation applied to the cells (allocate | weighted; b2s.bulkshift), or none (default: "
+                        f"{DEFAULT_SHIFT} with --bulk and --groups and the native engine, else none)")
+    p.add_argument("--bulk", help="bulk_counts.tsv from PREPARE_INPUTS (needed by --bulk_shift)")
+    p.add_argument("--groups", help="groups.csv from PREPARE_INPUTS (needed by --bulk_shift)")
     p.add_argument("--outdir", default=".")
     return p.parse_args(argv)
 
@@ -73,6 +81,24 @@ def read_targets(path: str, group: str) -> dict[str, int]:
     return dict(zip(rows["celltype"], n.astype(int)))
 
 
+def bulk_shifts(args: argparse.Namespace, model_input) -> dict:
+    """Per-type shifts of ``args.group`` (b2s.bulkshift), written to ``<group>.celltype_shifts.csv``."""
+    from b2s import bulkqc, bulkshift
+    bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
+    rows = pd.read_csv(args.targets, dtype={"group": str, "celltype": str})
+    rows = rows[rows["group"] == args.group]
+    types = list(pd.unique(model_input.obs["celltype"].astype(str)))
+    fractions = bulkqc.fractions_of(rows, types)
+    res = bulkshift.estimate_shifts(bulkqc.group_bulk(bulk, groups, args.group), model_input, types, fractions,
+                                    mode=args.bulk_shift)
+    path = os.path.join(args.outdir, f"{args.group}.celltype_shifts.csv")
+    res["table"].to_csv(path, index=False, float_format="%.6g")
+    n = {t: f"+{v['n_up']}/-{v['n_down']}" for t, v in res["summary"].items()}
+    print(f"[generate] {args.group}: bulk shifts ({args.bulk_shift}) genes up/down per type: "
+          f"{', '.join(f'{k} {v}' for k, v in n.items())}; wrote {path}", flush=True)
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     """Generate the cells of one group and write ``<group>.generated.h5ad``."""
     args = parse_args(argv)
@@ -99,13 +125,28 @@ def main(argv: list[str] | None = None) -> None:
     model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
     seed = group_seed(args.seed, args.group)
     kwargs = dict(hidden_size=args.hidden_size, seed=seed, device=str(device), batch_size=args.batch_size)
+    if args.bulk_shift is None:
+        args.bulk_shift = DEFAULT_SHIFT if args.bulk and args.groups and args.engine == "native" else "none"
+    shift = None
+    if args.bulk_shift != "none":
+        if args.engine == "omicverse":
+            raise InputError(f"--bulk_shift {args.bulk_shift} needs --engine native (omicverse ignores the bulk); "
+                             "pass --bulk_shift none with --engine omicverse")
+        if not args.bulk or not args.groups:
+            raise InputError(f"--bulk_shift {args.bulk_shift} needs --bulk and --groups (PREPARE_INPUTS' "
+                             "bulk_counts.tsv and groups.csv); pass them or --bulk_shift none")
+        shift = bulk_shifts(args, model_input)
     if args.engine == "omicverse":
         from b2s import omicverse_engine  # lazy: omicverse takes long to import
 
         adata = omicverse_engine.generate_cells(model.state_dict(), model_input, targets, **kwargs)
     else:
         adata = generate_cells(model, model_input, targets, decode=args.decode, counts=args.counts,
-                               calibrate=args.calibrate, reparam=args.reparam, **kwargs)
+                               calibrate=args.calibrate, reparam=args.reparam,
+                               shift=None if shift is None else shift["lfc"], **kwargs)
+    # a JSON string: cell-type names may hold '/', which h5ad group keys may not
+    adata.uns["bulk_shift"] = json.dumps({"mode": args.bulk_shift} if shift is None else {
+        "mode": args.bulk_shift, "fractions_refit": shift["fractions_refit"], "n_shifted": shift["summary"]})
     adata.obs_names = [f"{args.group}_{name}" for name in adata.obs_names]
     out = os.path.join(args.outdir, f"{args.group}.generated.h5ad")
     write_h5ad(adata, out, params=dict(vars(args), generation_seed=seed))

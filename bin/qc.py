@@ -3,12 +3,16 @@
 
 Writes <group>.cellprop.png/.csv (reference vs target vs generated vs filtered proportions),
 <group>.correlation.png/.csv (marker correlation; also <group>.correlation_matrix.csv),
-<group>.mde.png (joint MDE of reference and filtered cells) and <group>.metrics.json.
+<group>.mde.png (joint MDE of reference and filtered cells) and <group>.metrics.json; with --bulk and
+--groups also the QC against the group's bulk (b2s.bulkqc): <group>.bulk_qc.csv (scores of the
+generated, filtered and composition-only pseudo-bulks), <group>.bulk_residuals.csv (genes with the
+largest residuals) and <group>.bulk_scatter.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from b2s.errors import run_cli
@@ -28,8 +32,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--mde_max_cells", type=int, default=3000,
                    help="cells per source (reference, filtered) drawn for the MDE plot")
+    p.add_argument("--bulk", help="bulk_counts.tsv from PREPARE_INPUTS (QC against the bulk)")
+    p.add_argument("--groups", help="groups.csv from PREPARE_INPUTS (QC against the bulk)")
+    p.add_argument("--bulk_top_genes", type=int, default=50,
+                   help="genes with the largest generated-vs-bulk residuals in <group>.bulk_residuals.csv")
     p.add_argument("--outdir", default=".")
     return p.parse_args(argv)
+
+
+def bulk_section(args: argparse.Namespace, g: str, out: dict[str, str], reference, generated, filtered,
+                 targets) -> dict:
+    """QC against the group's bulk (b2s.bulkqc): writes its table, residuals and scatter; returns its metrics."""
+    from b2s import bulkqc, plots
+    from b2s.qc import _ordered_types
+
+    bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
+    types = _ordered_types(reference)
+    res = bulkqc.bulk_qc(bulkqc.group_bulk(bulk, groups, g), generated, filtered, reference,
+                         bulkqc.fractions_of(targets, types), types, top_n=args.bulk_top_genes)
+    res["summary"].to_csv(out["bulk_qc.csv"], index=False, float_format="%.6g")
+    res["residuals"].to_csv(out["bulk_residuals.csv"], float_format="%.6g")
+    plots.plot_bulk_scatter(res["log_cpm"], out["bulk_scatter.png"], scores=res["summary"],
+                            title=f"Pseudo-bulk vs bulk: {g}")
+    m = res["metrics"]
+    fmt = lambda v: "NA" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"[qc] {g}: vs bulk over {m['generated']['n_genes']} genes (log2 CPM): generated r "
+          f"{fmt(m['generated']['pearson_r'])}, R2 {fmt(m['generated']['var_explained'])}; composition only r "
+          f"{fmt(m['composition_expected']['pearson_r'])}, R2 {fmt(m['composition_expected']['var_explained'])}",
+          flush=True)
+    try:
+        m["bulk_shift"] = str(json.loads(generated.uns.get("bulk_shift", "{}")).get("mode", "none"))
+    except (TypeError, ValueError, AttributeError):
+        m["bulk_shift"] = "none"
+    return m
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     out = {k: os.path.join(args.outdir, f"{g}.{k}") for k in (
         "cellprop.png", "cellprop.csv", "correlation.png", "correlation.csv",
         "correlation_matrix.csv", "mde.png", "metrics.json")}
-    io.guard_inputs(out.values(), [args.generated, args.filtered, args.reference, args.targets])
+    if bool(args.bulk) != bool(args.groups):
+        raise InputError("--bulk and --groups go together (QC against the bulk); pass both or neither")
+    if args.bulk:
+        out.update({k: os.path.join(args.outdir, f"{g}.{k}") for k in (
+            "bulk_qc.csv", "bulk_residuals.csv", "bulk_scatter.png")})
+    io.guard_inputs(out.values(), [args.generated, args.filtered, args.reference, args.targets,
+                                   args.bulk, args.groups])
     os.makedirs(args.outdir, exist_ok=True)
     params = io.params_from_args(args)
 
@@ -104,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
           f"apart (own r > best other r); median margin {'NA' if med is None else f'{med:.3f}'}", flush=True)
     for w in metrics["warnings"]:
         print(f"WARNING: [qc] {g}: {w}", flush=True)
+    if args.bulk:
+        metrics["bulk_qc"] = bulk_section(args, g, out, reference, generated, filtered, targets)
     metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}
     io.write_json(out["metrics.json"], {"group": g, **metrics}, params=params)
     print(f"[qc] {g}: wrote {', '.join(os.path.basename(p) for p in out.values())}", flush=True)

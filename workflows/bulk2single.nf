@@ -54,13 +54,15 @@ workflow BULK2SINGLE {
         .unique()
         .map { group -> [id: group] }
 
-    GENERATE(ch_groups.combine(ESTIMATE_FRACTIONS.out.targets), PREPROCESS.out.model_input, ch_weights, ch_weights_meta)
+    GENERATE(ch_groups.combine(ESTIMATE_FRACTIONS.out.targets), PREPROCESS.out.model_input, ch_weights, ch_weights_meta,
+             PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups)
     ch_versions = ch_versions.mix(GENERATE.out.versions)
 
     FILTER(GENERATE.out.generated)
     ch_versions = ch_versions.mix(FILTER.out.versions)
 
-    QC(GENERATE.out.generated.join(FILTER.out.filtered), PREPROCESS.out.model_input, ESTIMATE_FRACTIONS.out.targets)
+    QC(GENERATE.out.generated.join(FILTER.out.filtered), PREPROCESS.out.model_input, ESTIMATE_FRACTIONS.out.targets,
+       PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups)
     ch_versions = ch_versions.mix(QC.out.versions)
 
     // One block per process (the per-group tasks write identical blocks), sorted by text: task
@@ -79,7 +81,8 @@ workflow BULK2SINGLE {
             ESTIMATE_FRACTIONS.out.targets, ESTIMATE_FRACTIONS.out.plot, ESTIMATE_FRACTIONS.out.summary,
             PREPARE_INPUTS.out.summary, PREPROCESS.out.summary, ch_train_files,
             FILTER.out.summary.map { meta, f -> f },
-            QC.out.files.map { meta, files -> files }.flatten()
+            QC.out.files.map { meta, files -> files }.flatten(),
+            GENERATE.out.shifts.map { meta, f -> f }
         )
         .collect()
 

@@ -216,6 +216,16 @@ def sample_counts(rate: np.ndarray, lib: np.ndarray, phi: np.ndarray | None, rng
     return rng.poisson(mean).astype(np.float32)
 
 
+def _shift_multipliers(shift: pd.DataFrame | None, types: list[str], genes: pd.Index) -> np.ndarray | None:
+    """Types (model input order) x genes array of ``2 ** shift`` (1 where ``shift`` has no entry)."""
+    if shift is None:
+        return None
+    if not np.isfinite(shift.to_numpy(np.float64)).all():
+        raise InputError("bulk shifts contain NaN or infinite values; rerun GENERATE")
+    lfc = shift.reindex(index=types, columns=pd.Index(genes)).fillna(0.0).to_numpy(np.float64)
+    return np.exp2(lfc)
+
+
 def generate_cells(
     state_dict_or_model: object,
     model_input: anndata.AnnData,
@@ -228,6 +238,7 @@ def generate_cells(
     counts: str = DEFAULTS["counts"],
     reparam: str | None = None,
     calibrate: str = DEFAULTS["calibrate"],
+    shift: pd.DataFrame | None = None,
 ) -> anndata.AnnData:
     """Generate ``targets[celltype]`` cells of each type from the VAE.
 
@@ -246,6 +257,10 @@ def generate_cells(
         counts: ``nb``, ``poisson`` or ``none`` (X = decoder output), see the module docstring.
         reparam: sampling form of the weights (``standard`` | ``omicverse``); None keeps the model's.
         calibrate: rate calibration per ``type`` and gene, or per ``gene`` over all reference cells.
+        shift: optional log2 fold changes, cell types (index) x model genes (columns), from
+            :func:`b2s.bulkshift.estimate_shifts`: each generated cell's rates (decoded values
+            with ``counts none``) are multiplied by ``2 ** shift`` of its type before counts are
+            drawn, so a gene at rate 0 stays 0. Types or genes not in it are not shifted.
 
     Returns:
         AnnData with X CSR float32 (cells x model genes), ``obs['celltype']`` categorical (in
@@ -280,6 +295,8 @@ def generate_cells(
               "generating log values only (--counts none)", flush=True)
         counts = "none"
 
+    mult = _shift_multipliers(shift, list(available), model_input.var_names)
+
     # One index array over reference rows: each type's cells repeated cyclically to its target.
     parts, names = [], []
     for celltype in order:
@@ -297,7 +314,12 @@ def generate_cells(
     blocks, count_blocks = [], []
     with torch.inference_mode():
         if counts == "none":
+            type_of = pd.Categorical(celltypes, categories=list(available)).codes
+            pos = 0
             for block in _decode_rows(model, X_ref, index, decode, gen, dev, batch_size):
+                if mult is not None:
+                    block = np.log1p(np.expm1(block) * mult[type_of[pos:pos + len(block)]]).astype(np.float32)
+                pos += len(block)
                 blocks.append(sp.csr_matrix(block))
         else:
             cts, lib = ref_counts
@@ -315,6 +337,8 @@ def generate_cells(
                 part = slice(pos, pos + len(block))
                 pos += len(block)
                 rate = np.expm1(block.astype(np.float64)) * cal[cal_of[part]] + base[cal_of[part]]
+                if mult is not None:
+                    rate *= mult[codes[index[part]]]
                 c = sample_counts(rate, lib[index[part]], phi, rng)
                 count_blocks.append(sp.csr_matrix(c))
                 scale = TARGET_SUM / np.maximum(lib[index[part]], 1.0)

@@ -308,6 +308,9 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
     if values.get("samplesheet") and values.get("bulk_group"):
         res.errors.append("--samplesheet and --bulk_group were both given: pass only one "
                           f"(the samplesheet can hold many groups) {SEE_HELP}")
+    if values.get("engine") == "omicverse" and values.get("bulk_shift", "none") != "none":
+        res.warnings.append(f"--bulk_shift {values['bulk_shift']} is ignored with --engine omicverse (its generation "
+                            "never reads the bulk: the cells carry composition only); use --engine native for it")
     if values.get("engine") == "omicverse" and values.get("fraction_method") in ("nnls", "wls"):
         res.errors.append(f"--fraction_method {values['fraction_method']} is not part of omicverse: with --engine "
                           f"omicverse use scaden (its default, also what an unset --fraction_method gives) or tape {SEE_HELP}")

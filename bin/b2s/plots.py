@@ -229,3 +229,37 @@ def plot_embedding(coords: np.ndarray, labels: Sequence[str], path: str, title: 
             h.set_sizes([30])
     fig.suptitle(title or "Embedding", y=1.0)
     _save(fig, path)
+
+
+def plot_bulk_scatter(log_cpm: pd.DataFrame, path: str, title: str = "",
+                      scores: pd.DataFrame | None = None, n_label: int = 8) -> None:
+    """Generated pseudo-bulk vs the group's bulk (log2 CPM per gene), beside the composition-only expectation.
+
+    ``log_cpm``: columns ``bulk_log2cpm``, ``generated_log2cpm`` and optionally
+    ``composition_expected_log2cpm`` (:func:`b2s.bulkqc.bulk_qc`); ``scores``: its summary frame
+    (Pearson r and variance explained shown in the panel titles). The ``n_label`` genes furthest
+    from the diagonal in the generated panel are named.
+    """
+    panels = [c for c in ("generated", "composition_expected") if f"{c}_log2cpm" in log_cpm]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.4), squeeze=False,
+                             sharex=True, sharey=True)
+    x = log_cpm["bulk_log2cpm"].to_numpy(float)
+    by = scores.set_index("profile") if scores is not None else None
+    hi = float(np.nanmax(np.r_[x, *(log_cpm[f"{c}_log2cpm"].to_numpy(float) for c in panels)])) if len(x) else 1.0
+    for ax, name in zip(axes[0], panels):
+        y = log_cpm[f"{name}_log2cpm"].to_numpy(float)
+        ax.scatter(x, y, s=4, color="#1f77b4" if name == "generated" else "#7f7f7f", alpha=0.4,
+                   linewidths=0, rasterized=True)
+        ax.plot([0, hi], [0, hi], color="black", lw=0.8, ls="--")
+        label = "generated cells" if name == "generated" else "composition only (reference x fractions)"
+        if by is not None and name in by.index and pd.notna(by.loc[name, "pearson_r"]):
+            label += f"\nr = {by.loc[name, 'pearson_r']:.3f}, R² = {by.loc[name, 'var_explained']:.3f}"
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("bulk, log2(CPM + 1)")
+        if name == "generated" and n_label > 0 and len(x):
+            far = np.argsort(-np.abs(y - x), kind="stable")[:n_label]
+            for i in far:
+                ax.annotate(str(log_cpm.index[i]), (x[i], y[i]), fontsize=6, alpha=0.8)
+    axes[0][0].set_ylabel("pseudo-bulk, log2(CPM + 1)")
+    fig.suptitle(title or "Pseudo-bulk vs bulk", y=1.0)
+    _save(fig, path)

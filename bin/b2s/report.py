@@ -591,8 +591,55 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
     if corr is not None:
         parts.append(_correlation_table(corr))
     parts.append("</div></div>")
+    parts.append(_section_bulk_qc(g, files))
     parts.append("<h3>Embedding (MDE)</h3>")
     parts.append(_img(files.get(f"{g}.mde.png"), f"MDE {g}", cls="wide"))
+    return "\n".join(parts)
+
+
+#: Rows of <group>.celltype_shifts.csv shown in the report (the file has them all).
+SHIFT_ROWS = 15
+
+
+def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
+    """Generated pseudo-bulk vs the group's bulk (b2s.bulkqc) and the bulk shifts (b2s.bulkshift)."""
+    parts = ["<h3>Pseudo-bulk vs the group's bulk</h3>"
+             "<p class='muted'>log2 CPM over the genes shared with the bulk. The composition-only "
+             "expectation is the reference's mean cell of each type weighted by the group's fractions: "
+             "what the generated cells explain beyond it comes from the bulk itself "
+             "(<code>--bulk_shift</code>).</p><div class='grid'><div>"]
+    parts.append(_img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}"))
+    parts.append("</div><div>")
+    scores = _read_csv(files.get(f"{g}.bulk_qc.csv"))
+    if scores is not None:
+        parts.append(_df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
+    else:
+        parts.append(f"<p class='note'>{_esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
+    res = _read_csv(files.get(f"{g}.bulk_residuals.csv"), index_col=0)
+    if res is not None and len(res):
+        cols = [c for c in ("bulk_log2cpm", "generated_log2cpm", "composition_expected_log2cpm",
+                            "residual_generated") if c in res]
+        parts.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
+        parts.append(_df_table(res[cols].head(10), index_label="gene", digits=2))
+    parts.append("</div></div>")
+    shifts = _read_csv(files.get(f"{g}.celltype_shifts.csv"))
+    m = _read_json(files.get(f"{g}.metrics.json")) or {}
+    mode = (m.get("bulk_qc") or {}).get("bulk_shift", "none")
+    if shifts is None:
+        parts.append(f"<p class='muted'>Bulk-informed generation: {_esc(mode)} (no per-type shifts).</p>")
+    else:
+        parts.append(f"<h3>Per-type shifts from the bulk ({_esc(mode)})</h3>"
+                     f"<p class='muted'>{len(shifts)} (type, gene) shifts applied to the generated cells; "
+                     f"the largest {min(SHIFT_ROWS, len(shifts))} (all in {_esc(g)}.celltype_shifts.csv).</p>")
+        if len(shifts):
+            per = shifts.assign(up=shifts["log2fc"] > 0).groupby("celltype")["up"].agg(
+                n_up="sum", n_shifted="size")
+            per["n_down"] = per["n_shifted"] - per["n_up"]
+            parts.append("<div class='grid'><div>")
+            parts.append(_df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type"))
+            parts.append("</div><div>")
+            parts.append(_df_table(shifts.head(SHIFT_ROWS), index=False, digits=2))
+            parts.append("</div></div>")
     return "\n".join(parts)
 
 

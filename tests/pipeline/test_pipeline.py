@@ -74,8 +74,15 @@ def test_qc_outputs_per_group(full_run):
         assert (own > other).sum() >= 0.8 * len(shared), matrix.round(3).to_string()
         metrics = json.loads((qc / f"{group}.metrics.json").read_text())
         assert metrics["params"]["seed"] is not None
-        for plot in ("cellprop", "correlation", "mde"):
+        for plot in ("cellprop", "correlation", "mde", "bulk_scatter"):
             assert (qc / f"{group}.{plot}.png").stat().st_size > 1000
+        # QC against the group's own bulk: generated cells and the composition-only expectation
+        bulk_qc = pd.read_csv(qc / f"{group}.bulk_qc.csv").set_index("profile")
+        assert list(bulk_qc.index) == ["generated", "filtered", "composition_expected"]
+        assert (bulk_qc["pearson_r"] > 0.8).all(), bulk_qc.to_string()
+        assert metrics["bulk_qc"]["bulk_shift"] == "weighted"  # the default
+        assert len(pd.read_csv(qc / f"{group}.celltype_shifts.csv")) > 0
+        assert len(pd.read_csv(qc / f"{group}.bulk_residuals.csv")) == 50
 
 
 def test_model_weights_history_and_report(full_run):

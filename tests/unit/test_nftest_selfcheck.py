@@ -55,8 +55,8 @@ def _mutated(module: str, old: str, new: str) -> list[str]:
 
 
 def test_fails_on_a_missing_input():
-    errors = _mutated("generate", "                input[3] = TRAIN_VAE.out.weights_meta\n", "")
-    assert any("GENERATE takes 4 input(s), the test sets input[0, 1, 2]" in e for e in errors), errors
+    errors = _mutated("generate", "                input[5] = PREPARE_INPUTS.out.groups\n", "")
+    assert any("GENERATE takes 6 input(s), the test sets input[0, 1, 2, 3, 4]" in e for e in errors), errors
 
 
 def test_fails_on_a_tuple_of_the_wrong_arity():

@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""Bulk-informed generation with known truth: are a group's own expression changes carried into its cells?
+
+    .venv/bin/python benchmarks/bulk_informed.py --quick          # 1 split, 10 epochs (~10 min on 2 shared cores)
+    .venv/bin/python benchmarks/bulk_informed.py                  # splits 0,1,2, 30 epochs
+    .venv/bin/python benchmarks/bulk_informed.py --shifts_only   # shrinkage variants, shifts alone (~1 min)
+    # options: --splits 0,1,2 --epochs 30 --modes none,allocate,weighted --omicverse --out FILE.json
+
+Data: the Hao et al. PBMC counts (benchmarks/realdata.py, 11,180 genes), split per seed into a
+reference half and a held-out half, four pseudo-bulk groups of 3 samples summed from held-out
+cells (realdata.make_pseudobulks). In the ``tcell`` group only, before summing, the held-out cells
+of two types (``T cells CD4 conv``, 40 % of the group; ``Tregs``, 25 %) get known fold changes:
+per type 40 genes, 20 up and 20 down, |log2 FC| uniform in [1, 2], drawn from genes expressed in
+the type (mean >= 3 counts per 10k in the reference cells of the type) that are not among its
+200 top markers (largest log fold change vs the other types) nor perturbed in the other type;
+plus 200 control genes drawn the same way and left alone. The other three groups are
+unperturbed. Everything downstream is the pipeline's own stage code: fractions
+(``b2s.fractions``, default method, estimated from the perturbed bulk), model input
+(``b2s.preprocess.model_input``), one training run (``b2s.train.train_vae``, few epochs: the
+per-type calibration of the count sampler makes the per-type means independent of how far
+training went), then ``b2s.generate.generate_cells`` per group and ``--bulk_shift`` mode with the
+shifts of ``b2s.bulkshift.estimate_shifts`` from that group's bulk (``scale_size`` 4 instead of the
+pipeline's 2: twice the cells, so the sampling noise of the measured fold changes is small).
+
+Metrics, per perturbed type (perturbed group) and per mode; recovered log2 FC of a gene =
+log2((mean CP10k of the generated cells of the type + 0.1) / (same of the reference cells of the
+type + 0.1)):
+
+- ``r``: Pearson r of recovered vs true log2 FC over the type's 40 perturbed + the 200 control genes;
+- ``up`` / ``down``: median recovered log2 FC of the up / down genes (true medians beside them);
+- ``ctrl``: median |recovered log2 FC| of the control genes;
+- ``false``: unperturbed groups, median |recovered log2 FC| over every type (with >= 20 generated
+  cells) on all 280 benchmark genes; ``n_shift``: mean number of (type, gene) shifts per
+  unperturbed group;
+- realism on the unperturbed groups (``b2s.qc``): kNN typing accuracy, marker r, types told apart.
+
+``--omicverse`` adds omicverse 2.3.2's generation (``b2s.omicverse_engine.generate_cells``,
+the same weights): it ignores the bulk, so it should score ~0. The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "bin")]
+
+PERTURBED_GROUP = "tcell"
+PERTURBED_TYPES = ("T cells CD4 conv", "Tregs")
+N_UP = N_DOWN = 20
+N_CONTROL = 200
+TOP_MARKERS = 200
+MIN_CP10K = 3.0
+#: cells generated per target cell: more cells, less sampling noise in the recovered fold changes
+SCALE_SIZE = 4
+PSEUDO = 0.1
+
+
+def cp10k_means(x: sp.csr_matrix, lib: np.ndarray, labels: np.ndarray, types: list[str]) -> np.ndarray:
+    """Types x genes mean of counts / library * 1e4."""
+    codes = pd.Categorical(labels, categories=types).codes
+    ok = codes >= 0
+    ind = sp.csr_matrix((np.ones(int(ok.sum())), (codes[ok], np.flatnonzero(ok))), shape=(len(types), len(labels)))
+    scale = 1e4 / np.maximum(lib, 1.0)
+    sums = np.asarray((ind @ sp.diags(scale) @ sp.csr_matrix(x, dtype=np.float64)).todense())
+    return sums / np.maximum(np.asarray(ind.sum(axis=1)).ravel(), 1)[:, None]
+
+
+def choose_genes(ref_means: np.ndarray, types: list[str], rng: np.random.Generator) -> dict[str, Any]:
+    """Perturbed genes (with true log2 FC) per perturbed type, and the control genes (gene positions)."""
+    taken: set[int] = set()
+    truth: dict[str, dict[int, float]] = {}
+    logm = np.log2(ref_means + PSEUDO)
+    for t in PERTURBED_TYPES:
+        i = types.index(t)
+        others = np.delete(logm, i, axis=0).max(axis=0)
+        markers = set(np.argsort(-(logm[i] - others), kind="stable")[:TOP_MARKERS])
+        cand = [g for g in np.flatnonzero(ref_means[i] >= MIN_CP10K) if g not in markers and g not in taken]
+        pick = rng.choice(cand, size=N_UP + N_DOWN, replace=False)
+        mag = rng.uniform(1.0, 2.0, size=len(pick))
+        sign = np.r_[np.ones(N_UP), -np.ones(N_DOWN)]
+        truth[t] = {int(g): float(s * m) for g, s, m in zip(pick, sign, mag)}
+        taken |= set(map(int, pick))
+    expressed = np.flatnonzero((ref_means[[types.index(t) for t in PERTURBED_TYPES]] >= MIN_CP10K).all(axis=0))
+    cand = [g for g in expressed if g not in taken]
+    controls = np.sort(rng.choice(cand, size=N_CONTROL, replace=False)).astype(int)
+    return {"truth": truth, "controls": controls}
+
+
+def perturb(heldout, truth: dict[str, dict[int, float]]):
+    """A copy of the held-out cells whose counts of the perturbed types are scaled by the true fold changes."""
+    labels = heldout.obs["celltype"].astype(str).to_numpy()
+    names = list(truth)
+    code = pd.Categorical(labels, categories=names).codes  # -1: not perturbed
+    fac = np.ones((len(names) + 1, heldout.n_vars))  # last row: the unperturbed types
+    for i, t in enumerate(names):
+        for g, lfc in truth[t].items():
+            fac[i, g] = 2.0 ** lfc
+    x = sp.coo_matrix(heldout.X, dtype=np.float64)
+    x.data = x.data * fac[np.where(code[x.row] >= 0, code[x.row], len(names)), x.col]
+    out = heldout.copy()
+    out.X = sp.csr_matrix(x, dtype=np.float32)  # realdata.make_pseudobulks rounds the sums
+    return out
+
+
+def prepare(split: int) -> dict[str, Any]:
+    """Reference, bulk with the perturbation in one group, truth, fractions, model input."""
+    import realdata
+    from b2s import fractions, preprocess
+
+    adata = realdata.load_hao()
+    ref, held = realdata.split_reference(adata, seed=split)
+    types = list(adata.obs["celltype"].cat.categories)
+    design = realdata.pseudobulk_design(types)
+    ref_lib = np.asarray(ref.X.sum(axis=1)).ravel()
+    ref_means = cp10k_means(ref.X, ref_lib, ref.obs["celltype"].astype(str).to_numpy(), types)
+    genes = choose_genes(ref_means, types, np.random.default_rng(1000 + split))
+    held_p = perturb(held, genes["truth"])
+    plain = {g: d for g, d in design.items() if g != PERTURBED_GROUP}
+    b0, _, s0 = realdata.make_pseudobulks(held, plain, seed=split)
+    b1, _, s1 = realdata.make_pseudobulks(held_p, {PERTURBED_GROUP: design[PERTURBED_GROUP]}, seed=split + 500)
+    bulk = pd.concat([b1, b0], axis=1)
+    sheet = pd.concat([s1, s0], ignore_index=True)
+    sf = fractions.estimate_sample_fractions(bulk, ref, seed=split)
+    gf = fractions.group_fractions(sf, sheet)
+    targets = fractions.cell_targets(bulk, sheet, ref, gf, scale_size=SCALE_SIZE)
+    mi = preprocess.model_input(ref, bulk.index)
+    pos = pd.Index(mi.var_names).get_indexer(adata.var_names)
+    # gene positions above are in adata's gene order: map them to the model input's
+    to_mi = {int(g): int(pos[g]) for g in range(adata.n_vars) if pos[g] >= 0}
+    truth = {t: {to_mi[g]: v for g, v in d.items() if g in to_mi} for t, d in genes["truth"].items()}
+    controls = np.array([to_mi[g] for g in genes["controls"] if g in to_mi])
+    mi_means = cp10k_means(mi.layers["counts"], mi.obs["total_counts"].to_numpy(), mi.obs["celltype"].astype(str).to_numpy(), types)
+    return {"mi": mi, "bulk": bulk, "sheet": sheet, "targets": targets, "types": types,
+            "truth": truth, "controls": controls, "ref_means": mi_means}
+
+
+def recovered_lfc(gen, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Types x genes recovered log2 FC of generated cells vs the reference cells, and generated cells per type."""
+    types = data["types"]
+    labels = gen.obs["celltype"].astype(str).to_numpy()
+    if "counts" in gen.layers:
+        x, lib = gen.layers["counts"], gen.obs["total_counts"].to_numpy()
+        means = cp10k_means(x, lib, labels, types)
+    else:  # omicverse: X = decoder output (log1p CP10k)
+        xe = sp.csr_matrix(gen.X, dtype=np.float64, copy=True)
+        np.expm1(xe.data, out=xe.data)
+        means = cp10k_means(xe, np.full(gen.n_obs, 1e4), labels, types)
+    n = pd.Series(labels).value_counts().reindex(types).fillna(0).to_numpy(int)
+    return np.log2(means + PSEUDO) - np.log2(data["ref_means"] + PSEUDO), n
+
+
+def evaluate(gens: dict[str, Any], data: dict[str, Any], markers: dict | None) -> dict[str, Any]:
+    """Metrics of one mode's generated groups (module docstring)."""
+    from b2s import qc
+
+    types, truth, controls = data["types"], data["truth"], data["controls"]
+    all_genes = np.unique(np.r_[controls, *[list(d) for d in truth.values()]]).astype(int)
+    out: dict[str, Any] = {}
+    lfc, _ = recovered_lfc(gens[PERTURBED_GROUP], data)
+    for t, d in truth.items():
+        i = types.index(t)
+        g = np.array(list(d))
+        true = np.array(list(d.values()))
+        rec = lfc[i, g]
+        x = np.r_[true, np.zeros(len(controls))]
+        y = np.r_[rec, lfc[i, controls]]
+        out[t] = {"r": float(np.corrcoef(x, y)[0, 1]) if np.ptp(y) > 0 else float("nan"),
+                  "up": float(np.median(rec[true > 0])), "up_true": float(np.median(true[true > 0])),
+                  "down": float(np.median(rec[true < 0])), "down_true": float(np.median(true[true < 0])),
+                  "ctrl": float(np.median(np.abs(lfc[i, controls])))}
+    false, typing, marker_r, apart = [], [], [], []
+    for grp, gen in gens.items():
+        if grp == PERTURBED_GROUP:
+            continue
+        lg, n = recovered_lfc(gen, data)
+        ok = n >= 20
+        false.append(float(np.median(np.abs(lg[ok][:, all_genes]))))
+        if markers is not None:
+            ts = qc.typing_summary(data["mi"], gen, seed=0)
+            summ, _ = qc.marker_correlation(data["mi"], gen, markers=markers)
+            ident = qc.identity_summary(summ)
+            typing.append(ts["typing_accuracy"])
+            marker_r.append(float(np.nanmean(summ["pearson_r"])))
+            apart.append(ident["celltype_identity_rate"])
+    out["false"] = float(np.mean(false))
+    if markers is not None:
+        out.update(typing=float(np.mean(typing)), marker_r=float(np.mean(marker_r)), told_apart=float(np.mean(apart)))
+    return out
+
+
+def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism: bool) -> list[dict[str, Any]]:
+    """Train once, generate every group in every mode, evaluate."""
+    from b2s import bulkqc, bulkshift, qc
+    from b2s.generate import generate_cells, group_seed
+    from b2s.train import TrainConfig, train_vae
+
+    t0 = time.perf_counter()
+    data = prepare(split)
+    mi, types = data["mi"], data["types"]
+    print(f"[split {split}] model input {mi.n_obs} cells x {mi.n_vars} genes; prepared in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    res = train_vae(mi.X, TrainConfig(epoch_num=epochs, patience=epochs, seed=split, device="cpu",
+                                      log_every=max(1, epochs // 2), checkpoint_every=10_000))
+    print(f"[split {split}] trained {res.epochs_run} epochs in {res.seconds:.0f} s", flush=True)
+    markers = qc.reference_markers(mi, 200) if realism else None
+    mi_types = list(pd.unique(mi.obs["celltype"].astype(str)))
+    rows = []
+    for mode in modes + (["omicverse"] if with_ov else []):
+        t1 = time.perf_counter()
+        gens, n_shift = {}, []
+        for grp, tg in data["targets"].groupby("group", sort=False):
+            target = dict(zip(tg["celltype"], tg["n_cells"].astype(int)))
+            seed = group_seed(split, grp)
+            if mode == "omicverse":
+                from b2s import omicverse_engine as ove
+
+                gens[grp] = ove.generate_cells(res.state_dict, mi, target, seed=seed, device="cpu")
+                continue
+            shift = None
+            if mode != "none":
+                est = bulkshift.estimate_shifts(bulkqc.group_bulk(data["bulk"], data["sheet"], grp), mi, mi_types,
+                                                bulkqc.fractions_of(tg, mi_types), mode=mode)
+                shift = est["lfc"]
+                if grp != PERTURBED_GROUP:
+                    n_shift.append(len(est["table"]))
+            gens[grp] = generate_cells(res.state_dict, mi, target, seed=seed, device="cpu", shift=shift)
+        m = evaluate(gens, data, markers)
+        m["n_shift"] = float(np.mean(n_shift)) if n_shift else 0.0
+        rows.append({"split": split, "mode": mode, "epochs": res.epochs_run, **m,
+                     "seconds": time.perf_counter() - t1})
+        msg = "; ".join(f"{t}: r {m[t]['r']:.3f} up {m[t]['up']:.2f}/{m[t]['up_true']:.2f} down "
+                        f"{m[t]['down']:.2f}/{m[t]['down_true']:.2f} ctrl {m[t]['ctrl']:.3f}" for t in PERTURBED_TYPES)
+        extra = (f" typing {m['typing']:.3f} marker r {m['marker_r']:.3f} apart {m['told_apart']:.2f}"
+                 if "typing" in m else "")
+        print(f"[split {split}] {mode}: {msg}; false {m['false']:.3f} n_shift {m['n_shift']:.0f}{extra}", flush=True)
+    return rows
+
+
+def shift_variants(splits: list[int]) -> list[dict[str, Any]]:
+    """The shifts alone (no training, no generation) of each allocation x shrinkage variant, scored as above.
+
+    Used to choose the shrinkage of b2s.bulkshift (its docstring); the recovered log2 FC is the
+    shift itself, so this is what generation carries at best (no sampling noise).
+    """
+    from b2s import bulkqc, bulkshift
+
+    rows = []
+    for split in splits:
+        d = prepare(split)
+        mi = d["mi"]
+        mi_types = list(pd.unique(mi.obs["celltype"].astype(str)))
+        allg = np.unique(np.r_[d["controls"], *[list(v) for v in d["truth"].values()]]).astype(int)
+        for mode in ("allocate", "weighted"):
+            for shrink, z in (("soft", 2.0), ("soft", 1.0), ("hard", 2.0), ("hard", 3.0)):
+                lfc = {}
+                for grp, tg in d["targets"].groupby("group", sort=False):
+                    est = bulkshift.estimate_shifts(bulkqc.group_bulk(d["bulk"], d["sheet"], grp), mi, mi_types,
+                                                    bulkqc.fractions_of(tg, mi_types), mode=mode, z=z, shrink=shrink)
+                    lfc[grp] = est["lfc"].reindex(d["types"]).to_numpy()
+                row: dict[str, Any] = {"split": split, "mode": mode, "shrink": shrink, "z": z}
+                for t, truth in d["truth"].items():
+                    i, g = d["types"].index(t), np.array(list(truth))
+                    true = np.array(list(truth.values()))
+                    rec, ctl = lfc[PERTURBED_GROUP][i, g], lfc[PERTURBED_GROUP][i, d["controls"]]
+                    row[t] = {"r": float(np.corrcoef(np.r_[true, np.zeros(len(ctl))], np.r_[rec, ctl])[0, 1]),
+                              "up": float(np.median(rec[true > 0])), "down": float(np.median(rec[true < 0])),
+                              "ctrl": float(np.median(np.abs(ctl)))}
+                others = [v for k, v in lfc.items() if k != PERTURBED_GROUP]
+                row["false_mean_abs"] = float(np.mean([np.abs(v[:, allg]).mean() for v in others]))
+                row["share_shifted"] = float(np.mean([(v != 0).mean() for v in others]))
+                rows.append(row)
+                print(f"[split {split}] {mode} {shrink} z={z}: " + "; ".join(
+                    f"{t}: r {row[t]['r']:.2f} up {row[t]['up']:.2f} down {row[t]['down']:.2f} ctrl {row[t]['ctrl']:.3f}"
+                    for t in d["truth"]) + f"; unperturbed mean |lfc| {row['false_mean_abs']:.3f}, "
+                    f"share shifted {row['share_shifted']:.4f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table and one JSON line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="split 0, 10 epochs, no realism metrics")
+    p.add_argument("--splits", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--modes", default="none,allocate,weighted")
+    p.add_argument("--omicverse", action="store_true", help="add omicverse's generation (same weights)")
+    p.add_argument("--no_realism", action="store_true", help="skip kNN typing / marker r on unperturbed groups")
+    p.add_argument("--shifts_only", action="store_true",
+                   help="score the shifts alone for each allocation x shrinkage variant (no training; seconds)")
+    p.add_argument("--out", help="write the rows as JSON here too")
+    args = p.parse_args(argv)
+    if args.shifts_only:
+        rows = shift_variants([0] if args.quick else [int(s) for s in args.splits.split(",")])
+        print(json.dumps({"rows": rows}, default=float))
+        return
+    import torch
+
+    from realism import machine_info
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    splits = [0] if args.quick else [int(s) for s in args.splits.split(",")]
+    epochs = 10 if args.quick else args.epochs
+    rows = []
+    for s in splits:
+        rows += run_split(s, epochs, args.modes.split(","), args.omicverse, realism=not (args.quick or args.no_realism))
+    info = machine_info()
+    print(f"CPU: {info['cpu']} ({' '.join(info['simd'])}), {info['cores']} cores")
+    flat = []
+    for r in rows:
+        for t in PERTURBED_TYPES:
+            flat.append({"mode": r["mode"], "type": t, **{k: r[t][k] for k in ("r", "up", "up_true", "down", "down_true", "ctrl")},
+                         "false": r["false"], **{k: r[k] for k in ("typing", "marker_r", "told_apart") if k in r}})
+    table = pd.DataFrame(flat).groupby(["mode", "type"], sort=False).mean(numeric_only=True)
+    print(table.round(3).to_string())
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows, "machine": info}, indent=1, default=float))
+    print(json.dumps({"rows": rows, "machine": info}, default=float))
+
+
+if __name__ == "__main__":
+    main()
