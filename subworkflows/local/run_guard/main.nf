@@ -260,7 +260,7 @@ def failedTaskDiagnosis(String report) {
     def stage = name.tokenize(' ')[0].tokenize(':')[-1]
     def group = (name =~ /\(([^)]*)\)/).find() ? (name =~ /\(([^)]*)\)/)[0][1] : ''
     def staged = stagedInputs()
-    def logLines = taskLogLines(java.nio.file.Paths.get(workDir))
+    def logLines = taskLogLines(file(workDir))
     def warnings = logLines.findAll { line -> line.startsWith('WARNING: ') }
         .collect { line -> "${stage}\t${group}\t${userPaths(line.substring(9).trim(), staged)}".toString() }
     def errors = logLines.findAll { line -> line.startsWith('ERROR: ') }
@@ -285,25 +285,30 @@ def reportAtExit(ch_warnings) {
     def finalLines = java.util.Collections.synchronizedList([])
     ch_warnings.subscribe { file -> collected.addAll(file.text.readLines().findAll { line -> line.trim() }) }
     wf.onComplete {
-        def warnings = new ArrayList(collected)
-        def error = null
-        if (!wf.success) {
-            def diagnosis = failedTaskDiagnosis(wf.errorReport)
-            if (diagnosis) {
-                warnings.addAll(diagnosis[0])
-                error = diagnosis[1]
+        try {
+            def warnings = new ArrayList(collected)
+            def error = null
+            if (!wf.success) {
+                def diagnosis = failedTaskDiagnosis(wf.errorReport)
+                if (diagnosis) {
+                    warnings.addAll(diagnosis[0])
+                    error = diagnosis[1]
+                }
             }
-        }
-        if (warnings) {
-            finalLines << "WARN: ${warnings.size()} task warning(s) (also at the top of the report):".toString()
-            warnings.unique().each { line ->
-                def parts = line.split('\t', 3)
-                def where = parts.size() == 3 ? (parts[1] ? "${parts[0]} ${parts[1]}" : parts[0]) : 'task'
-                finalLines << "  [${where}] ${parts[-1]}".toString()
+            warnings = warnings.unique()
+            if (warnings) {
+                finalLines << "WARN: ${warnings.size()} task warning(s) (also at the top of the report):".toString()
+                warnings.each { line ->
+                    def parts = line.split('\t', 3)
+                    def where = parts.size() == 3 ? (parts[1] ? "${parts[0]} ${parts[1]}" : parts[0]) : 'task'
+                    finalLines << "  [${where}] ${parts[-1]}".toString()
+                }
             }
-        }
-        if (error) {
-            finalLines << error
+            if (error) {
+                finalLines << error
+            }
+        } catch (Exception e) {
+            log.warn("could not summarise the run's task warnings and errors (${e.message}); see each task's .command.log")
         }
     }
     Runtime.runtime.addShutdownHook(new Thread({ ->

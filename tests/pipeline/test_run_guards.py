@@ -1,0 +1,142 @@
+"""Run guards of issue 12 with the real `nextflow run`: the outdir lock, nothing published when a
+parameter or input is refused, the failed task's ERROR line as the last console line, and task
+warnings in the console summary and the report.
+
+-stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
+themselves are catalogued cheaply in tests/unit/test_run_guards.py; the rows here show that the
+pipeline runs them before any task and leaves no file behind. A new case is one row.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+from .nfrun import REPO, nextflow_run, start_nextflow
+
+TEST_DATA = REPO / "assets" / "test_data"
+LOCK = ".nf-bulk2single.lock"
+
+pytestmark = pytest.mark.pipeline
+
+
+def _last_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------------------------
+# outdir lock
+# --------------------------------------------------------------------------------------------
+def test_second_live_run_into_one_outdir_is_refused(tmp_path):
+    outdir = tmp_path / "shared_results"
+    slow = tmp_path / "slow.config"  # keeps the first run alive while the second one starts
+    slow.write_text("process { withName: 'PREPARE_INPUTS' { beforeScript = 'sleep 40' } }\n")
+    first = start_nextflow(tmp_path / "first", "-profile", "test", "-stub-run", "-c", str(slow), outdir=str(outdir))
+    try:
+        lock = outdir / LOCK
+        deadline = time.time() + 300
+        while not lock.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        assert lock.exists(), (tmp_path / "first" / "console.txt").read_text()[-3000:]
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] and holder["host"] and holder["session_id"] and holder["run_name"]
+
+        second = nextflow_run(tmp_path / "second", "-profile", "test", "-stub-run", outdir=str(outdir))
+        assert second.returncode != 0
+        assert second.submitted() == []
+        last = _last_line(second.output)
+        assert last.startswith(f"ERROR: --outdir {outdir} is in use by run '{holder['run_name']}'"), second.output[-3000:]
+        assert "Traceback" not in second.output
+        # the refused run left no record of its own in the other run's outdir
+        assert len(list((outdir / "pipeline_info").glob("execution_trace_*.txt"))) == 1
+        assert first.poll() is None, "the first run ended before the second was checked"
+    finally:
+        rc = first.wait(timeout=900)
+    console = (tmp_path / "first" / "console.txt").read_text()
+    assert rc == 0, console[-3000:]
+    assert not (outdir / LOCK).exists(), "the lock outlived its run"
+    assert (outdir / "report" / "bulk2single_report.html").exists()
+
+
+def test_lock_of_a_dead_run_is_taken_over(tmp_path):
+    outdir = tmp_path / "results"
+    outdir.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (outdir / LOCK).write_text(json.dumps({"run_name": "killed_run", "session_id": "0000", "pid": dead.pid,
+                                           "host": socket.gethostname(), "started": int(time.time() * 1000)}))
+    res = nextflow_run(tmp_path, "-profile", "test", "-stub-run", outdir=str(outdir))
+    assert res.returncode == 0, res.output[-3000:]
+    assert "taking over the lock of run 'killed_run'" in res.output
+    assert not (outdir / LOCK).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# refused on the head node: nothing published
+# --------------------------------------------------------------------------------------------
+def _a_file(tmp_path):
+    path = tmp_path / "not_a_folder"
+    path.write_text("x")
+    return str(path)
+
+
+# (arguments, with {a_file} filled in; start of the ERROR line); more rows at unit level:
+# tests/unit/test_run_guards.py::PREFLIGHT
+HEAD_NODE_REFUSALS = [
+    pytest.param(["--leiden_size", "0"], "ERROR: --leiden_size 0: must be >= 1", id="leiden-size-0"),
+    pytest.param(["--checkpoint_dir", "{a_file}"], "ERROR: --checkpoint_dir {a_file}: exists and is a file",
+                 id="checkpoint-dir-is-a-file"),
+    pytest.param(["--device", "cuda"], "ERROR: --device cuda: no GPU is visible", id="cuda-without-gpu"),
+]
+
+
+@pytest.mark.parametrize(("args", "error"), HEAD_NODE_REFUSALS)
+def test_refused_on_the_head_node_publishes_nothing(tmp_path, args, error):
+    names = {"a_file": _a_file(tmp_path)}
+    args = [a.format(**names) for a in args]
+    res = nextflow_run(tmp_path, "-profile", "test", "-stub-run", *args, env={"CUDA_VISIBLE_DEVICES": "-1"})
+    assert res.returncode != 0
+    assert res.submitted() == []
+    errors = [line for line in res.output.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and errors[0].startswith(error.format(**names)), res.output[-3000:]
+    assert not res.outdir.exists(), sorted(str(p) for p in res.outdir.rglob("*"))
+
+
+# A failed task's ERROR line as the last console line (with the user's paths) and nothing published:
+# asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
+
+
+# --------------------------------------------------------------------------------------------
+# task warnings reach the console and the report
+# --------------------------------------------------------------------------------------------
+def test_task_warnings_are_summarised_on_the_console_and_in_the_report(tmp_path):
+    # A duplicated gene row (smaller counts than the original, so the kept data is the same):
+    # PREPARE_INPUTS drops it with a WARNING line. 5 epochs: QC warns that types are not told apart.
+    import gzip
+
+    lines = gzip.decompress((TEST_DATA / "bulk_counts.tsv.gz").read_bytes()).decode().splitlines()
+    header, first = lines[0], lines[1].split("\t")
+    dup = "\t".join([first[0]] + ["0"] * (len(first) - 1))
+    bulk = tmp_path / "bulk_with_duplicate.tsv"
+    bulk.write_text("\n".join([header, *lines[1:], dup]) + "\n")
+    res = nextflow_run(tmp_path, "-profile", "test", "--bulk", str(bulk), "--epoch_num", "5")
+    assert res.returncode == 0, res.output[-4000:]
+    out = res.output.splitlines()
+    at = next((i for i, line in enumerate(out) if "task warning(s)" in line), None)
+    assert at is not None, res.output[-3000:]
+    summary = out[at + 1:]
+    dup_line = next((line for line in summary if line.startswith("  [PREPARE_INPUTS] ")), None)
+    assert dup_line and "duplicate gene rows dropped" in dup_line and str(bulk) in dup_line, summary
+    assert "input/" not in dup_line
+    html = (res.outdir / "report" / "bulk2single_report.html").read_text()
+    top = html[:html.index("id='fractions'")]
+    assert "duplicate gene rows dropped" in top and "WARNING PREPARE_INPUTS" in top
+    # each console warning line is in the report's top section
+    for line in summary:
+        if line.startswith("  [QC "):
+            assert line.split("] ", 1)[1].split(": ", 1)[-1][:40] in top.replace("&#x27;", "'"), line
