@@ -34,13 +34,16 @@ def _last_line(output: str) -> str:
 # --------------------------------------------------------------------------------------------
 def test_second_live_run_into_one_outdir_is_refused(tmp_path):
     outdir = tmp_path / "shared_results"
-    slow = tmp_path / "slow.config"  # keeps the first run alive while the second one starts
-    slow.write_text("process { withName: 'PREPARE_INPUTS' { beforeScript = 'sleep 40' } }\n")
+    # The first run's first task waits (at most 10 min) until the test has checked the second run.
+    release = tmp_path / "release"
+    slow = tmp_path / "hold.config"
+    slow.write_text("process { withName: 'PREPARE_INPUTS' { beforeScript = "
+                    f"'i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done' }} }}\n")
     first = start_nextflow(tmp_path / "first", "-profile", "test", "-stub-run", "-c", str(slow), outdir=str(outdir))
     try:
         lock = outdir / LOCK
         deadline = time.time() + 300
-        while not lock.exists() and first.poll() is None and time.time() < deadline:
+        while not (lock.exists() and lock.read_text().strip()) and first.poll() is None and time.time() < deadline:
             time.sleep(1)
         assert lock.exists(), (tmp_path / "first" / "console.txt").read_text()[-3000:]
         holder = json.loads(lock.read_text())
@@ -56,6 +59,7 @@ def test_second_live_run_into_one_outdir_is_refused(tmp_path):
         assert len(list((outdir / "pipeline_info").glob("execution_trace_*.txt"))) == 1
         assert first.poll() is None, "the first run ended before the second was checked"
     finally:
+        release.write_text("")
         rc = first.wait(timeout=900)
     console = (tmp_path / "first" / "console.txt").read_text()
     assert rc == 0, console[-3000:]
@@ -111,32 +115,5 @@ def test_refused_on_the_head_node_publishes_nothing(tmp_path, args, error):
 # asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
 
 
-# --------------------------------------------------------------------------------------------
-# task warnings reach the console and the report
-# --------------------------------------------------------------------------------------------
-def test_task_warnings_are_summarised_on_the_console_and_in_the_report(tmp_path):
-    # A duplicated gene row (smaller counts than the original, so the kept data is the same):
-    # PREPARE_INPUTS drops it with a WARNING line. 5 epochs: QC warns that types are not told apart.
-    import gzip
-
-    lines = gzip.decompress((TEST_DATA / "bulk_counts.tsv.gz").read_bytes()).decode().splitlines()
-    header, first = lines[0], lines[1].split("\t")
-    dup = "\t".join([first[0]] + ["0"] * (len(first) - 1))
-    bulk = tmp_path / "bulk_with_duplicate.tsv"
-    bulk.write_text("\n".join([header, *lines[1:], dup]) + "\n")
-    res = nextflow_run(tmp_path, "-profile", "test", "--bulk", str(bulk), "--epoch_num", "5")
-    assert res.returncode == 0, res.output[-4000:]
-    out = res.output.splitlines()
-    at = next((i for i, line in enumerate(out) if "task warning(s)" in line), None)
-    assert at is not None, res.output[-3000:]
-    summary = out[at + 1:]
-    dup_line = next((line for line in summary if line.startswith("  [PREPARE_INPUTS] ")), None)
-    assert dup_line and "duplicate gene rows dropped" in dup_line and str(bulk) in dup_line, summary
-    assert "input/" not in dup_line
-    html = (res.outdir / "report" / "bulk2single_report.html").read_text()
-    top = html[:html.index("id='fractions'")]
-    assert "duplicate gene rows dropped" in top and "WARNING PREPARE_INPUTS" in top
-    # each console warning line is in the report's top section
-    for line in summary:
-        if line.startswith("  [QC "):
-            assert line.split("] ", 1)[1].split(": ", 1)[-1][:40] in top.replace("&#x27;", "'"), line
+# Task warnings in the console summary and the report: asserted on the plain-parameter run of
+# tests/pipeline/test_resources.py (test_task_warnings_reach_the_console_summary_and_the_report).

@@ -64,7 +64,7 @@ def readLock(File file) {
 def staleReason(Map other, File file, Map me) {
     def age = System.currentTimeMillis() - file.lastModified()
     if (other == null) {
-        return age > lockStaleMillis() ? "unreadable lock untouched for ${(long) (age / 60000)} min" : null
+        return age > lockStaleMillis() ? "unreadable lock untouched for ${((age / 60000) as long)} min" : null
     }
     if (other.session_id && other.session_id == me.session_id) {
         return 'same session (-resume)'
@@ -81,7 +81,7 @@ def staleReason(Map other, File file, Map me) {
         return null
     }
     if (age > lockStaleMillis()) {
-        return "no heartbeat from ${other.host} for ${(long) (age / 60000)} min"
+        return "no heartbeat from ${other.host} for ${((age / 60000) as long)} min"
     }
     return null
 }
@@ -115,9 +115,13 @@ def acquireOutdirLock() {
         started   : System.currentTimeMillis(),
         command   : wf.commandLine,
     ]
-    for (int attempt = 0; attempt < 3; attempt++) {
+    def taken = false
+    def attempt = 0
+    while (!taken && attempt < 3) {
+        attempt += 1
         try {
             java.nio.file.Files.createFile(lock.toPath())
+            taken = true
         } catch (java.nio.file.FileAlreadyExistsException e) {
             def other = readLock(lock)
             def why = staleReason(other, lock, me)
@@ -128,31 +132,31 @@ def acquireOutdirLock() {
             }
             log.warn("--outdir ${outdir}: taking over the lock of run '${other?.run_name ?: '?'}' (${why})")
             lock.delete()
-            continue
         }
-        lock.text = groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(me)) + '\n'
-        def mine = { ->
-            def now = readLock(lock)
-            return now != null && now.session_id == me.session_id && (now.pid as long) == me.pid
-        }
-        Thread.startDaemon('b2s-lock-heartbeat') {
-            while (true) {
-                sleep(60000)
-                if (lock.exists()) {
-                    lock.setLastModified(System.currentTimeMillis())
-                }
-            }
-        }
-        // Released after everything else, publishing included (Nextflow exits through System.exit).
-        Runtime.runtime.addShutdownHook(new Thread({ ->
-            if (lock.exists() && mine()) {
-                lock.delete()
-            }
-        } as Runnable))
-        return
     }
-    discardOwnRunRecords()
-    error("ERROR: --outdir ${outdir}: the run lock ${lock} could not be taken (another run took it at the same moment); start again")
+    if (!taken) {
+        discardOwnRunRecords()
+        error("ERROR: --outdir ${outdir}: the run lock ${lock} could not be taken (another run took it at the same moment); start again")
+    }
+    lock.text = groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(me)) + '\n'
+    def mine = { ->
+        def now = readLock(lock)
+        return now != null && now.session_id == me.session_id && (now.pid as long) == me.pid
+    }
+    Thread.startDaemon('b2s-lock-heartbeat') {
+        while (true) {
+            sleep(60000)
+            if (lock.exists()) {
+                lock.setLastModified(System.currentTimeMillis())
+            }
+        }
+    }
+    // Released after everything else, publishing included (Nextflow exits through System.exit).
+    Runtime.runtime.addShutdownHook(new Thread({ ->
+        if (lock.exists() && mine()) {
+            lock.delete()
+        }
+    } as Runnable))
 }
 
 /*
