@@ -36,6 +36,12 @@ def _log(msg: str) -> None:
     print(f"[filter] {msg}", flush=True)
 
 
+def _warn(msg: str) -> None:
+    """A fallback the user should know of (e.g. --leiden_size above every cluster's size): a
+    WARNING line, which the pipeline lists at the end of the run and atop the report."""
+    print(f"WARNING: [filter] {msg}", flush=True)
+
+
 def _dense32(x: Any) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
@@ -59,7 +65,7 @@ def _select_hvg(work: ad.AnnData, notes: list[str]) -> np.ndarray:
         if not notes:
             notes.append(f"only {n_hvg} highly variable genes (< {MIN_HVG}); all "
                          f"{work.n_vars} genes used for PCA")
-        _log(notes[-1])
+        _warn(notes[-1])
         return np.ones(work.n_vars, dtype=bool)
     return mask
 
@@ -73,7 +79,7 @@ def _pca(x: np.ndarray, n_comps: int, seed: int, notes: list[str]) -> np.ndarray
     if k < 1:
         notes.append(f"too few cells/genes for PCA ({x.shape[0]} x {x.shape[1]}); "
                      "X_pca set to zeros")
-        _log(notes[-1])
+        _warn(notes[-1])
         return np.zeros((x.shape[0], 1), dtype=np.float32)
     if k < n_comps:
         _log(f"PCA components capped at {k} (requested {n_comps}; data {x.shape[0]} x {x.shape[1]})")
@@ -160,7 +166,7 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
     if n_in < leiden_size or n_in < 3:
         notes.append(f"only {n_in} cells (< leiden_size {leiden_size} or < 3): clustering "
                      "skipped, all cells kept")
-        _log(notes[-1])
+        _warn(notes[-1])
         clusters = np.zeros(n_in, dtype=object).astype(str)
         clusters[:] = "0"
     else:
@@ -172,7 +178,7 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
     if not keep.any():
         notes.append(f"all {len(sizes)} clusters are smaller than leiden_size {leiden_size}; "
                      "all cells kept (lower --leiden_size or generate more cells)")
-        _log(notes[-1])
+        _warn(notes[-1])
         keep[:] = True
         dropped: list[str] = []
     else:

@@ -171,6 +171,20 @@ def test_schema_and_stage_bounds_agree(name, check):
         pass
 
 
+def test_seed_maximum_is_what_every_seeded_library_accepts():
+    """scanpy's PCA and sklearn seed numpy's RandomState, which takes seeds below 2**32."""
+    import numpy as np
+
+    prop = bp.schema_properties(bp.load_schema(SCHEMA_PATH))["seed"]
+    one = {"$defs": {"g": {"properties": {"seed": prop}}}, "allOf": [{"$ref": "#/$defs/g"}]}
+    top = prop["maximum"]
+    np.random.RandomState(top)
+    with pytest.raises(ValueError):
+        np.random.RandomState(top + 1)
+    assert bp.validate_params({"seed": top}, one).ok
+    assert bp.validate_params({"seed": top + 1}, one).errors[0].startswith(f"--seed {top + 1}: must be <= {top}")
+
+
 # --------------------------------------------------------------------------------------------
 # numba cache
 # --------------------------------------------------------------------------------------------
