@@ -7,6 +7,7 @@ nextflow.enable.dsl = 2
 
 include { BULK2SINGLE                     } from './workflows/bulk2single'
 include { printHelp; validateParameters   } from './subworkflows/local/pipeline_utils'
+include { acquireOutdirLock; reportAtExit } from './subworkflows/local/run_guard'
 
 workflow {
     if (params.help) {
@@ -14,5 +15,7 @@ workflow {
         exit 0
     }
     validateParameters()
+    acquireOutdirLock()
     BULK2SINGLE()
+    reportAtExit(BULK2SINGLE.out.warnings)
 }

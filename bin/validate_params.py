@@ -5,7 +5,7 @@ Run by validateParameters() in subworkflows/local/pipeline_utils on the head nod
 task starts. Prints one ``ERROR: ...`` line per problem (exit 2) and ``WARN: ...`` lines for
 unknown parameters; exit 3 when ``jsonschema`` is missing, so the caller can defer validation.
 
-    validate_params.py --schema nextflow_schema.json --params-json params.json
+    validate_params.py --schema nextflow_schema.json --params-json params.json [--executor local]
     validate_params.py --schema nextflow_schema.json --print-help
 """
 
@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params-json", help="JSON object of the run's params (as Nextflow holds them)")
     p.add_argument("--print-help", action="store_true", help="print the parameter help from the schema and exit")
     p.add_argument("--no-samplesheet", action="store_true", help="do not open --samplesheet")
+    p.add_argument("--executor", default=None,
+                   help="the run's process executor (e.g. local, slurm): also run the head-node checks of "
+                        "files, folders and the device (b2s.preflight)")
     return p.parse_args(argv)
 
 
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_NO_JSONSCHEMA)
 
     res = bp.validate_params(params, schema, schema_dir=schema_path.resolve().parent,
-                             check_samplesheet=not args.no_samplesheet)
+                             check_samplesheet=not args.no_samplesheet, executor=args.executor)
     # --- issue 12 (weights): --vae_weights' sidecar fits the settings (b2s.weights, stdlib only) ---
     if params.get("vae_weights") and Path(str(params["vae_weights"])).is_file():
         from b2s.weights import check_weights

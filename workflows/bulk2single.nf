@@ -11,6 +11,7 @@ include { GENERATE           } from '../modules/local/generate'
 include { FILTER             } from '../modules/local/filter'
 include { QC                 } from '../modules/local/qc'
 include { REPORT             } from '../modules/local/report'
+include { taskWarnings       } from '../subworkflows/local/run_guard'
 
 workflow BULK2SINGLE {
     main:
@@ -72,8 +73,28 @@ workflow BULK2SINGLE {
         .unique()
         .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true)
 
+    // Published with the report (below), not at start: a run that fails publishes no params.json.
     ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)))
-        .collectFile(name: 'params.json', storeDir: "${params.outdir}/pipeline_info")
+        .collectFile(name: 'params.json')
+
+    // Every WARNING: line of every finished task, 'STAGE<TAB>group<TAB>warning', in pipeline order:
+    // for the console summary at exit and the report's top section. The empty item makes the
+    // file exist when no task warned.
+    def stage_order = ['PREPARE_INPUTS', 'ESTIMATE_FRACTIONS', 'PREPROCESS', 'TRAIN_VAE', 'GENERATE', 'FILTER', 'QC']
+    ch_warnings = Channel.empty()
+        .mix(
+            PREPARE_INPUTS.out.summary.map { f -> ['PREPARE_INPUTS', '', f.parent] },
+            ESTIMATE_FRACTIONS.out.summary.map { f -> ['ESTIMATE_FRACTIONS', '', f.parent] },
+            PREPROCESS.out.summary.map { f -> ['PREPROCESS', '', f.parent] },
+            ch_train_files.filter { f -> f.name == 'train_summary.json' }.map { f -> ['TRAIN_VAE', '', f.parent] },
+            GENERATE.out.generated.map { meta, f -> ['GENERATE', meta.id, f.parent] },
+            FILTER.out.summary.map { meta, f -> ['FILTER', meta.id, f.parent] },
+            QC.out.metrics.map { meta, f -> ['QC', meta.id, f.parent] }
+        )
+        .map { stage, group, dir -> taskWarnings(stage, group, dir) }
+        .mix(Channel.of(''))
+        .collectFile(name: 'task_warnings.tsv',
+                     sort: { text -> "${stage_order.findIndexOf { st -> text.startsWith(st + '\t') } + 1}".padLeft(2, '0') + text })
 
     ch_report_inputs = Channel.empty()
         .mix(
@@ -82,13 +103,19 @@ workflow BULK2SINGLE {
             PREPARE_INPUTS.out.summary, PREPROCESS.out.summary, ch_train_files,
             FILTER.out.summary.map { meta, f -> f },
             QC.out.files.map { meta, files -> files }.flatten(),
-            GENERATE.out.shifts.map { meta, f -> f }
+            GENERATE.out.shifts.map { meta, f -> f },
+            ch_warnings
         )
         .collect()
 
     REPORT(ch_report_inputs, ch_params_file, ch_versions_file)
+    ch_params_file
+        .combine(REPORT.out.html)
+        .map { params_json, html -> params_json }
+        .collectFile(name: 'params.json', storeDir: "${params.outdir}/pipeline_info")
 
     emit:
     report   = REPORT.out.html
     versions = ch_versions
+    warnings = ch_warnings
 }

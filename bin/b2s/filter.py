@@ -36,6 +36,12 @@ def _log(msg: str) -> None:
     print(f"[filter] {msg}", flush=True)
 
 
+def _warn(msg: str) -> None:
+    """A fallback the user should know of: a WARNING line (:func:`b2s.errors.warn`), which the
+    pipeline lists at the end of the run and atop the report."""
+    warn(f"[filter] {msg}")
+
+
 def _dense32(x: Any) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
@@ -59,7 +65,7 @@ def _select_hvg(work: ad.AnnData, notes: list[str]) -> np.ndarray:
         if not notes:
             notes.append(f"only {n_hvg} highly variable genes (< {MIN_HVG}); all "
                          f"{work.n_vars} genes used for PCA")
-        _log(notes[-1])
+        _warn(notes[-1])
         return np.ones(work.n_vars, dtype=bool)
     return mask
 
@@ -73,7 +79,7 @@ def _pca(x: np.ndarray, n_comps: int, seed: int, notes: list[str]) -> np.ndarray
     if k < 1:
         notes.append(f"too few cells/genes for PCA ({x.shape[0]} x {x.shape[1]}); "
                      "X_pca set to zeros")
-        _log(notes[-1])
+        _warn(notes[-1])
         return np.zeros((x.shape[0], 1), dtype=np.float32)
     if k < n_comps:
         _log(f"PCA components capped at {k} (requested {n_comps}; data {x.shape[0]} x {x.shape[1]})")

@@ -220,6 +220,11 @@ def _error_text(err: Any, prop: Mapping[str, Any]) -> str:
         return f"must be <= {_num(want)}"
     if kind == "exclusiveMaximum":
         return f"must be < {_num(want)}"
+    if (kind == "pattern" and isinstance(err.instance, str) and re.search(r"\s", err.instance)
+            and prop.get("format") in ("file-path", "directory-path")):
+        # Task commands pass staged file names unquoted: a space would split the name.
+        return ("the path contains a space, which the pipeline's task commands cannot pass; rename the "
+                "file or folder, or link it to a path without spaces (ln -s 'my file' my_file)")
     if kind in ("pattern", "format", "minLength", "maxLength") and prop.get("errorMessage"):
         return str(prop["errorMessage"])
     if kind == "pattern":
@@ -265,13 +270,17 @@ def unknown_param_warnings(params: Iterable[str], known: Iterable[str]) -> list[
 
 
 def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
-                    schema_dir: str | Path | None = None, check_samplesheet: bool = True) -> ValidationResult:
+                    schema_dir: str | Path | None = None, check_samplesheet: bool = True,
+                    executor: str | None = None) -> ValidationResult:
     """Validate a params map (as Nextflow holds it) against the pipeline schema.
 
     Returns one-line errors/warnings (without the ``ERROR:``/``WARN:`` prefix). ``--help`` skips
     everything (the required inputs are not needed to print help). When ``check_samplesheet``
     and ``params['samplesheet']`` is a local file, its rows are validated against the schema
     named by the property's ``schema`` key, relative to ``schema_dir`` (the pipeline folder).
+    With ``executor`` (the run's process executor, e.g. ``local``), the head-node checks of
+    :mod:`b2s.preflight` (readable inputs, writable --outdir/--checkpoint_dir, --device cuda)
+    follow for every parameter the schema accepted.
     """
     res = ValidationResult()
     if params.get("help") in (True, "true"):
@@ -298,6 +307,12 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
         errors[name] = f"{shown}: {_error_text(err, props.get(name, {}))} {SEE_HELP}"
     order = {n: i for i, n in enumerate(props)}
     res.errors.extend(errors[k] for k in sorted(errors, key=lambda n: order.get(n, len(order))))
+    if executor is not None:
+        from b2s import preflight
+
+        pre_errors, pre_warnings = preflight.check(values, executor=executor, skip=set(errors))
+        res.errors.extend(pre_errors)
+        res.warnings.extend(pre_warnings)
 
     sheet = values.get("samplesheet")
     if (check_samplesheet and "samplesheet" not in errors and isinstance(sheet, str)

@@ -387,10 +387,40 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
         cards.append(_card(_esc(_fmt(params["seed"])), "seed"))
     parts.append("<div class='cards'>" + "".join(cards) + "</div>")
     # warnings first, above the cards: the run may look fine otherwise
-    parts[1:1] = [f'<p class="note warn"><b>WARNING {_esc(g)}</b>: {_esc(w)}</p>'
-                  for g in groups for w in metrics[g].get("warnings") or []]
+    parts[1:1] = [f'<p class="note warn"><b>WARNING {_esc(where)}</b>: {_esc(w)}</p>'
+                  for where, w in warning_lines(groups, metrics, files.get(TASK_WARNINGS))]
     parts.append("<h3 id='groups'>Groups</h3>" + _overview(groups, files))
     return "\n".join(parts)
+
+
+#: WARNING: lines of every task, collected by the workflow (STAGE<TAB>group<TAB>warning).
+TASK_WARNINGS = "task_warnings.tsv"
+
+
+def read_task_warnings(path: Path | None) -> list[tuple[str, str, str]]:
+    """``(stage, group, warning)`` rows of the pipeline's ``task_warnings.tsv`` (the WARNING:
+    lines every task printed, collected by the workflow); [] when the file is absent."""
+    if path is None or not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) == 3 and parts[2].strip():
+            rows.append((parts[0], parts[1], parts[2].strip()))
+    return rows
+
+
+def warning_lines(groups: list[str], metrics: dict[str, dict[str, Any]],
+                  task_warnings: Path | None) -> list[tuple[str, str]]:
+    """``(where, warning)`` for the top of the report: QC's per-group warnings, then every other
+    task warning (stage and group), each once (QC prints its own warnings as task lines too)."""
+    out = [(g, str(w)) for g in groups for w in metrics[g].get("warnings") or []]
+    shown = {w for _, w in out}
+    for stage, group, text in read_task_warnings(task_warnings):
+        if not any(w in text for w in shown):
+            out.append((f"{stage} {group}".strip(), text))
+            shown.add(text)
+    return out
 
 
 def _section_fractions(files: dict[str, Path]) -> str:

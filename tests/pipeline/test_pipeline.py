@@ -146,20 +146,38 @@ def _error_lines(output: str) -> list[str]:
         (["--celltype_key", "no_such_column"], "--celltype_key"),
         (["-params-file", "NO_SHEET", "--bulk_group", "SAMPLE1,not_a_sample"], "not_a_sample"),
         (["--bulk", str(TEST_DATA / "bulk_counts_ids.tsv.gz")], "--gene_map"),
+        (["--samplesheet", "SHEET_UNKNOWN_SAMPLE"], "no_such_sample"),
     ],
-    ids=["wrong_celltype_key", "bulk_group_not_in_matrix", "no_shared_genes"],
+    ids=["wrong_celltype_key", "bulk_group_not_in_matrix", "no_shared_genes", "samplesheet_sample_not_in_matrix"],
 )
 def test_bad_input_stops_with_one_clear_line(tmp_path, args, must_name):
     no_sheet = tmp_path / "no_sheet.json"  # --bulk_group replaces the test profile's samplesheet
     no_sheet.write_text('{"samplesheet": null}')
     first_sample = pd.read_csv(TEST_DATA / "samplesheet.csv")["sample"].iloc[0]
-    args = [str(no_sheet) if a == "NO_SHEET" else a.replace("SAMPLE1", first_sample) for a in args]
+    sheet = tmp_path / "my_sheet.csv"  # a user samplesheet naming a sample the bulk lacks
+    sheet.write_text((TEST_DATA / "samplesheet.csv").read_text() + "stim,no_such_sample\n")
+    args = [str(no_sheet) if a == "NO_SHEET" else str(sheet) if a == "SHEET_UNKNOWN_SAMPLE"
+            else a.replace("SAMPLE1", first_sample) for a in args]
     res = nextflow_run(tmp_path, "-profile", "test", *args)
     assert res.returncode != 0
     lines = _error_lines(res.output)
     assert lines, res.output[-3000:]
     assert must_name in lines[0], lines[0]
     assert "Traceback" not in res.output
+    # Issue 12: the task's own ERROR line is also the last console line, with the user's paths
+    # instead of the task's staged input/<name>; the generic line names the stage, not the bulk file.
+    last = [line for line in res.output.splitlines() if line.strip()][-1]
+    assert last.startswith("ERROR: ") and must_name in last, res.output[-3000:]
+    assert "input/" not in last.split(" (BULK2SINGLE:")[0], last
+    if "--samplesheet" in args:
+        assert str(sheet) in last, last
+    elif "--celltype_key" in args:
+        assert str(TEST_DATA / "reference.h5ad") in last, last
+    generic = [line for line in res.output.splitlines() if "Error executing process" in line]
+    assert generic and "bulk_counts" not in generic[0], generic
+    # A run stopped by an input problem publishes nothing but Nextflow's execution records.
+    published = [p for p in res.outdir.rglob("*") if p.is_file() and not p.name.startswith("execution_")]
+    assert published == [], published
 
 
 def test_bad_parameter_stops_before_any_task(tmp_path):

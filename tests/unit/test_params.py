@@ -121,7 +121,7 @@ def test_enums_and_bounds(schema):
     for name in ("epoch_num", "batch_size", "max_single_cells", "hidden_size", "patience",
                  "checkpoint_every", "log_every", "top_marker_num", "ratio_num"):
         assert props[name]["type"] == "integer" and props[name]["minimum"] == 1, name
-    assert props["leiden_size"]["minimum"] == 0 and props["seed"]["minimum"] == 0
+    assert props["leiden_size"]["minimum"] == 1 and props["seed"]["minimum"] == 0
     assert props["learning_rate"]["exclusiveMinimum"] == 0 and "minimum" not in props["learning_rate"]
     assert props["scale_size"]["exclusiveMinimum"] == 0
 
@@ -146,7 +146,8 @@ def test_good_params_pass_without_warnings(schema):
         ({"learning_rate": 0}, "--learning_rate 0: must be > 0"),
         ({"learning_rate": -1e-3}, "--learning_rate -0.001: must be > 0"),
         ({"batch_size": 0}, "--batch_size 0: must be >= 1"),
-        ({"leiden_size": -1}, "--leiden_size -1: must be >= 0"),
+        ({"leiden_size": -1}, "--leiden_size -1: must be >= 1"),
+        ({"leiden_size": 0}, "--leiden_size 0: must be >= 1"),
         ({"device": "gpu"}, "--device gpu: must be one of auto, cpu, cuda"),
         ({"engine": "scanpy"}, "--engine scanpy: must be one of native, omicverse"),
         ({"hidden_size": 2.5}, "--hidden_size 2.5: must be an integer"),

@@ -1,5 +1,6 @@
 process PREPARE_INPUTS {
-    tag "${bulk.name}"
+    // Not the bulk file's name: the failure line names this tag, and most failures are not the bulk's.
+    tag "inputs"
     label 'process_single'
 
     input:

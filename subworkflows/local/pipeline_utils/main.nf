@@ -2,13 +2,16 @@
  * Pipeline utilities, plain DSL2 functions (no plugin, so offline runs and Seqera launches
  * behave alike):
  *   printHelp()          every parameter of nextflow_schema.json, grouped, with description and default
- *   validateParameters() params (and samplesheet) checked against the schemas by
+ *   validateParameters() params (and samplesheet) checked against the schemas, then input files,
+ *                        --outdir, --checkpoint_dir and --device (b2s.preflight), by
  *                        bin/validate_params.py on the head node, before any task starts
  *
  *   include { printHelp; validateParameters } from './subworkflows/local/pipeline_utils'
  */
 
 // Fully qualified class names (no imports) keep this file valid under Nextflow's strict syntax.
+
+include { discardOwnRunRecords } from '../run_guard'
 
 /*
  * The parsed nextflow_schema.json of this pipeline.
@@ -106,9 +109,13 @@ def validateParameters() {
     def paramsFile = java.io.File.createTempFile('b2s_params_', '.json')
     paramsFile.deleteOnExit()
     paramsFile.text = groovy.json.JsonOutput.toJson(plainValue(params))
+    // The executor decides whether this machine's GPU is the tasks' GPU (--device cuda).
+    def config = nextflow.Global.session?.config
+    def executor = config?.navigate('process.executor') ?: config?.navigate('executor.name') ?: 'local'
     def cmd = ['python3', "${projectDir}/bin/validate_params.py",
                '--schema', "${projectDir}/nextflow_schema.json",
-               '--params-json', paramsFile.toString()].collect { arg -> arg.toString() }
+               '--params-json', paramsFile.toString(),
+               '--executor', executor].collect { arg -> arg.toString() }
     def proc = null
     try {
         // Relative input paths are resolved from the launch folder, as Nextflow does.
@@ -131,6 +138,7 @@ def validateParameters() {
         return
     }
     if (rc == 2 && errors) {
+        discardOwnRunRecords()
         error(errors.join('\n'))
     }
     if (rc == 3) {

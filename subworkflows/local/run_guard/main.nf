@@ -1,0 +1,326 @@
+/*
+ * Run guards, plain DSL2 functions run on the head node:
+ *   acquireOutdirLock()         one live run per --outdir: a lock file in the outdir, refused with one
+ *                               line when another live run holds it, released at exit
+ *   discardOwnRunRecords()      a run stopped on the head node (parameters, lock) leaves no file behind
+ *   taskWarnings(stage, group, dir)
+ *                               the WARNING: lines of one finished task, as 'STAGE<TAB>group<TAB>text' lines
+ *   reportAtExit(ch_warnings)   at exit: the console summary of task warnings, and for a failed task
+ *                               its own ERROR: line (user paths, not staged ones) as the LAST line
+ *
+ *   include { acquireOutdirLock; reportAtExit } from './subworkflows/local/run_guard'
+ */
+
+// Fully qualified class names (no imports) keep this file valid under Nextflow's strict syntax.
+
+/*
+ * Name of the lock file inside --outdir.
+ */
+def lockName() {
+    return '.nf-bulk2single.lock'
+}
+
+/*
+ * A lock not touched for this long is stale (the holder refreshes it every minute).
+ */
+def lockStaleMillis() {
+    return 10 * 60 * 1000L
+}
+
+def isRemotePath(path) {
+    return path.toString() ==~ /^[A-Za-z][A-Za-z0-9+.-]*:\/\/.*/
+}
+
+def hostName() {
+    try {
+        return java.net.InetAddress.localHost.hostName
+    } catch (Exception e) {
+        return System.getenv('HOSTNAME') ?: 'unknown'
+    }
+}
+
+/*
+ * --outdir as a local File (relative paths start at the launch folder, as Nextflow resolves them).
+ */
+def localOutdir() {
+    def dir = new File(params.outdir.toString())
+    return dir.absolute ? dir : new File(workflow.launchDir.toString(), params.outdir.toString())
+}
+
+def readLock(File file) {
+    try {
+        def data = new groovy.json.JsonSlurper().parseText(file.text)
+        return data instanceof Map ? data : null
+    } catch (Exception e) {
+        return null
+    }
+}
+
+/*
+ * Why the lock held by `other` may be taken over (null: its run is alive).
+ * Same session: this is its -resume. Same host: the holder's process must be alive and have
+ * started before the lock (a reused pid is not the holder). Any host: no heartbeat for 10 min.
+ */
+def staleReason(Map other, File file, Map me) {
+    def age = System.currentTimeMillis() - file.lastModified()
+    if (other == null) {
+        return age > lockStaleMillis() ? "unreadable lock untouched for ${((age / 60000) as long)} min" : null
+    }
+    if (other.session_id && other.session_id == me.session_id) {
+        return 'same session (-resume)'
+    }
+    if (other.host == me.host && other.pid) {
+        def handle = ProcessHandle.of(other.pid as long)
+        if (!handle.isPresent() || !handle.get().isAlive()) {
+            return "its process ${other.pid} on ${other.host} is not running"
+        }
+        def start = handle.get().info().startInstant()
+        if (start.isPresent() && other.started && start.get().toEpochMilli() > (other.started as long) + 5000) {
+            return "its process id ${other.pid} now belongs to another program"
+        }
+        return null
+    }
+    if (age > lockStaleMillis()) {
+        return "no heartbeat from ${other.host} for ${((age / 60000) as long)} min"
+    }
+    return null
+}
+
+/*
+ * Take the outdir lock, or stop with one line when another live run holds it. Object-store
+ * outdirs (s3://, gs://, az://) have no atomic file creation, so no lock is taken there (a note
+ * says so). The lock is refreshed every minute and removed at exit, success or failure.
+ */
+def acquireOutdirLock() {
+    def wf = workflow
+    def outdir = params.outdir?.toString()
+    if (!outdir) {
+        return
+    }
+    if (isRemotePath(outdir)) {
+        log.info("--outdir ${outdir} is an object store: no run lock is taken there, so make sure no other run writes to it")
+        return
+    }
+    def dir = localOutdir()
+    dir.mkdirs()
+    def lock = new File(dir, lockName())
+    def me = [
+        pipeline  : 'nf-bulk2single',
+        run_name  : wf.runName,
+        session_id: wf.sessionId.toString(),
+        pid       : ProcessHandle.current().pid(),
+        host      : hostName(),
+        user      : System.getProperty('user.name'),
+        launch_dir: wf.launchDir.toString(),
+        started   : System.currentTimeMillis(),
+        command   : wf.commandLine,
+    ]
+    def taken = false
+    def attempt = 0
+    while (!taken && attempt < 3) {
+        attempt += 1
+        try {
+            java.nio.file.Files.createFile(lock.toPath())
+            taken = true
+        } catch (java.nio.file.FileAlreadyExistsException e) {
+            def other = readLock(lock)
+            def why = staleReason(other, lock, me)
+            if (why == null) {
+                discardOwnRunRecords()
+                def since = other?.started ? new java.util.Date(other.started as long).format('yyyy-MM-dd HH:mm') : '?'
+                error("ERROR: --outdir ${outdir} is in use by run '${other?.run_name ?: '?'}' (pid ${other?.pid ?: '?'} on ${other?.host ?: '?'}, since ${since}, session ${other?.session_id ?: '?'}); two runs must not publish into one folder: wait for it to end or pass another --outdir (if that run is gone, delete ${lock})")
+            }
+            log.warn("--outdir ${outdir}: taking over the lock of run '${other?.run_name ?: '?'}' (${why})")
+            lock.delete()
+        }
+    }
+    if (!taken) {
+        discardOwnRunRecords()
+        error("ERROR: --outdir ${outdir}: the run lock ${lock} could not be taken (another run took it at the same moment); start again")
+    }
+    lock.text = groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(me)) + '\n'
+    def mine = { ->
+        def now = readLock(lock)
+        return now != null && now.session_id == me.session_id && (now.pid as long) == me.pid
+    }
+    Thread.startDaemon('b2s-lock-heartbeat') {
+        while (true) {
+            sleep(60000)
+            if (lock.exists()) {
+                lock.setLastModified(System.currentTimeMillis())
+            }
+        }
+    }
+    // Released after everything else, publishing included (Nextflow exits through System.exit).
+    Runtime.runtime.addShutdownHook(new Thread({ ->
+        if (lock.exists() && mine()) {
+            lock.delete()
+        }
+    } as Runnable))
+}
+
+/*
+ * Remove what Nextflow itself created in --outdir for a run that stops on the head node before
+ * any task: this run's empty execution trace, then pipeline_info/ and --outdir when left empty.
+ */
+def discardOwnRunRecords() {
+    def outdir = params.outdir?.toString()
+    if (!outdir || isRemotePath(outdir)) {
+        return
+    }
+    def dir = localOutdir()
+    def traceFile = nextflow.Global.session?.config?.navigate('trace.file')
+    if (traceFile) {
+        def trace = new File(traceFile.toString())
+        trace = trace.absolute ? trace : new File(workflow.launchDir.toString(), traceFile.toString())
+        if (trace.isFile() && trace.readLines().size() <= 1) {
+            trace.delete()
+        }
+    }
+    def info = new File(dir, 'pipeline_info')
+    if (info.isDirectory() && !info.list()) {
+        info.delete()
+    }
+    if (dir.isDirectory() && !dir.list()) {
+        dir.delete()
+    }
+}
+
+/*
+ * {staged name -> the user's path} for the input files a task stages (under input/ or by name).
+ */
+def stagedInputs() {
+    def names = [:]
+    ['bulk', 'reference', 'gene_map', 'samplesheet', 'markers', 'vae_weights'].each { key ->
+        def value = params[key]
+        if (value) {
+            names[new File(value.toString()).name] = value.toString()
+        }
+    }
+    return names
+}
+
+/*
+ * `text` with staged input paths (input/x, or x itself for --vae_weights) replaced by the user's paths.
+ */
+def userPaths(String text, Map staged) {
+    def out = text
+    staged.each { name, path ->
+        def quoted = java.util.regex.Pattern.quote(name)
+        def repl = java.util.regex.Matcher.quoteReplacement(path)
+        out = out.replaceAll("(?<![\\w./-])input/${quoted}(?![\\w.-])", repl)
+        if (params.vae_weights && path == params.vae_weights.toString()) {
+            out = out.replaceAll("(?<![\\w./-])${quoted}(?![\\w.-])", repl)
+        }
+    }
+    return out
+}
+
+/*
+ * Lines of a task's stdout and stderr, each line once, in order.
+ */
+def taskLogLines(dir) {
+    def seen = new LinkedHashSet()
+    ['.command.err', '.command.out'].each { name ->
+        def file = dir.resolve(name)
+        try {
+            if (java.nio.file.Files.exists(file)) {
+                file.text.readLines().each { line -> seen << line.trim() }
+            }
+        } catch (Exception e) {
+            log.debug("cannot read ${file}: ${e.message}")
+        }
+    }
+    return seen.toList()
+}
+
+/*
+ * The WARNING: lines a finished task printed, as 'STAGE<TAB>group<TAB>warning' lines (user paths).
+ */
+def taskWarnings(String stage, String group, dir) {
+    def staged = stagedInputs()
+    return taskLogLines(dir)
+        .findAll { line -> line.startsWith('WARNING: ') }
+        .collect { line -> "${stage}\t${group ?: ''}\t${userPaths(line.substring(9).trim(), staged)}\n".toString() }
+        .join('')
+}
+
+/*
+ * The diagnosis of a failed task from Nextflow's error report: [warnings, error line], or null
+ * when the failure was not a task's (then Nextflow's own message is already the diagnosis).
+ */
+def failedTaskDiagnosis(String report) {
+    if (!report) {
+        return null
+    }
+    def lines = report.readLines()
+    def at = lines.findIndexOf { line -> line.trim() == 'Work dir:' }
+    if (at < 0 || at + 1 >= lines.size()) {
+        return null
+    }
+    def workDir = lines[at + 1].trim()
+    def proc = (report =~ /Error executing process > '([^']+)'/)
+    def name = proc.find() ? proc.group(1) : 'a task'
+    def stage = name.tokenize(' ')[0].tokenize(':')[-1]
+    def group = (name =~ /\(([^)]*)\)/).find() ? (name =~ /\(([^)]*)\)/)[0][1] : ''
+    def staged = stagedInputs()
+    def logLines = taskLogLines(file(workDir))
+    def warnings = logLines.findAll { line -> line.startsWith('WARNING: ') }
+        .collect { line -> "${stage}\t${group}\t${userPaths(line.substring(9).trim(), staged)}".toString() }
+    def errors = logLines.findAll { line -> line.startsWith('ERROR: ') }
+    def where = "(${name}; full log: ${workDir}/.command.log)"
+    if (errors) {
+        return [warnings, "${userPaths(errors[-1], staged)} ${where}".toString()]
+    }
+    def status = (report =~ /terminated with an error exit status \((\d+)\)/)
+    def code = status.find() ? status.group(1) : '?'
+    def last = logLines.findAll { line -> line }.with { all -> all ? all[-1] : '(no output)' }
+    return [warnings, "ERROR: ${name} failed with exit status ${code}; its last output line: ${userPaths(last, staged)} ${where}".toString()]
+}
+
+/*
+ * At exit, print the task warnings (one line each, with stage and group) and, when a task
+ * failed, that task's ERROR: line as the very last console line (a JVM shutdown hook runs after
+ * Nextflow's own error block and closing messages).
+ */
+def reportAtExit(ch_warnings) {
+    def wf = workflow
+    def collected = java.util.Collections.synchronizedList([])
+    def finalLines = java.util.Collections.synchronizedList([])
+    ch_warnings.subscribe { file -> collected.addAll(file.text.readLines().findAll { line -> line.trim() }) }
+    wf.onComplete {
+        try {
+            def warnings = new ArrayList(collected)
+            def error = null
+            if (!wf.success) {
+                def diagnosis = failedTaskDiagnosis(wf.errorReport)
+                if (diagnosis) {
+                    warnings.addAll(diagnosis[0])
+                    error = diagnosis[1]
+                }
+            }
+            warnings = warnings.unique()
+            if (warnings) {
+                finalLines << "WARN: ${warnings.size()} task warning(s) (also at the top of the report):".toString()
+                warnings.each { line ->
+                    def parts = line.split('\t', 3)
+                    def where = parts.size() == 3 ? (parts[1] ? "${parts[0]} ${parts[1]}" : parts[0]) : 'task'
+                    finalLines << "  [${where}] ${parts[-1]}".toString()
+                }
+            }
+            if (error) {
+                finalLines << error
+            }
+        } catch (Exception e) {
+            log.warn("could not summarise the run's task warnings and errors (${e.message}); see each task's .command.log")
+        }
+    }
+    Runtime.runtime.addShutdownHook(new Thread({ ->
+        if (finalLines) {
+            System.out.flush()
+            System.err.flush()
+            System.out.println(finalLines.join('\n'))
+            System.out.flush()
+        }
+    } as Runnable))
+}

@@ -1,0 +1,119 @@
+"""Run guards of issue 12 with the real `nextflow run`: the outdir lock, nothing published when a
+parameter or input is refused, the failed task's ERROR line as the last console line, and task
+warnings in the console summary and the report.
+
+-stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
+themselves are catalogued cheaply in tests/unit/test_run_guards.py; the rows here show that the
+pipeline runs them before any task and leaves no file behind. A new case is one row.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+from .nfrun import REPO, nextflow_run, start_nextflow
+
+TEST_DATA = REPO / "assets" / "test_data"
+LOCK = ".nf-bulk2single.lock"
+
+pytestmark = pytest.mark.pipeline
+
+
+def _last_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------------------------
+# outdir lock
+# --------------------------------------------------------------------------------------------
+def test_second_live_run_into_one_outdir_is_refused(tmp_path):
+    outdir = tmp_path / "shared_results"
+    # The first run's first task waits (at most 10 min) until the test has checked the second run.
+    release = tmp_path / "release"
+    slow = tmp_path / "hold.config"
+    slow.write_text("process { withName: 'PREPARE_INPUTS' { beforeScript = "
+                    f"'i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done' }} }}\n")
+    first = start_nextflow(tmp_path / "first", "-profile", "test", "-stub-run", "-c", str(slow), outdir=str(outdir))
+    try:
+        lock = outdir / LOCK
+        deadline = time.time() + 300
+        while not (lock.exists() and lock.read_text().strip()) and first.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        assert lock.exists(), (tmp_path / "first" / "console.txt").read_text()[-3000:]
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] and holder["host"] and holder["session_id"] and holder["run_name"]
+
+        second = nextflow_run(tmp_path / "second", "-profile", "test", "-stub-run", outdir=str(outdir))
+        assert second.returncode != 0
+        assert second.submitted() == []
+        last = _last_line(second.output)
+        assert last.startswith(f"ERROR: --outdir {outdir} is in use by run '{holder['run_name']}'"), second.output[-3000:]
+        assert "Traceback" not in second.output
+        # the refused run left no record of its own in the other run's outdir
+        assert len(list((outdir / "pipeline_info").glob("execution_trace_*.txt"))) == 1
+        assert first.poll() is None, "the first run ended before the second was checked"
+    finally:
+        release.write_text("")
+        rc = first.wait(timeout=900)
+    console = (tmp_path / "first" / "console.txt").read_text()
+    assert rc == 0, console[-3000:]
+    assert not (outdir / LOCK).exists(), "the lock outlived its run"
+    assert (outdir / "report" / "bulk2single_report.html").exists()
+
+
+def test_lock_of_a_dead_run_is_taken_over(tmp_path):
+    outdir = tmp_path / "results"
+    outdir.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (outdir / LOCK).write_text(json.dumps({"run_name": "killed_run", "session_id": "0000", "pid": dead.pid,
+                                           "host": socket.gethostname(), "started": int(time.time() * 1000)}))
+    res = nextflow_run(tmp_path, "-profile", "test", "-stub-run", outdir=str(outdir))
+    assert res.returncode == 0, res.output[-3000:]
+    assert "taking over the lock of run 'killed_run'" in res.output
+    assert not (outdir / LOCK).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# refused on the head node: nothing published
+# --------------------------------------------------------------------------------------------
+def _a_file(tmp_path):
+    path = tmp_path / "not_a_folder"
+    path.write_text("x")
+    return str(path)
+
+
+# (arguments, with {a_file} filled in; start of the ERROR line each gives): all in ONE run, which
+# must print each line and publish nothing. More cases at unit level: tests/unit/test_run_guards.py.
+HEAD_NODE_REFUSALS = [
+    (["--leiden_size", "0"], "ERROR: --leiden_size 0: must be >= 1"),
+    (["--checkpoint_dir", "{a_file}"], "ERROR: --checkpoint_dir {a_file}: exists and is a file"),
+    (["--device", "cuda"], "ERROR: --device cuda: no GPU is visible"),
+]
+
+
+def test_refused_on_the_head_node_publishes_nothing(tmp_path):
+    names = {"a_file": _a_file(tmp_path)}
+    args = [a.format(**names) for row, _ in HEAD_NODE_REFUSALS for a in row]
+    res = nextflow_run(tmp_path, "-profile", "test", "-stub-run", *args, env={"CUDA_VISIBLE_DEVICES": "-1"})
+    assert res.returncode != 0
+    assert res.submitted() == []
+    errors = [line for line in res.output.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == len(HEAD_NODE_REFUSALS), res.output[-3000:]
+    for _, error in HEAD_NODE_REFUSALS:
+        assert any(line.startswith(error.format(**names)) for line in errors), (error, errors)
+    assert not res.outdir.exists(), sorted(str(p) for p in res.outdir.rglob("*"))
+
+
+# A failed task's ERROR line as the last console line (with the user's paths) and nothing published:
+# asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
+
+
+# Task warnings in the console summary and the report: asserted on the plain-parameter run of
+# tests/pipeline/test_resources.py (test_task_warnings_reach_the_console_summary_and_the_report).
