@@ -8,6 +8,7 @@ are capped at the machine's CPUs and memory (conf/base.config), so every task st
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 
@@ -54,6 +55,7 @@ def plain_run(tmp_path_factory):
         "--bulk_group", "ctrl_1,ctrl_2,ctrl_3",  # one group: 8 tasks
         "--celltype_key", "celltype",
         "--epoch_num", "5", "--leiden_size", "10",
+        "--bulk_shift", "weighted",  # the bulk-informed opt-in, end to end
         timeout=2400,  # the shared test machine can be very busy
     )
     res.bulk = bulk
@@ -91,3 +93,12 @@ def test_task_warnings_reach_the_console_summary_and_the_report(plain_run):
     html = (res.outdir / "report" / "bulk2single_report.html").read_text()
     top = html.split("id='fractions'")[0]
     assert "WARNING PREPARE_INPUTS" in top and "duplicate gene rows dropped" in top
+
+
+def test_bulk_shift_opt_in_publishes_the_shifts(plain_run):
+    """--bulk_shift weighted (issue 15): QC records it and the per-type shifts are published."""
+    assert plain_run.returncode == 0, plain_run.output[-4000:]
+    shifts = sorted((plain_run.outdir / "qc").glob("*/*.celltype_shifts.csv"))
+    assert shifts, sorted(p.name for p in (plain_run.outdir / "qc").rglob("*"))
+    metrics = json.loads(next((plain_run.outdir / "qc").glob("*/*.metrics.json")).read_text())
+    assert metrics["bulk_qc"]["bulk_shift"] == "weighted"

@@ -220,7 +220,7 @@ def test_generate_and_qc_scripts_with_the_bulk(tmp_path, reference):
     gen.main(base + ["--bulk_shift", "none", "--bulk", p["bulk"], "--groups", p["groups"],
                      "--outdir", str(tmp_path / "off")])
     gen.main(base + ["--bulk", p["bulk"], "--groups", p["groups"], "--outdir", str(tmp_path / "default")])
-    assert (tmp_path / "default" / "g1.celltype_shifts.csv").exists()  # the default is weighted
+    assert not (tmp_path / "default" / "g1.celltype_shifts.csv").exists()  # the default is none
     shifts = pd.read_csv(tmp_path / "on" / "g1.celltype_shifts.csv")
     assert set(shifts["gene"]) >= {f"g{g}" for g in range(100, 110)}
     assert not (tmp_path / "off" / "g1.celltype_shifts.csv").exists()
