@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.errors import InputError
+from b2s.fractions import indicator
 
 CELLTYPE = "celltype"
 #: Scores reported per predicted profile.
@@ -105,13 +106,15 @@ def pseudobulk(adata: ad.AnnData, genes: pd.Index) -> np.ndarray:
     return out
 
 
+def type_indicator(reference: ad.AnnData, types: list[str]) -> sp.csr_matrix:
+    """Types x cells 0/1 matrix of the reference's ``obs['celltype']`` (cells of other types: none)."""
+    codes = pd.Categorical(reference.obs[CELLTYPE].astype(str).to_numpy(), categories=types).codes
+    return indicator(codes, len(types))
+
+
 def type_mean_counts(reference: ad.AnnData, types: list[str], genes: pd.Index) -> np.ndarray:
     """Types x genes: mean count per cell of each reference type (0 for a type without cells)."""
-    labels = reference.obs[CELLTYPE].astype(str).to_numpy()
-    codes = pd.Categorical(labels, categories=types).codes
-    ok = codes >= 0
-    ind = sp.csr_matrix((np.ones(int(ok.sum())), (codes[ok], np.flatnonzero(ok))),
-                        shape=(len(types), reference.n_obs))
+    ind = type_indicator(reference, types)
     pos = pd.Index(reference.var_names).get_indexer(genes)
     if (pos < 0).any():
         raise InputError("genes missing from the reference model input; pass the model_input.h5ad of the same run")

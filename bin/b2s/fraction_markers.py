@@ -23,6 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from b2s.errors import InputError
+from b2s.fractions import indicator
 
 
 def _cp10k(x: sparse.csr_matrix) -> sparse.csr_matrix:
@@ -37,7 +38,7 @@ def type_moments(x: sparse.csr_matrix, codes: np.ndarray, n_types: int) -> dict[
     Two sparse indicator products (sum of y and of y^2) per statistic; cell counts ``n``.
     """
     n = np.bincount(codes, minlength=n_types).astype(np.float64)
-    ind = sparse.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_types, len(codes)))
+    ind = indicator(codes, n_types)
     cp = _cp10k(x)
     y = cp.copy()
     y.data = np.log1p(y.data)  # log1p(CP10k): zeros stay zeros

@@ -123,10 +123,13 @@ def _labels(reference: anndata.AnnData) -> pd.Categorical:
     return pd.Categorical(lab, categories=sorted(set(lab)))
 
 
-def _indicator(codes: np.ndarray, n_types: int) -> sparse.csr_matrix:
-    """Sparse (types x cells) 0/1 indicator; ``indicator @ X`` gives per-type sums."""
-    n = len(codes)
-    return sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_types, n))
+def indicator(codes: np.ndarray, n_types: int) -> sparse.csr_matrix:
+    """Sparse (types x cells) 0/1 indicator of integer codes (code < 0: in no type);
+    ``indicator @ X`` gives per-type sums without densifying X."""
+    codes = np.asarray(codes)
+    ok = codes >= 0
+    return sparse.csr_matrix((np.ones(int(ok.sum())), (codes[ok], np.flatnonzero(ok))),
+                             shape=(n_types, len(codes)))
 
 
 def _shared(bulk: pd.DataFrame, reference: anndata.AnnData) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +154,7 @@ def type_profiles(reference: anndata.AnnData, gene_pos: np.ndarray | None = None
     """
     lab = _labels(reference)
     x = reference.X if gene_pos is None else reference.X[:, gene_pos]
-    ind = _indicator(lab.codes, len(lab.categories))
+    ind = indicator(lab.codes, len(lab.categories))
     sums = np.asarray((ind @ _csr(x)).todense())
     n_cells = np.asarray(ind.sum(axis=1)).ravel()
     mean = sums / n_cells[:, None]
@@ -292,7 +295,7 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
         genes = pairwise_markers(x, lab.codes, k, n_per_pair=n_per_pair, min_fold=min_fold)
     else:
         genes = _marker_positions(markers, pd.Index(reference.var_names.astype(str)[ref_pos]))
-    ind = _indicator(lab.codes, k)
+    ind = indicator(lab.codes, k)
     n_ref = np.asarray(ind.sum(axis=1)).ravel()
     xg = x[:, genes]
     mean = np.asarray((ind @ xg).todense()) / n_ref[:, None]  # types x markers, counts per cell

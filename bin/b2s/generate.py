@@ -40,6 +40,7 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import InputError
+from b2s.fractions import indicator
 from b2s.preprocess import TARGET_SUM
 from b2s.train import resolve_device
 from b2s.vae import REPARAM_CHOICES, BetaVAE, load_weights, state_dict_shapes
@@ -118,13 +119,6 @@ def group_seed(seed: int, group: str) -> int:
     return (int(seed) + zlib.crc32(str(group).encode("utf-8"))) % 2**32  # numpy seeds must be < 2**32
 
 
-def _indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
-    """Groups x cells 0/1 matrix of integer codes (code < 0: in no group)."""
-    ok = codes >= 0
-    return sp.csr_matrix((np.ones(int(ok.sum())), (codes[ok], np.flatnonzero(ok))),
-                         shape=(n_groups, len(codes)))
-
-
 def reference_counts(model_input: anndata.AnnData) -> tuple[sp.csr_matrix, np.ndarray] | None:
     """``(counts CSR float64, library size per cell)`` of the model input, or None if it carries no counts.
 
@@ -148,7 +142,7 @@ def dispersion(counts: sp.csr_matrix, lib: np.ndarray, codes: np.ndarray, n_type
     library; phi[g] = sum over cells of ((x - p lib)^2 - p lib) / sum of (p lib)^2, clipped to
     :data:`PHI_RANGE`. Sparse throughout (sums of x, x^2 and x * lib per type).
     """
-    ind = _indicator(codes, n_types)
+    ind = indicator(codes, n_types)
     sx = np.asarray((ind @ counts).todense())
     sx2 = np.asarray((ind @ counts.multiply(counts)).todense())
     sxl = np.asarray((ind @ sp.diags(lib) @ counts).todense())
@@ -194,11 +188,11 @@ def calibration(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_mat
     pos = 0
     for block in _decode_rows(model, X_ref, rows, decode, gen, dev, batch_size):
         part = rows[pos:pos + len(block)]
-        dec += _indicator(codes[part], n_types) @ np.expm1(block.astype(np.float64))
+        dec += indicator(codes[part], n_types) @ np.expm1(block.astype(np.float64))
         pos += len(block)
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(lib > 0, TARGET_SUM / np.where(lib > 0, lib, 1.0), 0.0)
-    ind = _indicator(codes, n_types)
+    ind = indicator(codes, n_types)
     real = np.asarray((ind @ sp.diags(scale) @ counts).todense())
     n = np.asarray(ind.sum(axis=1)).ravel()
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.errors import InputError
+from b2s.fractions import indicator
 
 CELLTYPE = "celltype"
 
@@ -82,10 +83,7 @@ def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated
 
 def _group_means(x: Any, labels: np.ndarray, groups: list[str]) -> np.ndarray:
     """Mean row of ``x`` (cells x genes, sparse or dense) per label, as groups x genes."""
-    codes = pd.Categorical(labels, categories=groups).codes
-    valid = codes >= 0
-    ind = sp.csr_matrix((np.ones(valid.sum()), (codes[valid], np.flatnonzero(valid))),
-                        shape=(len(groups), x.shape[0]))
+    ind = indicator(pd.Categorical(labels, categories=groups).codes, len(groups))
     sums = ind @ x  # sparse product: no densification of the cell matrix
     sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
     n = np.asarray(ind.sum(axis=1)).ravel()
