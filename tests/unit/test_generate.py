@@ -166,7 +166,7 @@ def test_counts_layer_is_integer_consistent_with_x_and_seeded(model, model_input
 
 def test_calibrated_rates_reproduce_the_reference_means(model, model_input):
     """Per type and gene, the mean rate of the decoded reference cells is their real mean normalised count."""
-    from b2s.generate import calibration, reference_counts
+    from b2s.generate import calibration, profile, reference_counts
 
     mi = _with_counts(model_input, seed=1)
     counts, lib = reference_counts(mi)
@@ -177,13 +177,54 @@ def test_calibrated_rates_reproduce_the_reference_means(model, model_input):
                             torch.device("cpu"), 7)
     with torch.no_grad():
         mu, _ = model.encode(torch.as_tensor(mi.X.toarray()))
-        dec = np.expm1(model.decode(mu).double().numpy())
+        dec = profile(model.decode(mu).numpy())
     norm = counts.toarray() / lib[:, None] * 1e4
     for i, t in enumerate(types):
         rows = codes == i
         ok = dec[rows].sum(0) > 0
         np.testing.assert_allclose((dec[rows] * cal[i] + base[i]).mean(0), norm[rows].mean(0), rtol=1e-5)
         assert (cal[i][~ok] == 0).all() and (base[i][ok] == 0).all()
+
+
+def test_profile_keeps_each_cells_composition_at_the_normalised_total():
+    """Decoded cells are rescaled to sum to 1e4 (as library-normalised real cells), all-zero rows stay 0."""
+    from b2s.generate import profile
+
+    block = np.log1p(np.array([[1.0, 3.0, 0.0], [10.0, 30.0, 60.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    out = profile(block)
+    np.testing.assert_allclose(out.sum(axis=1), [1e4, 1e4, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(out[0], [2500.0, 7500.0, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(out[1] / out[1].sum(), [0.1, 0.3, 0.6], rtol=1e-5)
+
+
+class _ScaledDecoder(BetaVAE):
+    """Decodes every cell to one fixed composition times a total that varies with its latent code."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        comp = torch.linspace(1.0, 2.0, self.n_genes, dtype=z.dtype)
+        total = torch.exp(2.3 * torch.tanh(z[:, :1] * 50.0))
+        return torch.log1p(total * comp)
+
+
+def test_generated_libraries_follow_the_source_cells(model, model_input):
+    """A generated cell's total is its source cell's library, not the decoder's total.
+
+    Here the model genes are all the genes (lib = row sums), so real normalised cells sum to 1e4
+    and so must the generated ones; deep libraries keep the Poisson noise at ~1 %.
+    """
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(np.expm1(model_input.X.toarray()) * 150 + 0.5).astype(np.float32)
+    lib = counts.sum(axis=1).astype(np.float64)
+    mi = model_input.copy()
+    mi.layers["counts"] = sp.csr_matrix(counts)
+    mi.obs["total_counts"] = lib
+    mi.X = sp.csr_matrix(np.log1p(counts / lib[:, None] * 1e4).astype(np.float32))
+    spread = _ScaledDecoder(N_GENES, LATENT)  # same composition in every cell, totals 0.1x-10x
+    spread.load_state_dict(model.state_dict())
+    out = generate_cells(spread, mi, {"NK": 40, "B": 40}, hidden_size=LATENT, seed=5, device="cpu",
+                         counts="poisson")
+    ratio = np.asarray(out.layers["counts"].sum(axis=1)).ravel() / out.obs["total_counts"].to_numpy()
+    assert np.median(np.abs(ratio - 1)) < 0.05, ratio
 
 
 def test_dispersion_recovers_nb_overdispersion():
