@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
           f"apart (own r > best other r); median margin {'NA' if med is None else f'{med:.3f}'}", flush=True)
     for w in metrics["warnings"]:
         print(f"WARNING: [qc] {g}: {w}", flush=True)
+    vae = qc.vae_identity_of(generated)
+    if vae is not None:
+        metrics.update(vae)
+        print(f"[qc] {g}: the VAE by itself (decoded profiles before the per-type calibration) tells "
+              f"{vae['vae_celltypes_identified']} of {vae['vae_celltypes_assessed']} types apart", flush=True)
     if args.bulk:
         metrics["bulk_qc"] = bulk_section(args, g, out, reference, generated, filtered, targets)
     metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}

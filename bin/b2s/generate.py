@@ -34,6 +34,7 @@ given each reference cell's decoded mean, per-type dispersions, Sinkhorn-balance
 
 from __future__ import annotations
 
+import json
 import zlib
 
 from collections.abc import Iterator, Mapping
@@ -194,12 +195,11 @@ def profile(block: np.ndarray) -> np.ndarray:
     return np.divide(e * TARGET_SUM, total, out=np.zeros_like(e), where=total > 0)
 
 
-def calibration(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_matrix, lib: np.ndarray,
-                codes: np.ndarray, n_types: int, decode: str, gen: torch.Generator, dev: torch.device,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Types x genes ``(c, base)``: rate = c * profile(decoded) + base has, over a type's reference
-    cells, the mean of their real normalised counts (counts / lib * 1e4). Where the decoder never
-    expresses a gene in a type (ReLU zeros), c = 0 and base = that real mean; else base = 0."""
+def type_sums(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_matrix, lib: np.ndarray,
+              codes: np.ndarray, n_types: int, decode: str, gen: torch.Generator, dev: torch.device,
+              batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per type (rows ``codes``): sums of the decoded profiles and of the real normalised counts
+    (counts / lib * 1e4) over the type's reference cells, types x genes, and the cell counts."""
     rows = np.flatnonzero(codes >= 0)
     X_ref = sp.csr_matrix(model_input.X) if sp.issparse(model_input.X) else np.asarray(model_input.X)
     dec = np.zeros((n_types, model_input.n_vars))
@@ -212,11 +212,57 @@ def calibration(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_mat
         scale = np.where(lib > 0, TARGET_SUM / np.where(lib > 0, lib, 1.0), 0.0)
     ind = indicator(codes, n_types)
     real = np.asarray((ind @ sp.diags(scale) @ counts).todense())
-    n = np.asarray(ind.sum(axis=1)).ravel()
+    return dec, real, np.asarray(ind.sum(axis=1)).ravel()
+
+
+def calibration_from(dec: np.ndarray, real: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(c, base)`` from :func:`type_sums`: rate = c * profile(decoded) + base has, over a type's
+    reference cells, the mean of their real normalised counts. Where the decoder never expresses a
+    gene in a type (ReLU zeros), c = 0 and base = that real mean; else base = 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
         cal = np.where(dec > 0, real / dec, 0.0)
         base = np.where(dec > 0, 0.0, real / np.maximum(n, 1)[:, None])
     return cal, base
+
+
+def calibration(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_matrix, lib: np.ndarray,
+                codes: np.ndarray, n_types: int, decode: str, gen: torch.Generator, dev: torch.device,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Types x genes ``(c, base)`` of :func:`calibration_from` for the reference types ``codes``."""
+    return calibration_from(*type_sums(model, model_input, counts, lib, codes, n_types, decode, gen, dev,
+                                       batch_size))
+
+
+#: genes (most variable between the reference's type means) on which the VAE's own separation is judged
+VAE_IDENTITY_GENES = 1000
+
+
+def vae_identity(dec: np.ndarray, real: np.ndarray, n: np.ndarray, types: list[str]) -> dict[str, object]:
+    """How well the VAE by itself tells the types apart, before the per-type calibration.
+
+    The per-type calibration gives every generated type its reference mean, so the output's
+    identity check passes whatever the VAE learnt. Here each type's mean decoded profile is
+    compared with the reference type means on the :data:`VAE_IDENTITY_GENES` genes whose log
+    means vary most between types, centred per gene across types (only type-specific deviations
+    count): a type is told apart when its decoded deviations correlate best with its own
+    reference type. An undertrained VAE decodes one average cell: ~0 types, margin ~0.
+    """
+    keep = n > 0
+    if keep.sum() < 2:
+        return {"n_types": int(keep.sum()), "told_apart": None, "median_margin": None}
+    d = np.log1p(dec[keep] / n[keep, None])
+    r = np.log1p(real[keep] / n[keep, None])
+    top = np.argsort(-r.var(axis=0))[:VAE_IDENTITY_GENES]
+    d, r = d[:, top] - d[:, top].mean(axis=0), r[:, top] - r[:, top].mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (r / np.linalg.norm(r, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    corr = np.nan_to_num(corr, nan=-1.0)
+    own = np.diag(corr)
+    other = np.where(np.eye(len(own), dtype=bool), -np.inf, corr).max(axis=1)
+    margin = own - other
+    return {"n_types": int(len(own)), "told_apart": int((margin > 0).sum()),
+            "median_margin": round(float(np.median(margin)), 4),
+            "not_told_apart": [t for t, m in zip(np.asarray(types)[keep], margin) if m <= 0]}
 
 
 def sample_counts(rate: np.ndarray, lib: np.ndarray, phi: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
@@ -338,9 +384,19 @@ def generate_cells(
             # calibration and dispersion over every reference type: a group's cells do not depend
             # on which other types it has
             codes = pd.Categorical(labels, categories=list(available)).codes.astype(np.int64)
-            cal_codes, n_cal = (codes, len(available)) if calibrate == "type" else (np.zeros_like(codes), 1)
-            cal, base = calibration(model, model_input, cts, lib, cal_codes, n_cal,
-                              decode, torch.Generator(device=dev).manual_seed(int(seed) + 1), dev, batch_size)
+            dec, real, n_of = type_sums(model, model_input, cts, lib, codes, len(available), decode,
+                                        torch.Generator(device=dev).manual_seed(int(seed) + 1), dev, batch_size)
+            identity = vae_identity(dec, real, n_of, list(available))
+            print(f"the VAE's own type separation (decoded profiles before calibration): "
+                  f"{identity['told_apart']} of {identity['n_types']} types told apart, median margin "
+                  f"{identity['median_margin']}", flush=True)
+            if calibrate == "type":
+                cal, base = calibration_from(dec, real, n_of)
+                cal_codes = codes
+            else:
+                cal, base = calibration_from(dec.sum(axis=0, keepdims=True), real.sum(axis=0, keepdims=True),
+                                             n_of.sum(keepdims=True))
+                cal_codes = np.zeros_like(codes)
             cal_of = cal_codes[index]
             phi = dispersion(cts, lib, codes, len(available)) if counts == "nb" else None
             rng = np.random.default_rng(int(seed))
@@ -367,4 +423,5 @@ def generate_cells(
     if counts != "none":
         out.layers["counts"] = sp.vstack(count_blocks, format="csr", dtype=np.float32) if count_blocks else empty
         out.obs["total_counts"] = ref_counts[1][index].astype(np.float64)
+        out.uns["vae_identity"] = json.dumps(identity)  # a JSON string: type names may hold '/'
     return out

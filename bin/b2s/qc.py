@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import json
+
 import warnings
 from typing import Any
 
@@ -432,6 +434,20 @@ MIN_IDENTITY_RATE = 0.5
 #: median margin of 0.0003, well-trained runs have margins of several hundredths
 #: (benchmarks/README.md, realism section).
 MIN_MEDIAN_MARGIN = 0.01
+
+
+def vae_identity_of(generated: ad.AnnData) -> dict[str, Any] | None:
+    """The VAE's own type separation that GENERATE recorded (``uns['vae_identity']``, see
+    :func:`b2s.generate.vae_identity`) as metrics keys, or None when the cells carry none."""
+    raw = generated.uns.get("vae_identity") if hasattr(generated, "uns") else None
+    try:
+        d = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        d = None
+    if not isinstance(d, dict) or d.get("told_apart") is None:
+        return None
+    return {"vae_celltypes_identified": int(d["told_apart"]), "vae_celltypes_assessed": int(d["n_types"]),
+            "vae_margin_median": _nan_to_none(d.get("median_margin"))}
 
 
 def identity_summary(corr_summary: pd.DataFrame) -> dict[str, Any]:

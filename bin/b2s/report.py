@@ -82,6 +82,8 @@ LABELS = {
     "typing_accuracy": "kNN typing accuracy of generated cells (classifier fit on the reference)",
     "typing_accuracy_reference": "kNN typing accuracy of reference cells (leave-one-out)",
     "typing_ratio": "typing accuracy generated / reference",
+    "vae_celltypes_identified": "types the VAE itself tells apart (before the per-type calibration)",
+    "vae_margin_median": "VAE's own margin (median)",
     "n_cells_out": "cells out", "n_cells_removed": "cells removed", "n_hvg": "highly variable genes",
     "n_pcs": "principal components", "n_clusters": "leiden clusters",
     "dropped_clusters": "dropped clusters", "leiden_size": "min. cluster size (leiden_size)",
@@ -577,12 +579,12 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
                 "n_celltypes_reference", "n_celltypes_generated", "n_celltypes_filtered",
                 "celltypes_without_r", "n_celltypes_identified", "n_celltypes_assessed",
                 "marker_r_margin_median", "typing_accuracy", "typing_accuracy_reference",
-                "typing_ratio"]
+                "typing_ratio", "vae_celltypes_identified", "vae_margin_median"]
         shown = {k: m[k] for k in keys if k in m}
         for k, v in (m.get("proportion_l1") or {}).items():
             shown[f"L1 proportions {k.replace('_', ' ').replace('filtered', 'kept')}"] = v
         r3 = lambda v: f"{float(v):.3f}" if _is_num(v) else _fmt(v)  # noqa: E731
-        fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_"))}
+        fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_", "vae_margin"))}
         fmts["fraction_kept"] = _pct
         parts.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
         for w in m.get("warnings") or []:

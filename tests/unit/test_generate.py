@@ -254,3 +254,32 @@ def test_posterior_mean_decoding_needs_no_noise(model, model_input):
 def test_counts_without_reference_counts_fall_back_to_log_values(model, model_input, capsys):
     out = generate_cells(model, model_input, {"NK": 3}, hidden_size=LATENT, seed=1, device="cpu", counts="nb")
     assert "counts" not in out.layers and "no layers['counts']" in capsys.readouterr().out
+
+
+def test_vae_identity_tells_a_decoder_that_separates_types_from_one_that_does_not():
+    """Decoded type means equal to the reference's: all told apart; one average cell for every type: none."""
+    from b2s.generate import vae_identity
+
+    rng = np.random.default_rng(0)
+    n = np.array([30.0, 20.0, 25.0, 40.0])
+    means = rng.gamma(0.5, 2.0, (4, 300))
+    real = means * n[:, None]
+    good = vae_identity(real * rng.uniform(0.9, 1.1, real.shape), real, n, list("abcd"))
+    assert good["told_apart"] == 4 and good["median_margin"] > 0.3 and good["not_told_apart"] == []
+    avg = np.tile(means.mean(axis=0), (4, 1)) * rng.uniform(0.99, 1.01, (4, 300)) * n[:, None]
+    bad = vae_identity(avg, real, n, list("abcd"))
+    assert bad["told_apart"] <= 1 and abs(bad["median_margin"]) < 0.2
+
+
+def test_generated_cells_record_the_vaes_own_identity(model, model_input):
+    import json
+
+    from b2s.qc import vae_identity_of
+
+    out = generate_cells(model, _with_counts(model_input), {"NK": 5, "B": 5}, hidden_size=LATENT, seed=1,
+                         device="cpu")
+    rec = json.loads(out.uns["vae_identity"])
+    assert rec["n_types"] == model_input.obs["celltype"].nunique() and 0 <= rec["told_apart"] <= rec["n_types"]
+    m = vae_identity_of(out)
+    assert m["vae_celltypes_identified"] == rec["told_apart"] and m["vae_celltypes_assessed"] == rec["n_types"]
+    assert vae_identity_of(anndata.AnnData(np.zeros((2, 2)))) is None
