@@ -225,14 +225,6 @@ def calibration_from(dec: np.ndarray, real: np.ndarray, n: np.ndarray) -> tuple[
     return cal, base
 
 
-def calibration(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_matrix, lib: np.ndarray,
-                codes: np.ndarray, n_types: int, decode: str, gen: torch.Generator, dev: torch.device,
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Types x genes ``(c, base)`` of :func:`calibration_from` for the reference types ``codes``."""
-    return calibration_from(*type_sums(model, model_input, counts, lib, codes, n_types, decode, gen, dev,
-                                       batch_size))
-
-
 #: genes (most variable between the reference's type means) on which the VAE's own separation is judged
 VAE_IDENTITY_GENES = 1000
 

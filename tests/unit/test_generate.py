@@ -166,15 +166,15 @@ def test_counts_layer_is_integer_consistent_with_x_and_seeded(model, model_input
 
 def test_calibrated_rates_reproduce_the_reference_means(model, model_input):
     """Per type and gene, the mean rate of the decoded reference cells is their real mean normalised count."""
-    from b2s.generate import calibration, profile, reference_counts
+    from b2s.generate import calibration_from, profile, reference_counts, type_sums
 
     mi = _with_counts(model_input, seed=1)
     counts, lib = reference_counts(mi)
     labels = mi.obs["celltype"].astype(str).to_numpy()
     types = sorted(set(labels))
     codes = pd.Categorical(labels, categories=types).codes.astype(np.int64)
-    cal, base = calibration(model, mi, counts, lib, codes, len(types), "mean", torch.Generator(),
-                            torch.device("cpu"), 7)
+    cal, base = calibration_from(*type_sums(model, mi, counts, lib, codes, len(types), "mean",
+                                            torch.Generator(), torch.device("cpu"), 7))
     with torch.no_grad():
         mu, _ = model.encode(torch.as_tensor(mi.X.toarray()))
         dec = profile(model.decode(mu).numpy())
