@@ -5,6 +5,7 @@
  *   discardOwnRunRecords()      a run stopped on the head node (parameters, lock) leaves no file behind
  *   taskWarnings(stage, group, dir)
  *                               the WARNING: lines of one finished task, as 'STAGE<TAB>group<TAB>text' lines
+ *                               (a line tagged '[group=G] ' by a task of several groups is filed under G)
  *   reportAtExit(ch_warnings)   at exit: the console summary of task warnings, and for a failed task
  *                               its own ERROR: line (user paths, not staged ones) as the LAST line
  *
