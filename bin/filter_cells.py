@@ -2,7 +2,9 @@
 """FILTER: drop generated cells in Leiden clusters smaller than --leiden_size.
 
 Writes <group>.filtered.h5ad (kept cells, all genes, log-normalised X, obsm['X_pca'],
-obs['leiden']) and <group>.filter_summary.json.
+obs['leiden']) and <group>.filter_summary.json. Several groups (``--group a b --input
+a.generated.h5ad b.generated.h5ad``, --groups_per_task of the pipeline) are filtered one after the
+other in this one process, each exactly as in a run with that group alone.
 """
 
 from __future__ import annotations
@@ -18,27 +20,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of FILTER (docs/architecture.md)."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="<group>.generated.h5ad from GENERATE")
+    p.add_argument("--input", required=True, nargs="+", help="<group>.generated.h5ad from GENERATE (one per --group)")
     p.add_argument("--leiden_size", type=int, default=25,
                    help="drop Leiden clusters with fewer cells than this")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--group", required=True, help="bulk group name (output file prefix)")
+    p.add_argument("--group", required=True, nargs="+", help="bulk group name(s) (output file prefix), one per --input")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Filter one group's generated cells and write the filtered h5ad and summary JSON."""
+    """Filter each group's generated cells and write its filtered h5ad and summary JSON."""
     args = parse_args(argv)
-    from b2s import io
-    from b2s.errors import InputError
-    from b2s.filter import filter_summary, parse_uns_record
-    from b2s.qc import read_cells
+    from b2s.errors import InputError, warning_group
 
     if args.leiden_size < 1:
         raise InputError(f"--leiden_size {args.leiden_size}: must be >= 1; use a positive "
                          "cluster size (default 25)")
+    if len(args.input) != len(args.group):
+        raise InputError(f"{len(args.input)} --input file(s) for {len(args.group)} --group name(s); "
+                         "pass one <group>.generated.h5ad per group, in the same order")
+    for path, g in zip(args.input, args.group):
+        # the recorded params are those of a one-group run: outputs do not depend on batching
+        with warning_group(g if len(args.group) > 1 else None):
+            filter_group(argparse.Namespace(**{**vars(args), "input": path, "group": g}))
+
+
+def filter_group(args: argparse.Namespace) -> None:
+    """Filter one group's generated cells (``args.input``, ``args.group``) and write its outputs."""
+    from b2s import io
+    from b2s.filter import filter_summary, parse_uns_record
+    from b2s.qc import read_cells
+
     out_h5ad = os.path.join(args.outdir, f"{args.group}.filtered.h5ad")
     out_json = os.path.join(args.outdir, f"{args.group}.filter_summary.json")
     io.guard_inputs([out_h5ad, out_json], [args.input])

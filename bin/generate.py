@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""GENERATE: synthetic single cells for one bulk group from the trained beta-VAE.
+"""GENERATE: synthetic single cells for bulk groups from the trained beta-VAE.
 
-Reads cell_targets.csv (group,celltype,fraction,n_cells), keeps the rows of --group and writes
+Reads cell_targets.csv (group,celltype,fraction,n_cells), keeps the rows of each --group and writes
 <group>.generated.h5ad (X log-normalised CSR float32, obs['celltype'], var = model genes; with the
 native engine and --counts nb|poisson also integer counts in layers['counts'] and
 obs['total_counts']).
+Several groups (``--group a b c``, --groups_per_task of the pipeline) are generated one after the
+other in this one process: the model and the model input are loaded once, and each group's cells
+are exactly those of a run with that group alone (seed b2s.generate.group_seed(--seed, group)).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="model_input.h5ad from PREPROCESS")
     p.add_argument("--weights", required=True, help="vae.pth from TRAIN_VAE (or --vae_weights)")
     p.add_argument("--targets", required=True, help="cell_targets.csv from ESTIMATE_FRACTIONS")
-    p.add_argument("--group", required=True, help="bulk group to generate")
+    p.add_argument("--group", required=True, nargs="+", help="bulk group(s) to generate, one after the other")
     p.add_argument("--hidden_size", type=int, default=256)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -100,17 +103,33 @@ def bulk_shifts(args: argparse.Namespace, model_input) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Generate the cells of one group and write ``<group>.generated.h5ad``."""
+    """Generate the cells of each ``--group`` and write ``<group>.generated.h5ad``."""
     args = parse_args(argv)
-    from b2s.generate import generate_cells, group_seed
-    from b2s.io import write_h5ad
+    from b2s.errors import warning_group
     from b2s.train import read_model_input, resolve_device
     from b2s.vae import load_weights
+    from b2s.weights import check_weights
 
     os.makedirs(args.outdir, exist_ok=True)
-    targets = read_targets(args.targets, args.group)
+    groups = args.group
+    # every group's targets first: a bad group stops the task before any cells are written
+    targets = {g: read_targets(args.targets, g) for g in groups}
     device = resolve_device(args.device)
     model_input = read_model_input(args.input, need_celltype=True)
+    # genes, order and sizes from the sidecar (vae.pth.json) when there is one; then the tensors' shapes
+    gene_index = check_weights(args.weights, list(model_input.var_names), args.hidden_size, args.reparam)
+    model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
+    for g in groups:
+        # the recorded params are those of a one-group run: outputs do not depend on batching
+        with warning_group(g if len(groups) > 1 else None):
+            generate_group(argparse.Namespace(**{**vars(args), "group": g}), targets[g], model, model_input, device)
+
+
+def generate_group(args: argparse.Namespace, targets: dict[str, int], model, model_input, device) -> None:
+    """Generate the cells of ``args.group`` (one group) and write ``<group>.generated.h5ad``."""
+    from b2s.generate import generate_cells, group_seed
+    from b2s.io import write_h5ad
+
     known = set(model_input.obs["celltype"].astype(str))
     unknown = [t for t in targets if t not in known]
     if unknown:
@@ -118,11 +137,6 @@ def main(argv: list[str] | None = None) -> None:
             f"--targets {args.targets} has cell type(s) {unknown} for group '{args.group}' that are not in "
             f"--input {args.input} obs['celltype'] (found: {', '.join(sorted(known))}); use files from the same run"
         )
-    from b2s.weights import check_weights
-
-    # genes, order and sizes from the sidecar (vae.pth.json) when there is one; then the tensors' shapes
-    gene_index = check_weights(args.weights, list(model_input.var_names), args.hidden_size, args.reparam)
-    model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
     seed = group_seed(args.seed, args.group)
     kwargs = dict(hidden_size=args.hidden_size, seed=seed, device=str(device), batch_size=args.batch_size)
     if args.bulk_shift is None:

@@ -7,6 +7,10 @@ Writes <group>.cellprop.png/.csv (reference vs target vs generated vs filtered p
 --groups also the QC against the group's bulk (b2s.bulkqc): <group>.bulk_qc.csv (scores of the
 generated, filtered and composition-only pseudo-bulks), <group>.bulk_residuals.csv (genes with the
 largest residuals) and <group>.bulk_scatter.png.
+Several groups (``--group a b --generated ... --filtered ...``, --groups_per_task of the pipeline)
+are assessed one after the other in this one process: the reference, its wilcoxon markers and the
+kNN classifier fit on it are computed once, and each group's outputs are exactly those of a run
+with that group alone.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of QC (docs/architecture.md)."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--generated", required=True, help="<group>.generated.h5ad from GENERATE")
-    p.add_argument("--filtered", required=True, help="<group>.filtered.h5ad from FILTER")
+    p.add_argument("--generated", required=True, nargs="+", help="<group>.generated.h5ad from GENERATE (one per --group)")
+    p.add_argument("--filtered", required=True, nargs="+", help="<group>.filtered.h5ad from FILTER (one per --group)")
     p.add_argument("--reference", required=True, help="model_input.h5ad from PREPROCESS")
     p.add_argument("--targets", required=True, help="cell_targets.csv from ESTIMATE_FRACTIONS")
-    p.add_argument("--group", required=True, help="bulk group name (output file prefix)")
+    p.add_argument("--group", required=True, nargs="+", help="bulk group name(s) (output file prefix)")
     p.add_argument("--top_markers", type=int, default=200,
                    help="wilcoxon markers per reference cell type for the correlation")
     p.add_argument("--seed", type=int, default=42)
@@ -68,22 +72,41 @@ def bulk_section(args: argparse.Namespace, g: str, out: dict[str, str], referenc
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the QC of one group and write its plots, tables and metrics."""
+    """Run the QC of each ``--group`` and write its plots, tables and metrics."""
     args = parse_args(argv)
-    from b2s import io, plots, qc
-    from b2s.errors import InputError
-    from b2s.filter import filter_summary
+    from b2s import plots, qc
+    from b2s.errors import InputError, warning_group
 
     if args.top_markers < 1:
         raise InputError(f"--top_markers {args.top_markers}: must be >= 1 (default 200)")
     if args.mde_max_cells < 3:
         raise InputError(f"--mde_max_cells {args.mde_max_cells}: must be >= 3 (default 3000)")
+    if bool(args.bulk) != bool(args.groups):
+        raise InputError("--bulk and --groups go together (QC against the bulk); pass both or neither")
+    if not len(args.group) == len(args.generated) == len(args.filtered):
+        raise InputError(f"{len(args.generated)} --generated and {len(args.filtered)} --filtered file(s) for "
+                         f"{len(args.group)} --group name(s); pass one of each per group, in the same order")
+    reference = qc.read_cells(args.reference, "--reference", "PREPROCESS")
+    # what depends on the reference alone, computed once for every group of the task
+    shared = {"reference": reference, "palette": plots.celltype_palette(reference.obs["celltype"].astype(str)),
+              "markers": None, "typer": None}
+    for gen, filt, g in zip(args.generated, args.filtered, args.group):
+        # the recorded params are those of a one-group run: outputs do not depend on batching
+        with warning_group(g if len(args.group) > 1 else None):
+            qc_group(argparse.Namespace(**{**vars(args), "generated": gen, "filtered": filt, "group": g}), shared)
+
+
+def qc_group(args: argparse.Namespace, shared: dict) -> None:
+    """The QC of one group (``args.generated``, ``args.filtered``, ``args.group``); ``shared`` holds
+    the reference and what is computed from it alone (filled on first use)."""
+    from b2s import io, plots, qc
+    from b2s.errors import InputError, warning_line
+    from b2s.filter import filter_summary
+
     g = args.group
     out = {k: os.path.join(args.outdir, f"{g}.{k}") for k in (
         "cellprop.png", "cellprop.csv", "correlation.png", "correlation.csv",
         "correlation_matrix.csv", "mde.png", "metrics.json")}
-    if bool(args.bulk) != bool(args.groups):
-        raise InputError("--bulk and --groups go together (QC against the bulk); pass both or neither")
     if args.bulk:
         out.update({k: os.path.join(args.outdir, f"{g}.{k}") for k in (
             "bulk_qc.csv", "bulk_residuals.csv", "bulk_scatter.png")})
@@ -92,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.outdir, exist_ok=True)
     params = io.params_from_args(args)
 
-    reference = qc.read_cells(args.reference, "--reference", "PREPROCESS")
+    reference = shared["reference"]
     generated = qc.read_cells(args.generated, "--generated", "GENERATE")
     filtered = qc.read_cells(args.filtered, "--filtered", "FILTER")
     targets = qc.read_targets(args.targets, g)
@@ -101,15 +124,17 @@ def main(argv: list[str] | None = None) -> None:
     if filtered.n_obs and not set(filtered.obs_names) <= set(generated.obs_names):
         raise InputError(f"--filtered {args.filtered} has cells not in --generated "
                          f"{args.generated}; pass files of the same group and run")
-    palette = plots.celltype_palette(reference.obs["celltype"].astype(str))
+    palette = shared["palette"]
 
     props = qc.celltype_proportions(reference, targets, generated, filtered)
     props.to_csv(out["cellprop.csv"], float_format="%.6g")
     plots.plot_cellprop(props, out["cellprop.png"], title=f"Cell-type proportions: {g}",
                         palette=palette)
 
-    print(f"[qc] {g}: wilcoxon markers (top {args.top_markers}) per reference type", flush=True)
-    markers = qc.reference_markers(reference, args.top_markers)
+    if shared["markers"] is None:
+        print(f"[qc] {g}: wilcoxon markers (top {args.top_markers}) per reference type", flush=True)
+        shared["markers"] = qc.reference_markers(reference, args.top_markers)
+    markers = shared["markers"]
     # As in the seed, the correlation is taken on the cells that survive FILTER.
     assessed = filtered if filtered.n_obs else generated
     summary, matrix = qc.marker_correlation(reference, assessed, args.top_markers, markers=markers)
@@ -132,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     plots.plot_embedding(coords, labels, out["mde.png"], title=f"MDE of joint PCA: {g}",
                          sources=sources, palette=palette)
 
-    typing = qc.typing_summary(reference, assessed, seed=args.seed)
+    if shared["typer"] is None and assessed.n_obs and reference.n_obs >= 3:
+        shared["typer"] = qc.KnnTyper(reference, seed=args.seed)
+    typing = qc.typing_summary(reference, assessed, seed=args.seed, typer=shared["typer"])
     if typing["typing_accuracy"] is not None:
         print(f"[qc] {g}: kNN typing accuracy of generated cells (classifier fit on the reference) "
               f"{typing['typing_accuracy']:.3f}; reference cells themselves (leave-one-out) "
@@ -144,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[qc] {g}: {metrics['n_celltypes_identified']} of {metrics['n_celltypes_assessed']} types told "
           f"apart (own r > best other r); median margin {'NA' if med is None else f'{med:.3f}'}", flush=True)
     for w in metrics["warnings"]:
-        print(f"WARNING: [qc] {g}: {w}", flush=True)
+        print(warning_line(f"[qc] {g}: {w}"), flush=True)
     vae = qc.vae_identity_of(generated)
     if vae is not None:
         metrics.update(vae)

@@ -1,7 +1,9 @@
 /*
  * Bulk2Single, cohort-aware: inputs are prepared and fractions estimated for all groups at once,
  * the beta-VAE is trained ONCE (it depends on the reference only) and shared by every group,
- * then GENERATE -> FILTER -> QC fan out per group ([id: group] meta maps).
+ * then GENERATE -> FILTER -> QC fan out per group ([id: group] meta maps), or per batch of groups
+ * with --groups_per_task N > 1 ([id: 'first..last', groups: [[id: group], ...]]: one task runs its
+ * groups one after the other in one process; outputs stay per group, identical to N = 1).
  */
 include { PREPARE_INPUTS     } from '../modules/local/prepare_inputs'
 include { ESTIMATE_FRACTIONS } from '../modules/local/estimate_fractions'
@@ -48,12 +50,16 @@ workflow BULK2SINGLE {
         ch_versions = ch_versions.mix(TRAIN_VAE.out.versions)
     }
 
-    // One [id: group] item per bulk group, each with the shared cell-target table.
+    // One [id: group] item per bulk group (or per batch of --groups_per_task groups), each with
+    // the shared cell-target table. Batches follow groups.csv order, so -resume finds them again.
+    def per_task = groupsPerTask()
     ch_groups = PREPARE_INPUTS.out.groups
         .splitCsv(header: true)
         .map { row -> row.group }
         .unique()
         .map { group -> [id: group] }
+        .collate(per_task)
+        .map { metas -> metas.size() == 1 ? metas[0] : [id: "${metas[0].id}..${metas[-1].id}".toString(), groups: metas] }
 
     GENERATE(ch_groups.combine(ESTIMATE_FRACTIONS.out.targets), PREPROCESS.out.model_input, ch_weights, ch_weights_meta,
              PREPARE_INPUTS.out.bulk, PREPARE_INPUTS.out.groups)
@@ -87,9 +93,9 @@ workflow BULK2SINGLE {
             ESTIMATE_FRACTIONS.out.summary.map { f -> ['ESTIMATE_FRACTIONS', '', f.parent] },
             PREPROCESS.out.summary.map { f -> ['PREPROCESS', '', f.parent] },
             ch_train_files.filter { f -> f.name == 'train_summary.json' }.map { f -> ['TRAIN_VAE', '', f.parent] },
-            GENERATE.out.generated.map { meta, f -> ['GENERATE', meta.id, f.parent] },
-            FILTER.out.summary.map { meta, f -> ['FILTER', meta.id, f.parent] },
-            QC.out.metrics.map { meta, f -> ['QC', meta.id, f.parent] }
+            GENERATE.out.generated.map { meta, f -> ['GENERATE', meta.id, [f].flatten()[0].parent] },
+            FILTER.out.summary.map { meta, f -> ['FILTER', meta.id, [f].flatten()[0].parent] },
+            QC.out.metrics.map { meta, f -> ['QC', meta.id, [f].flatten()[0].parent] }
         )
         .map { stage, group, dir -> taskWarnings(stage, group, dir) }
         .mix(Channel.of(''))
@@ -118,4 +124,18 @@ workflow BULK2SINGLE {
     report   = REPORT.out.html
     versions = ch_versions
     warnings = ch_warnings
+}
+
+/*
+ * Groups per GENERATE/FILTER/QC task: --groups_per_task, or when unset 8 with the local executor
+ * (each task pays ~20 s of imports and set-up; benchmarks/README.md, cohort throughput) and 1 with
+ * any other executor (HPC/cloud: one task per group, spread over nodes).
+ */
+def groupsPerTask() {
+    if (params.groups_per_task) {
+        return params.groups_per_task as int
+    }
+    def config = nextflow.Global.session?.config
+    def executor = config?.navigate('process.executor') ?: config?.navigate('executor.name') ?: 'local'
+    return executor == 'local' ? 8 : 1
 }

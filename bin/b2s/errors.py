@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 #: Every warning of this process, in order (stages copy them into their summary JSON).
 WARNINGS: list[str] = []
+
+#: The group a task processing several groups is working on (None: a one-group task).
+_GROUP: str | None = None
+
+
+@contextlib.contextmanager
+def warning_group(group: str | None) -> Iterator[None]:
+    """Tag the warnings printed inside the block with ``group`` (see :func:`warning_line`).
+
+    A task processing several groups (``--groups_per_task``) cannot be told apart by its task
+    alone, so the workflow files each tagged line under its group; ``None`` leaves lines as they are.
+    """
+    global _GROUP
+    before, _GROUP = _GROUP, group
+    try:
+        yield
+    finally:
+        _GROUP = before
+
+
+def warning_line(msg: str) -> str:
+    """``WARNING: <msg>`` as one line; inside :func:`warning_group` ``WARNING: [group=<g>] <msg>``."""
+    line = " ".join(str(msg).split())
+    return f"WARNING: [group={_GROUP}] {line}" if _GROUP is not None else f"WARNING: {line}"
 
 
 def warn(msg: str) -> None:
     """One ``WARNING: <msg>`` line on stderr: the single format the pipeline collects from tasks.
 
     ``msg`` is one line naming the file or parameter and what was done about it; it is also
-    appended to :data:`WARNINGS`.
+    appended to :data:`WARNINGS` (untagged).
     """
     line = " ".join(str(msg).split())
     WARNINGS.append(line)
-    print(f"WARNING: {line}", file=sys.stderr, flush=True)
+    print(warning_line(line), file=sys.stderr, flush=True)
 
 
 class InputError(Exception):

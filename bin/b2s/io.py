@@ -540,19 +540,46 @@ def subsample_indices(labels: np.ndarray, max_cells: int, seed: int, min_cells: 
 _READ_BLOCK = 1 << 23
 #: Gaps between selected CSR rows shorter than this (in entries) are read through, not seeked.
 _READ_GAP = 1 << 16
+#: Cell names read at once when only the subsample's names are kept.
+_NAME_BLOCK = 1 << 16
 
 
 class _Unsupported(Exception):
     """An h5ad layout the partial reader does not know; the whole file is read instead."""
 
 
+def _h5_index_elem(group):
+    """The index element of an anndata dataframe group (obs/var), not read."""
+    if not hasattr(group, "attrs") or "_index" not in group.attrs or not hasattr(group, "keys"):
+        raise _Unsupported("dataframe without '_index'")
+    return group[group.attrs["_index"]]
+
+
 def _h5_index(group) -> pd.Index:
     """The index of an anndata dataframe group (obs/var) without reading its columns."""
     from anndata.io import read_elem
 
-    if not hasattr(group, "attrs") or "_index" not in group.attrs or not hasattr(group, "keys"):
-        raise _Unsupported("dataframe without '_index'")
-    return pd.Index(np.asarray(read_elem(group[group.attrs["_index"]])).astype(str))
+    return pd.Index(np.asarray(read_elem(_h5_index_elem(group))).astype(str))
+
+
+def _h5_index_rows(elem, rows: np.ndarray) -> pd.Index:
+    """Entries ``rows`` (sorted) of an index element: a string dataset is read in blocks of
+    ``_NAME_BLOCK`` names keeping only the selected ones, so an atlas's million cell names are
+    never held as Python strings; other encodings are read whole."""
+    import h5py
+    from anndata.io import read_elem
+
+    if not (isinstance(elem, h5py.Dataset) and elem.ndim == 1 and h5py.check_string_dtype(elem.dtype)):
+        return pd.Index(np.asarray(read_elem(elem)).astype(str)[rows])
+    strings = elem.asstr()
+    parts = []
+    bounds = np.searchsorted(rows, np.arange(0, elem.shape[0] + _NAME_BLOCK, _NAME_BLOCK))
+    for b, lo in enumerate(range(0, elem.shape[0], _NAME_BLOCK)):
+        sel = rows[bounds[b]:bounds[b + 1]]
+        if sel.size:
+            parts.append(np.asarray(strings[lo:min(lo + _NAME_BLOCK, elem.shape[0])], dtype=object)[sel - lo])
+    names = np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+    return pd.Index(names.astype(str))
 
 
 def _csr_rows(elem, rows: np.ndarray) -> sp.csr_matrix:
@@ -653,9 +680,11 @@ class _H5Reference:
         if not isinstance(f.get("obs"), h5py.Group) or not isinstance(f.get("var"), h5py.Group):
             raise _Unsupported("obs/var are not anndata dataframes")
         self.f = f
-        self.obs_names = _h5_index(f["obs"])
+        self._obs_index = _h5_index_elem(f["obs"])
+        if not isinstance(self._obs_index, h5py.Dataset) or self._obs_index.ndim != 1:
+            raise _Unsupported("obs index is not a 1-d dataset")
         self.var_names = _h5_index(f["var"])
-        self.n_obs, self.n_vars = len(self.obs_names), len(self.var_names)
+        self.n_obs, self.n_vars = int(self._obs_index.shape[0]), len(self.var_names)
         order = f["obs"].attrs.get("column-order", [])
         self.columns = [str(c) for c in np.atleast_1d(order)] if len(order) else []
         # Matrix layouts are checked now (attributes only), so an unknown one falls back early.
@@ -676,6 +705,10 @@ class _H5Reference:
 
         return pd.Series(read_elem(self.f["obs"][key]))
 
+    def obs_names_at(self, rows: np.ndarray) -> pd.Index:
+        """Names of the cells ``rows`` (sorted), read for those cells only."""
+        return _h5_index_rows(self._obs_index, rows)
+
     def candidates(self) -> list[tuple[str, Any, Any]]:
         return self._candidates
 
@@ -685,12 +718,15 @@ class _MemoryReference:
 
     def __init__(self, adata: ad.AnnData) -> None:
         self.adata = adata
-        self.obs_names, self.var_names = adata.obs_names, adata.var_names
+        self.var_names = adata.var_names
         self.n_obs, self.n_vars = adata.n_obs, adata.n_vars
         self.columns = list(adata.obs.columns)
 
     def labels(self, key: str) -> pd.Series:
         return self.adata.obs[key].reset_index(drop=True)
+
+    def obs_names_at(self, rows: np.ndarray) -> pd.Index:
+        return pd.Index(np.asarray(self.adata.obs_names)[rows].astype(str))
 
     def candidates(self) -> list[tuple[str, Any, Any]]:
         a, out = self.adata, []
@@ -745,6 +781,25 @@ def read_reference(path: str | os.PathLike, celltype_key: str, max_single_cells:
         return _select_reference(src, what, path, celltype_key, max_single_cells, seed, min_cells)
 
 
+def label_codes(labels: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-type labels as ``(codes, names)``: ``names[codes[i]]`` is cell i's label as a stripped
+    string, code -1 where it has none (missing, empty, 'nan', 'none', 'na', any case).
+
+    A categorical column (how atlases store labels) is cleaned through its categories, so its
+    labels are never expanded to one Python string per cell; two categories equal once stripped
+    share one name.
+    """
+    cat = labels if isinstance(labels.dtype, pd.CategoricalDtype) else labels.astype("category")
+    cats = pd.Series(cat.cat.categories).astype("string").str.strip()
+    bad = (cats.isna() | (cats == "") | cats.str.lower().isin(["nan", "none", "na"])).to_numpy(dtype=bool)
+    of_cat = np.full(len(cats), -1, dtype=np.int64)
+    good, names = pd.factorize(cats[~bad].to_numpy(dtype=object))
+    of_cat[~bad] = good
+    raw = cat.cat.codes.to_numpy()
+    codes = np.where(raw >= 0, of_cat[np.maximum(raw, 0)], -1)
+    return codes, np.asarray(names, dtype=object)
+
+
 def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any, celltype_key: str,
                       max_single_cells: int | None = None, seed: int = 0, min_cells: int = 2
                       ) -> ad.AnnData:
@@ -757,9 +812,8 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
                          "set --celltype_key to the cell-type column")
     stats: dict[str, Any] = {"n_cells_input": int(src.n_obs), "n_genes_input": int(src.n_vars)}
 
-    lab = src.labels(celltype_key)
-    labels = lab.astype("string").str.strip()
-    unlabelled = (labels.isna() | (labels == "") | labels.str.lower().isin(["nan", "none", "na"])).to_numpy()
+    codes, names = label_codes(src.labels(celltype_key))
+    unlabelled = codes < 0
     if unlabelled.all():
         raise InputError(f"--celltype_key '{celltype_key}': every cell of {path} has an empty label; "
                          "choose the column that holds cell types")
@@ -767,9 +821,11 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
         warn(f"{what}: {int(unlabelled.sum())} cells without a label in obs['{celltype_key}'] are dropped")
     stats["n_cells_unlabelled_dropped"] = int(unlabelled.sum())
     keep = np.flatnonzero(~unlabelled)
-    labels_np = labels.to_numpy(dtype=object)[keep].astype(str)
+    kept_codes = codes[keep]
 
-    sizes = pd.Series(labels_np).value_counts()
+    counts = np.bincount(kept_codes, minlength=len(names))
+    sizes = pd.Series(counts, index=pd.Index(names, dtype=object))
+    sizes = sizes[sizes > 0].sort_values(ascending=False, kind="stable")
     small = sizes[sizes < min_cells]
     if len(small):
         listed = examples([f"{k!r} ({v})" for k, v in small.items()])
@@ -783,9 +839,10 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
 
     sub = keep
     if max_single_cells is not None and keep.size > max_single_cells:
-        sub = keep[subsample_indices(labels_np, max_single_cells, seed, min_cells)]
+        # codes group cells exactly as their label strings do: the same cells are chosen
+        sub = keep[subsample_indices(kept_codes, max_single_cells, seed, min_cells)]
         log(f"reference: randomly selected {sub.size} of {keep.size} cells (seed {seed})")
-    final_labels = labels.to_numpy(dtype=object)[sub].astype(str)
+    final_labels = names[codes[sub]].astype(str)
 
     # Raw counts: layers['counts'], then .raw, then X (the first holding non-negative integers).
     problems = []
@@ -808,7 +865,7 @@ def _select_reference(src: _H5Reference | _MemoryReference, what: str, path: Any
         log(f"reference: using raw counts from {source} ({'; '.join(problems)})")
     stats["counts_source"] = source
 
-    obs_names = pd.Index(np.asarray(src.obs_names)[sub].astype(str))
+    obs_names = src.obs_names_at(sub)
     out = ad.AnnData(
         X=x,
         obs=pd.DataFrame({CELLTYPE_KEY: pd.Categorical(final_labels, categories=sorted(set(final_labels)))},

@@ -265,6 +265,7 @@ class KnnTyper:
         self.train_pcs = self.pca.transform(dense)
         self.knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(self.labels))).fit(
             self.train_pcs, self.labels)
+        self._loo: np.ndarray | None = None
 
     def transform(self, cells: ad.AnnData) -> np.ndarray:
         """PCA coordinates of ``cells`` (their genes aligned to the training genes; missing = 0)."""
@@ -285,6 +286,11 @@ class KnnTyper:
 
     def predict_train_loo(self) -> np.ndarray:
         """Leave-one-out prediction of the training cells (each cell's neighbours exclude itself)."""
+        if self._loo is None:  # cached: QC of several groups asks once per group
+            self._loo = self._train_loo()
+        return self._loo.copy()
+
+    def _train_loo(self) -> np.ndarray:
         k = self.knn.n_neighbors
         if len(self.labels) <= k:
             k = len(self.labels) - 1
@@ -315,8 +321,12 @@ def reference_loo_typing(reference: ad.AnnData, n_neighbors: int = 15, n_comps: 
 MIN_TYPING_RATIO = 0.6
 
 
-def typing_summary(reference: ad.AnnData, generated: ad.AnnData, seed: int = 0) -> dict[str, Any]:
+def typing_summary(reference: ad.AnnData, generated: ad.AnnData, seed: int = 0,
+                   typer: KnnTyper | None = None) -> dict[str, Any]:
     """Typing accuracy of generated cells by a classifier fit on the reference, and the reference's own.
+
+    ``typer``: a :class:`KnnTyper` already fit on ``reference`` with ``seed`` (QC of several groups
+    in one process fits it once); None fits it here.
 
     Returns ``typing_accuracy`` (share of generated cells whose kNN type is their label),
     ``typing_accuracy_reference`` (leave-one-out accuracy of the reference cells, weighted to the
@@ -327,7 +337,7 @@ def typing_summary(reference: ad.AnnData, generated: ad.AnnData, seed: int = 0) 
     if generated.n_obs == 0 or reference.n_obs < 3:
         return {"typing_accuracy": None, "typing_accuracy_reference": None, "typing_ratio": None,
                 "typing_per_celltype": {}, "warnings": []}
-    typer = KnnTyper(reference, seed=seed)
+    typer = KnnTyper(reference, seed=seed) if typer is None else typer
     pred = typer.predict(generated)
     ref_labels = typer.labels
     loo = typer.predict_train_loo()

@@ -7,6 +7,7 @@ bad-input runs each use their own launch directory.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import anndata as ad
@@ -19,6 +20,10 @@ from .nfrun import REPO, nextflow_run, nftest_pipeline_paths
 
 TEST_DATA = REPO / "assets" / "test_data"
 GROUPS = sorted(pd.read_csv(TEST_DATA / "samplesheet.csv")["group"].unique())
+# groups per GENERATE/FILTER/QC task with the local executor and --groups_per_task unset
+# (groupsPerTask() in workflows/bulk2single.nf)
+LOCAL_GROUPS_PER_TASK = 8
+BATCHES = math.ceil(len(GROUPS) / LOCAL_GROUPS_PER_TASK)
 
 pytestmark = pytest.mark.pipeline
 
@@ -103,24 +108,47 @@ def test_resume_reexecutes_no_finished_task(full_run):
     res = nextflow_run(full_run.launch_dir, "-profile", "test", "-resume")
     assert res.returncode == 0, res.output[-4000:]
     assert res.submitted() == [], "tasks re-ran on -resume:\n" + "\n".join(res.submitted())
-    # PREPARE_INPUTS, ESTIMATE_FRACTIONS, PREPROCESS, TRAIN_VAE, REPORT + GENERATE/FILTER/QC per group
-    assert len(res.cached()) == 5 + 3 * len(GROUPS)
+    # PREPARE_INPUTS, ESTIMATE_FRACTIONS, PREPROCESS, TRAIN_VAE, REPORT + GENERATE/FILTER/QC per batch of groups
+    assert len(res.cached()) == 5 + 3 * BATCHES
 
 
-def test_vae_weights_skips_training_with_same_cell_counts(full_run, tmp_path):
+def _same_h5ad(a, b) -> None:
+    x, y = ad.read_h5ad(a), ad.read_h5ad(b)
+    assert list(x.obs_names) == list(y.obs_names) and list(x.var_names) == list(y.var_names), a.name
+    pd.testing.assert_frame_equal(x.obs, y.obs)
+    assert (x.X != y.X).nnz == 0, a.name
+    assert sorted(x.layers) == sorted(y.layers) and all((x.layers[k] != y.layers[k]).nnz == 0 for k in x.layers)
+    assert sorted(x.obsm) == sorted(y.obsm) and all(np.array_equal(x.obsm[k], y.obsm[k]) for k in x.obsm)
+    assert {k: str(v) for k, v in x.uns.items()} == {k: str(v) for k, v in y.uns.items()}, a.name
+
+
+def test_vae_weights_and_one_group_per_task_give_the_same_outputs(full_run, tmp_path):
+    """--vae_weights skips training; --groups_per_task 1 (one task per group, as on HPC) writes the
+    very same per-group files as the full run's batch of groups."""
     weights = full_run.outdir / "train_vae" / "vae.pth"
-    res = nextflow_run(tmp_path, "-profile", "test", "--vae_weights", str(weights))
+    res = nextflow_run(tmp_path, "-profile", "test", "--vae_weights", str(weights), "--groups_per_task", "1")
     assert res.returncode == 0, res.output[-4000:]
     assert not any("TRAIN_VAE" in line for line in res.submitted())
     assert not (res.outdir / "train_vae").exists()
+    for stage in ("GENERATE", "FILTER", "QC"):
+        assert len([line for line in res.submitted() if f":{stage} " in line]) == len(GROUPS), stage
     for group in GROUPS:
         first = ad.read_h5ad(full_run.outdir / "generate" / f"{group}.generated.h5ad")
         again = ad.read_h5ad(res.outdir / "generate" / f"{group}.generated.h5ad")
         pd.testing.assert_series_equal(
             first.obs["celltype"].value_counts().sort_index(), again.obs["celltype"].value_counts().sort_index()
         )
-        # Same weights, same seed: the very same cells.
-        assert (first.X != again.X).nnz == 0
+    # Same weights, same seed, whatever the batching: the very same cells, filters and QC.
+    per_group = [p.relative_to(full_run.outdir) for folder in ("generate", "filter", "qc")
+                 for p in sorted((full_run.outdir / folder).rglob("*")) if p.is_file()]
+    assert sorted(per_group) == sorted(p.relative_to(res.outdir) for folder in ("generate", "filter", "qc")
+                                       for p in (res.outdir / folder).rglob("*") if p.is_file())
+    assert {f"qc/{g}/{g}.metrics.json" for g in GROUPS} <= {str(p) for p in per_group}
+    for rel in per_group:
+        if rel.suffix == ".h5ad":
+            _same_h5ad(full_run.outdir / rel, res.outdir / rel)
+        else:
+            assert (full_run.outdir / rel).read_bytes() == (res.outdir / rel).read_bytes(), rel
 
 
 def test_stub_run_wires_every_stage(tmp_path):
@@ -128,7 +156,7 @@ def test_stub_run_wires_every_stage(tmp_path):
     assert res.returncode == 0, res.output[-4000:]
     ran = {re.search(r"BULK2SINGLE:(\w+)", line).group(1) for line in res.submitted()}
     assert ran == {"PREPARE_INPUTS", "ESTIMATE_FRACTIONS", "PREPROCESS", "TRAIN_VAE", "GENERATE", "FILTER", "QC", "REPORT"}
-    assert len([line for line in res.submitted() if "GENERATE" in line]) == len(GROUPS)
+    assert len([line for line in res.submitted() if "GENERATE" in line]) == BATCHES
     assert (res.outdir / "report" / "bulk2single_report.html").exists()
     # The paths the nf-test pipeline test asserts on are what the pipeline publishes.
     for rel in nftest_pipeline_paths():

@@ -499,3 +499,45 @@ def test_script_errors(tmp_path, extra, needle):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(needle), res.stderr
     assert not (tmp_path / "out" / "reference.h5ad").exists()
+
+
+def _labels_as_strings(lab: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The former per-cell string cleaning of labels: (stripped label per cell, unlabelled mask)."""
+    s = lab.astype("string").str.strip()
+    bad = (s.isna() | (s == "") | s.str.lower().isin(["nan", "none", "na"])).to_numpy()
+    return s.to_numpy(dtype=object), bad
+
+
+@pytest.mark.parametrize("categorical", [True, False])
+def test_label_codes_equal_the_per_cell_string_cleaning(categorical):
+    rng = np.random.default_rng(3)
+    pool = np.array(["T", " T", "B ", "NK", "", "NaN", "none", "NA", None, "Mono", "dc"], dtype=object)
+    values = pool[rng.integers(0, len(pool), 500)]
+    lab = pd.Series(pd.Categorical(values) if categorical else values)
+    codes, names = bio.label_codes(lab)
+    strings, bad = _labels_as_strings(lab)
+    np.testing.assert_array_equal(codes < 0, bad)
+    assert list(names[codes[~bad]]) == list(strings[~bad])
+    assert len(set(names)) == len(names) and "T" in set(names) and " T" not in set(names)
+    # the subsample chosen from the codes is the one chosen from the label strings
+    keep = np.flatnonzero(~bad)
+    np.testing.assert_array_equal(bio.subsample_indices(codes[keep], 60, 5),
+                                  bio.subsample_indices(strings[keep].astype(str), 60, 5))
+    numeric = bio.label_codes(pd.Series(pd.Categorical([3, 1, 3, 2])))
+    assert list(numeric[1][numeric[0]]) == ["3", "1", "3", "2"]
+
+
+def test_cell_names_are_read_for_the_chosen_cells_only(tmp_path, monkeypatch):
+    a = _atlas(n=1000)
+    path = tmp_path / "atlas.h5ad"
+    a.write_h5ad(path)
+    monkeypatch.setattr(bio, "_NAME_BLOCK", 64)  # many blocks, some without a chosen cell
+    got = bio.read_reference(path, "cluster", 50, 4)
+    monkeypatch.undo()
+    _assert_same_reference(got, _whole_file(path, "cluster", 50, 4))
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        rows = np.array([0, 63, 64, 65, 999])
+        names = bio._h5_index_rows(f["obs"][f["obs"].attrs["_index"]], rows)
+    assert list(names) == [f"cell{i}" for i in rows]

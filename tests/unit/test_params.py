@@ -148,6 +148,8 @@ def test_good_params_pass_without_warnings(schema):
         ({"batch_size": 0}, "--batch_size 0: must be >= 1"),
         ({"leiden_size": -1}, "--leiden_size -1: must be >= 1"),
         ({"leiden_size": 0}, "--leiden_size 0: must be >= 1"),
+        ({"groups_per_task": 0}, "--groups_per_task 0: must be >= 1"),
+        ({"groups_per_task": "many"}, "--groups_per_task many: must be an integer"),
         ({"device": "gpu"}, "--device gpu: must be one of auto, cpu, cuda"),
         ({"engine": "scanpy"}, "--engine scanpy: must be one of native, omicverse"),
         ({"hidden_size": 2.5}, "--hidden_size 2.5: must be an integer"),

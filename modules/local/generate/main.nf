@@ -1,3 +1,7 @@
+/*
+ * meta: [id: group] (one group), or a batch [id: ..., groups: [[id: group], ...]] whose groups are
+ * generated one after the other in one process (--groups_per_task); outputs are per group either way.
+ */
 process GENERATE {
     tag "${meta.id}"
     label 'process_low'
@@ -11,18 +15,19 @@ process GENERATE {
     path groups
 
     output:
-    tuple val(meta), path("${meta.id}.generated.h5ad")                       , emit: generated
-    tuple val(meta), path("${meta.id}.celltype_shifts.csv"), optional: true , emit: shifts
+    tuple val(meta), path("*.generated.h5ad")                       , emit: generated
+    tuple val(meta), path("*.celltype_shifts.csv"), optional: true , emit: shifts
     path 'versions.yml'                                , emit: versions
 
     script:
     def args = task.ext.args ?: ''
+    def names = (meta.groups ?: [meta]).collect { group -> "'${group.id}'" }.join(' ')
     """
     generate.py \\
         --input ${model_input} \\
         --weights ${weights} \\
         --targets ${targets} \\
-        --group '${meta.id}' \\
+        --group ${names} \\
         --bulk ${bulk} \\
         --groups ${groups} \\
         ${args} \\
@@ -31,8 +36,9 @@ process GENERATE {
     """
 
     stub:
+    def files = (meta.groups ?: [meta]).collect { group -> "'${group.id}.generated.h5ad'" }.join(' ')
     """
-    touch '${meta.id}.generated.h5ad'
+    touch ${files}
     b2s_versions.py "${task.process}" torch anndata > versions.yml
     """
 }

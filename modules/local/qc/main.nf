@@ -1,3 +1,8 @@
+/*
+ * meta: [id: group] (one group), or a batch [id: ..., groups: [[id: group], ...]] whose groups are
+ * assessed one after the other in one process (--groups_per_task); outputs are per group either way
+ * (<group>.<name>.<ext>).
+ */
 process QC {
     tag "${meta.id}"
     label 'process_low'
@@ -10,19 +15,20 @@ process QC {
     path groups
 
     output:
-    tuple val(meta), path("${meta.id}.*")           , emit: files
-    tuple val(meta), path("${meta.id}.metrics.json"), emit: metrics
+    tuple val(meta), path("*.{png,csv,json}")  , emit: files
+    tuple val(meta), path("*.metrics.json")    , emit: metrics
     path 'versions.yml'                             , emit: versions
 
     script:
     def args = task.ext.args ?: ''
+    def names = (meta.groups ?: [meta]).collect { group -> group.id }
     """
     qc.py \\
-        --generated ${generated} \\
-        --filtered ${filtered} \\
+        --generated ${names.collect { group -> "'${group}.generated.h5ad'" }.join(' ')} \\
+        --filtered ${names.collect { group -> "'${group}.filtered.h5ad'" }.join(' ')} \\
         --reference ${model_input} \\
         --targets ${targets} \\
-        --group '${meta.id}' \\
+        --group ${names.collect { group -> "'${group}'" }.join(' ')} \\
         --bulk ${bulk} \\
         --groups ${groups} \\
         ${args} \\
@@ -31,11 +37,15 @@ process QC {
     """
 
     stub:
+    def names = (meta.groups ?: [meta]).collect { group -> group.id }
     """
-    touch '${meta.id}.cellprop.png' '${meta.id}.cellprop.csv' '${meta.id}.correlation.png' \\
-          '${meta.id}.correlation.csv' '${meta.id}.mde.png' \\
-          '${meta.id}.bulk_qc.csv' '${meta.id}.bulk_residuals.csv' '${meta.id}.bulk_scatter.png'
-    echo '{}' > '${meta.id}.metrics.json'
+    for group in ${names.collect { group -> "'${group}'" }.join(' ')}; do
+        for name in cellprop.png cellprop.csv correlation.png correlation.csv mde.png \\
+                    bulk_qc.csv bulk_residuals.csv bulk_scatter.png; do
+            touch "\${group}.\${name}"
+        done
+        echo '{}' > "\${group}.metrics.json"
+    done
     b2s_versions.py "${task.process}" scanpy pymde matplotlib > versions.yml
     """
 }

@@ -5,6 +5,7 @@
  *   discardOwnRunRecords()      a run stopped on the head node (parameters, lock) leaves no file behind
  *   taskWarnings(stage, group, dir)
  *                               the WARNING: lines of one finished task, as 'STAGE<TAB>group<TAB>text' lines
+ *                               (a line tagged '[group=G] ' by a task of several groups is filed under G)
  *   reportAtExit(ch_warnings)   at exit: the console summary of task warnings, and for a failed task
  *                               its own ERROR: line (user paths, not staged ones) as the LAST line
  *
@@ -241,8 +242,20 @@ def taskWarnings(String stage, String group, dir) {
     def staged = stagedInputs()
     return taskLogLines(dir)
         .findAll { line -> line.startsWith('WARNING: ') }
-        .collect { line -> "${stage}\t${group ?: ''}\t${userPaths(line.substring(9).trim(), staged)}\n".toString() }
+        .collect { line -> warningRow(stage, group, userPaths(line.substring(9).trim(), staged)) + '\n' }
         .join('')
+}
+
+/*
+ * 'STAGE<TAB>group<TAB>warning' of one warning; a task of several groups (--groups_per_task) tags
+ * each warning '[group=<name>] ...' (b2s.errors.warning_group), which names its group here.
+ */
+def warningRow(String stage, String group, String text) {
+    def tagged = (text =~ /^\[group=(.*?)\] (.*)$/)
+    if (tagged.matches()) {
+        return "${stage}\t${tagged.group(1)}\t${tagged.group(2)}".toString()
+    }
+    return "${stage}\t${group ?: ''}\t${text}".toString()
 }
 
 /*
@@ -266,7 +279,7 @@ def failedTaskDiagnosis(String report) {
     def staged = stagedInputs()
     def logLines = taskLogLines(file(workDir))
     def warnings = logLines.findAll { line -> line.startsWith('WARNING: ') }
-        .collect { line -> "${stage}\t${group}\t${userPaths(line.substring(9).trim(), staged)}".toString() }
+        .collect { line -> warningRow(stage, group, userPaths(line.substring(9).trim(), staged)) }
     def errors = logLines.findAll { line -> line.startsWith('ERROR: ') }
     def where = "(${name}; full log: ${workDir}/.command.log)"
     if (errors) {
