@@ -11,7 +11,7 @@ include { GENERATE           } from '../modules/local/generate'
 include { FILTER             } from '../modules/local/filter'
 include { QC                 } from '../modules/local/qc'
 include { REPORT             } from '../modules/local/report'
-include { taskWarnings       } from '../subworkflows/local/run_guard'
+include { taskWarnings; stagingDir } from '../subworkflows/local/run_guard'
 
 workflow BULK2SINGLE {
     main:
@@ -71,7 +71,7 @@ workflow BULK2SINGLE {
     ch_versions_file = ch_versions
         .map { it.text }
         .unique()
-        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true)
+        .collectFile(name: 'software_versions.yml', storeDir: "${stagingDir()}/pipeline_info", sort: true)
 
     // Published with the report (below), not at start: a run that fails publishes no params.json.
     ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)))
@@ -112,7 +112,7 @@ workflow BULK2SINGLE {
     ch_params_file
         .combine(REPORT.out.html)
         .map { params_json, html -> params_json }
-        .collectFile(name: 'params.json', storeDir: "${params.outdir}/pipeline_info")
+        .collectFile(name: 'params.json', storeDir: "${stagingDir()}/pipeline_info")
 
     emit:
     report   = REPORT.out.html

@@ -133,6 +133,8 @@ def test_stub_run_wires_every_stage(tmp_path):
     # The paths the nf-test pipeline test asserts on are what the pipeline publishes.
     for rel in nftest_pipeline_paths():
         assert (res.outdir / rel).exists(), rel
+    # Published through the staging folder, moved into place at the end (issue 12).
+    assert not (res.outdir / ".nf-bulk2single.staging").exists()
 
 
 def _error_lines(output: str) -> list[str]:

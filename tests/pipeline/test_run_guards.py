@@ -1,6 +1,7 @@
 """Run guards of issue 12 with the real `nextflow run`: the outdir lock, nothing published when a
-parameter or input is refused, the failed task's ERROR line as the last console line, and task
-warnings in the console summary and the report.
+parameter or input is refused (on the head node, or by a task after others finished: tasks publish
+into <outdir>/.nf-bulk2single.staging, moved into place only when the run succeeds), the failed
+task's ERROR line as the last console line, and task warnings in the console summary and the report.
 
 -stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
 themselves are catalogued cheaply in tests/unit/test_run_guards.py; the rows here show that the
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from .nfrun import REPO, nextflow_run, start_nextflow
+from .nfrun import REPO, nextflow_run, nftest_pipeline_paths, start_nextflow
 
 TEST_DATA = REPO / "assets" / "test_data"
 LOCK = ".nf-bulk2single.lock"
@@ -111,8 +112,88 @@ def test_refused_on_the_head_node_publishes_nothing(tmp_path):
     assert not res.outdir.exists(), sorted(str(p) for p in res.outdir.rglob("*"))
 
 
+# --------------------------------------------------------------------------------------------
+# refused by a task after others finished: still nothing published (transactional publishing)
+# --------------------------------------------------------------------------------------------
+STAGING = ".nf-bulk2single.staging"
+
+
+def _published(outdir) -> list[str]:
+    """Files in ``outdir`` other than Nextflow's own execution records (pipeline_info/execution_*)."""
+    if not outdir.exists():
+        return []
+    return sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*")
+                  if not p.is_dir() and not (p.parent.name == "pipeline_info" and p.name.startswith("execution_")))
+
+
+def _weights_of_other_genes(tmp_path) -> str:
+    """A vae.pth whose sidecar lists 3 genes the test reference lacks (the check reads the sidecar first)."""
+    from b2s.weights import write_sidecar
+
+    pth = tmp_path / "other_genes" / "vae.pth"
+    pth.parent.mkdir()
+    pth.write_bytes(b"weights of another reference")
+    write_sidecar(pth, ["GENE_A", "GENE_B", "GENE_C"], 256, {"engine": "native"})
+    return str(pth)
+
+
+def _markers_of_unknown_type(tmp_path) -> str:
+    path = tmp_path / "my_markers.csv"
+    path.write_text("celltype,gene\nno_such_type,CD3E\n")
+    return str(path)
+
+
+# (make the bad file, its argument, the stage that refuses it, start of its ERROR line, more args):
+# inputs only a task can judge (they need the data); the stages before it finish and publish on
+# the pre-issue-12 main. Tasks already running when one fails are finished (errorStrategy
+# 'finish'), hence a short training where it would run alongside. A new case is one row.
+LATE_INPUT_FAILURES = [
+    pytest.param(_weights_of_other_genes, "--vae_weights", "GENERATE", "ERROR: --vae_weights {path} was trained on 3 genes",
+                 [], id="vae_weights-of-other-genes"),
+    pytest.param(_markers_of_unknown_type, "--markers", "ESTIMATE_FRACTIONS",
+                 "ERROR: --markers {path}: cell type(s) no_such_type are not in the reference", ["--epoch_num", "2"],
+                 id="markers-unknown-type"),
+]
+
+
+@pytest.mark.parametrize(("make", "arg", "stage", "error", "more"), LATE_INPUT_FAILURES)
+def test_input_refused_by_a_task_publishes_nothing(tmp_path, make, arg, stage, error, more):
+    path = make(tmp_path)
+    res = nextflow_run(tmp_path, "-profile", "test", arg, path, *more)
+    assert res.returncode != 0
+    assert any(line for line in res.output.splitlines() if "Submitted process >" in line and "PREPARE_INPUTS" in line)
+    last = _last_line(res.output)
+    assert last.startswith(error.format(path=path)) and f"BULK2SINGLE:{stage}" in last, res.output[-3000:]
+    assert _published(res.outdir) == []
+    assert not (res.outdir / STAGING).exists() and not (res.outdir / LOCK).exists()
+    assert "nothing was published to results because the run failed" in res.output
+
+
+def test_failed_run_publishes_nothing_and_its_resume_publishes_everything(tmp_path):
+    """A task failing after 8 others published (injected into QC): outdir keeps only Nextflow's
+    records; the -resume that then succeeds publishes what a clean run does, cached tasks included."""
+    fail = tmp_path / "fail_qc.config"
+    fail.write_text("process { withName: 'QC' { beforeScript = 'exit 1' } }\n")
+    failed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-c", str(fail))
+    assert failed.returncode != 0
+    assert len([line for line in failed.submitted() if "QC" not in line]) >= 8, failed.output[-3000:]
+    assert _last_line(failed.output).startswith("ERROR: BULK2SINGLE:QC"), failed.output[-3000:]
+    assert _published(failed.outdir) == []
+    assert not (failed.outdir / STAGING).exists()
+
+    resumed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-resume")
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert len(resumed.cached()) >= 8
+    published = _published(resumed.outdir)
+    for rel in nftest_pipeline_paths():
+        assert rel in published, rel
+    for stage in ("prepare_inputs", "estimate_fractions", "preprocess", "train_vae", "generate", "filter", "qc", "report"):
+        assert any(p.startswith(stage + "/") for p in published), stage
+    assert not (resumed.outdir / STAGING).exists() and not (resumed.outdir / LOCK).exists()
+
+
 # A failed task's ERROR line as the last console line (with the user's paths) and nothing published:
-# asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
+# also asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
 
 
 # Task warnings in the console summary and the report: asserted on the plain-parameter run of

@@ -7,8 +7,12 @@
  *                               the WARNING: lines of one finished task, as 'STAGE<TAB>group<TAB>text' lines
  *   reportAtExit(ch_warnings)   at exit: the console summary of task warnings, and for a failed task
  *                               its own ERROR: line (user paths, not staged ones) as the LAST line
+ *   stagingDir()                where tasks publish during a run: <outdir>/.nf-bulk2single.staging
+ *                               (conf/modules.config, the workflow's collectFile storeDir)
+ *   publishOnSuccess()          at exit: the staging folder moved into --outdir when the run
+ *                               succeeded, deleted when it failed (a failed run publishes nothing)
  *
- *   include { acquireOutdirLock; reportAtExit } from './subworkflows/local/run_guard'
+ *   include { acquireOutdirLock; publishOnSuccess; reportAtExit } from './subworkflows/local/run_guard'
  */
 
 // Fully qualified class names (no imports) keep this file valid under Nextflow's strict syntax.
@@ -155,6 +159,107 @@ def acquireOutdirLock() {
     Runtime.runtime.addShutdownHook(new Thread({ ->
         if (lock.exists() && mine()) {
             lock.delete()
+        }
+    } as Runnable))
+}
+
+/*
+ * Name of the folder inside --outdir that tasks publish into during a run. conf/modules.config
+ * spells it out too (a config file cannot call this function): change both together.
+ */
+def stagingName() {
+    return '.nf-bulk2single.staging'
+}
+
+/*
+ * <outdir>/.nf-bulk2single.staging: the publishDir root and collectFile storeDir of every output.
+ */
+def stagingDir() {
+    return "${params.outdir}/${stagingName()}".toString()
+}
+
+/*
+ * Move every file below `from` to the same relative path below `into`, replacing files there
+ * (as publishDir overwrites them), then remove `from`. Same file system: each move is one rename.
+ * Relative symlinks (publish_dir_mode rellink) are re-made relative to their new folder.
+ */
+def moveTree(java.nio.file.Path from, java.nio.file.Path into) {
+    def files = []
+    java.nio.file.Files.walk(from).withCloseable { stream ->
+        stream.filter { p -> !java.nio.file.Files.isDirectory(p, java.nio.file.LinkOption.NOFOLLOW_LINKS) }
+            .forEach { p -> files << p }
+    }
+    files.each { source ->
+        def target = into.resolve(from.relativize(source).toString())
+        java.nio.file.Files.createDirectories(target.parent)
+        def link = java.nio.file.Files.isSymbolicLink(source) ? java.nio.file.Files.readSymbolicLink(source) : null
+        if (link != null && !link.absolute) {
+            def dest = source.parent.resolve(link).normalize()
+            java.nio.file.Files.deleteIfExists(target)
+            java.nio.file.Files.createSymbolicLink(target, target.parent.relativize(dest))
+            java.nio.file.Files.delete(source)
+            return
+        }
+        try {
+            java.nio.file.Files.move(source, target, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
+                                     java.nio.file.StandardCopyOption.ATOMIC_MOVE)
+        } catch (java.nio.file.AtomicMoveNotSupportedException | UnsupportedOperationException e) {
+            // object stores, or another file system: copy and delete
+            java.nio.file.Files.move(source, target, java.nio.file.StandardCopyOption.REPLACE_EXISTING)
+        }
+    }
+    from.deleteDir()
+    return files.size()
+}
+
+/*
+ * Publish transactionally: tasks publish into stagingDir() while the run goes on; at exit the
+ * folder is moved into --outdir when the run succeeded, and deleted when it failed or was
+ * stopped, so a failed run leaves --outdir as it was (Nextflow's own execution_* records in
+ * pipeline_info/ excepted). Nextflow waits for every publishDir copy before the onComplete
+ * handlers run. Call after acquireOutdirLock(): the lock holder owns the staging folder, so a
+ * leftover one (a killed run) is deleted first.
+ */
+def publishOnSuccess() {
+    def wf = workflow
+    def outdir = params.outdir?.toString()
+    if (!outdir) {
+        return
+    }
+    def root = isRemotePath(outdir) ? file(outdir) : localOutdir().toPath()
+    def staging = root.resolve(stagingName())
+    if (java.nio.file.Files.exists(staging)) {
+        log.warn("--outdir ${outdir}: deleting ${stagingName()} left by a run that was killed (its results were never published)")
+        staging.deleteDir()
+    }
+    def discard = { ->
+        try {
+            if (java.nio.file.Files.exists(staging)) {
+                staging.deleteDir()
+            }
+        } catch (Exception e) {
+            log.debug("cannot delete ${staging}: ${e.message}")
+        }
+    }
+    wf.onComplete {
+        if (!wf.success) {
+            discard()
+            log.warn("nothing was published to ${outdir} because the run failed; the finished tasks stay in the work folder: fix the problem and run again with -resume to reuse them")
+            return
+        }
+        if (!java.nio.file.Files.exists(staging)) {
+            return
+        }
+        try {
+            moveTree(staging, root)
+        } catch (Exception e) {
+            log.error("ERROR: --outdir ${outdir}: the results could not be moved there from ${staging} (${e.message}); they are in ${staging}: move them by hand or run again with -resume")
+        }
+    }
+    // A publishDir copy still running when a failed run aborted may land after onComplete.
+    Runtime.runtime.addShutdownHook(new Thread({ ->
+        if (!wf.success) {
+            discard()
         }
     } as Runnable))
 }
