@@ -81,6 +81,21 @@ def test_lock_of_a_dead_run_is_taken_over(tmp_path):
     assert not (outdir / LOCK).exists()
 
 
+def test_runs_racing_for_one_stale_lock_end_with_one_holder(tmp_path):
+    """Two runs finding one stale lock at the same instant: exactly one takes it over (the old
+    delete-and-create let 2-4 of 8 threads 'win' in half of the rounds). Threads in one JVM race
+    through run_guard's takeLock (tests/pipeline/lock_race.nf), 8 at a time, 20 rounds."""
+    lock = tmp_path / "locks" / LOCK
+    lock.parent.mkdir()
+    proc = subprocess.run(["nextflow", "run", str(REPO / "tests" / "pipeline" / "lock_race.nf"), "-ansi-log", "false",
+                           "--lock", str(lock), "--rounds", "20", "--threads", "8"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rounds = [line.split() for line in proc.stdout.splitlines() if line.startswith("round ")]
+    assert proc.returncode == 0 and len(rounds) == 20, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert all(r[3] == "1" and r[5] == "true" for r in rounds), rounds
+    assert sorted(p.name for p in lock.parent.iterdir()) == [], "takeover mutex or temporary lock files left behind"
+
+
 # --------------------------------------------------------------------------------------------
 # refused on the head node: nothing published
 # --------------------------------------------------------------------------------------------
