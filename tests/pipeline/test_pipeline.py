@@ -107,6 +107,22 @@ def test_resume_reexecutes_no_finished_task(full_run):
     assert len(res.cached()) == 5 + 3 * len(GROUPS)
 
 
+def test_leftover_checkpoint_of_a_longer_run_never_changes_the_result(full_run):
+    """Issue 12, problem 1: a run asking for fewer epochs where the full run (100 epochs) left its
+    checkpoint (the same default <workDir>/b2s_checkpoints) trains from scratch, and the console
+    says why; the pre-issue-12 main returned the 100-epoch model (resumed_from 100) with rc 0.
+    -resume only to reuse the stages before training; it runs after the -resume test above."""
+    res = nextflow_run(full_run.launch_dir, "-profile", "test", "-resume", "--epoch_num", "20",
+                       outdir="results_short")
+    assert res.returncode == 0, res.output[-4000:]
+    assert any("TRAIN_VAE" in line for line in res.submitted())
+    summary = json.loads((res.outdir / "train_vae" / "train_summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["epochs_run"] <= 20, summary
+    assert len(pd.read_csv(res.outdir / "train_vae" / "loss_history.csv")) == summary["epochs_run"]
+    warned = [line for line in res.output.splitlines() if line.startswith("  [TRAIN_VAE] ")]
+    assert any("beyond --epoch_num 20" in line for line in warned), res.output[-3000:]
+
+
 def test_vae_weights_skips_training_with_same_cell_counts(full_run, tmp_path):
     weights = full_run.outdir / "train_vae" / "vae.pth"
     res = nextflow_run(tmp_path, "-profile", "test", "--vae_weights", str(weights))
