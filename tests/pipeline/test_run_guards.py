@@ -177,10 +177,10 @@ def test_input_refused_by_a_task_publishes_nothing(tmp_path, make, arg, stage, e
     res = nextflow_run(tmp_path, "-profile", "test", arg, path, *more)
     assert res.returncode != 0
     assert any(line for line in res.output.splitlines() if "Submitted process >" in line and "PREPARE_INPUTS" in line)
-    last = _last_line(res.output)
-    assert last.startswith(error.format(path=path)) and f"BULK2SINGLE:{stage}" in last, res.output[-3000:]
     assert _published(res.outdir) == []
     assert not (res.outdir / STAGING).exists() and not (res.outdir / LOCK).exists()
+    last = _last_line(res.output)
+    assert last.startswith(error.format(path=path)) and f"BULK2SINGLE:{stage}" in last, res.output[-3000:]
     assert "nothing was published to results because the run failed" in res.output
 
 
@@ -192,9 +192,9 @@ def test_failed_run_publishes_nothing_and_its_resume_publishes_everything(tmp_pa
     failed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-c", str(fail))
     assert failed.returncode != 0
     assert len([line for line in failed.submitted() if "QC" not in line]) >= 8, failed.output[-3000:]
-    assert _last_line(failed.output).startswith("ERROR: BULK2SINGLE:QC"), failed.output[-3000:]
     assert _published(failed.outdir) == []
     assert not (failed.outdir / STAGING).exists()
+    assert _last_line(failed.output).startswith("ERROR: BULK2SINGLE:QC"), failed.output[-3000:]
 
     resumed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-resume")
     assert resumed.returncode == 0, resumed.output[-3000:]
