@@ -6,6 +6,38 @@ task's ERROR line as the last console line, and task warnings in the console sum
 -stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
 themselves are catalogued cheaply in tests/unit/test_run_guards.py; the rows here show that the
 pipeline runs them before any task and leaves no file behind. A new case is one row.
+
+Issue 12's numbered problems and the tests that show each one fixed. Every test listed FAILS on
+de4d37a (main before issue 12; the tests copied there and run; harness adaptations: validate_params
+called without --executor, the sidecar written without b2s.weights) and passes on this branch:
+  1 stale checkpoint       unit test_train: test_stale_checkpoint_never_changes_the_result (old:
+                           resumed_from 6 for a 2-epoch request); resume on the console:
+                           test_checkpoint_resume_is_bit_identical, test_train_vae_script_kill_and_resume
+                           (old: no WARNING line); pipeline test_pipeline:
+                           test_leftover_checkpoint_of_a_longer_run_never_changes_the_result (not run on old)
+  2 shared outdir          here: test_second_live_run_into_one_outdir_is_refused,
+                           test_lock_of_a_dead_run_is_taken_over, test_runs_racing_for_one_stale_lock_...
+                           (the old takeover, delete then create, in the same harness: 2-4 of 8 winners
+                           in 15 of 30 rounds)
+  3 wrong results, rc 0    reordered weights: unit test_weights (all); TPM rounded, single type, zero
+                           cells: unit test_bad_inputs rows tpm_rounded_to_integers, cpm_rounded_one_sample,
+                           normalised_reference, single_cell_type, zero_count_reference_cells;
+                           leiden_size ignored: test_leiden_size_that_filters_nothing_warns; warnings
+                           surfaced: pipeline test_resources: test_task_warnings_reach_the_console_summary_
+                           and_the_report, unit test_report_top_lists_task_warnings_once, rows
+                           duplicate_bulk_genes, few_shared_genes (warnings recorded)
+  4 misleading errors      unit test_bad_inputs rows gzip_named_tsv, plain_text_named_gz,
+                           biomart_three_column_map, headerless_three_column_map, reference_ensembl_*,
+                           transposed_bulk_*, pandas_to_csv_index_column; unit test_run_guards
+                           preflight rows bulk-path-with-spaces, outdir-not-writable, outdir-is-a-file,
+                           outdir-below-a-file, empty-reference
+  5 late failures publish  here: test_refused_on_the_head_node_publishes_nothing (old: rc 0),
+                           test_input_refused_by_a_task_publishes_nothing (both rows),
+                           test_failed_run_publishes_nothing_and_its_resume_publishes_everything; unit
+                           preflight rows checkpoint-dir-*, cuda-without-gpu-*, leiden-size-0,
+                           test_schema_and_stage_bounds_agree[leiden_size]
+  6 diagnosis first/last   pipeline test_pipeline: test_bad_input_stops_with_one_clear_line (4 rows;
+                           old: the last line is Nextflow's, not the task's ERROR line)
 """
 
 from __future__ import annotations
