@@ -7,7 +7,7 @@ nextflow.enable.dsl = 2
 
 include { BULK2SINGLE                     } from './workflows/bulk2single'
 include { printHelp; validateParameters   } from './subworkflows/local/pipeline_utils'
-include { acquireOutdirLock; reportAtExit } from './subworkflows/local/run_guard'
+include { acquireOutdirLock; publishOnSuccess; reportAtExit } from './subworkflows/local/run_guard'
 
 workflow {
     if (params.help) {
@@ -16,6 +16,7 @@ workflow {
     }
     validateParameters()
     acquireOutdirLock()
+    publishOnSuccess()   // tasks publish into a staging folder, moved into --outdir only on success
     BULK2SINGLE()
     reportAtExit(BULK2SINGLE.out.warnings)
 }

@@ -13,7 +13,7 @@ include { GENERATE           } from '../modules/local/generate'
 include { FILTER             } from '../modules/local/filter'
 include { QC                 } from '../modules/local/qc'
 include { REPORT             } from '../modules/local/report'
-include { taskWarnings       } from '../subworkflows/local/run_guard'
+include { taskWarnings; stagingDir } from '../subworkflows/local/run_guard'
 
 workflow BULK2SINGLE {
     main:
@@ -74,10 +74,15 @@ workflow BULK2SINGLE {
 
     // One block per process (the per-group tasks write identical blocks), sorted by text: task
     // folders are hashed per run, so sorting the files themselves gave a different order each run.
+    // REPORT reads the copy in the work folder, which -resume finds again (a storeDir copy is moved
+    // into --outdir at the end, so -resume would rewrite it and re-run REPORT); published apart.
     ch_versions_file = ch_versions
         .map { it.text }
         .unique()
-        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", sort: true)
+        .collectFile(name: 'software_versions.yml', sort: true)
+    ch_versions_file
+        .map { f -> f.text }
+        .collectFile(name: 'software_versions.yml', storeDir: "${stagingDir()}/pipeline_info")
 
     // Published with the report (below), not at start: a run that fails publishes no params.json.
     ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)))
@@ -118,7 +123,7 @@ workflow BULK2SINGLE {
     ch_params_file
         .combine(REPORT.out.html)
         .map { params_json, html -> params_json }
-        .collectFile(name: 'params.json', storeDir: "${params.outdir}/pipeline_info")
+        .collectFile(name: 'params.json', storeDir: "${stagingDir()}/pipeline_info")
 
     emit:
     report   = REPORT.out.html

@@ -112,6 +112,22 @@ def test_resume_reexecutes_no_finished_task(full_run):
     assert len(res.cached()) == 5 + 3 * BATCHES
 
 
+def test_leftover_checkpoint_of_a_longer_run_never_changes_the_result(full_run):
+    """Issue 12, problem 1: a run asking for fewer epochs where the full run (30 epochs, -profile
+    test) left its checkpoint (the same default <workDir>/b2s_checkpoints) trains from scratch, and
+    the console says why; the pre-issue-12 main returned the longer run's model with rc 0.
+    -resume only to reuse the stages before training; it runs after the -resume test above."""
+    res = nextflow_run(full_run.launch_dir, "-profile", "test", "-resume", "--epoch_num", "10",
+                       outdir="results_short")
+    assert res.returncode == 0, res.output[-4000:]
+    assert any("TRAIN_VAE" in line for line in res.submitted())
+    summary = json.loads((res.outdir / "train_vae" / "train_summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["epochs_run"] <= 10, summary
+    assert len(pd.read_csv(res.outdir / "train_vae" / "loss_history.csv")) == summary["epochs_run"]
+    warned = [line for line in res.output.splitlines() if line.startswith("  [TRAIN_VAE] ")]
+    assert any("beyond --epoch_num 10" in line for line in warned), res.output[-3000:]
+
+
 def _same_h5ad(a, b) -> None:
     x, y = ad.read_h5ad(a), ad.read_h5ad(b)
     assert list(x.obs_names) == list(y.obs_names) and list(x.var_names) == list(y.var_names), a.name
@@ -161,6 +177,8 @@ def test_stub_run_wires_every_stage(tmp_path):
     # The paths the nf-test pipeline test asserts on are what the pipeline publishes.
     for rel in nftest_pipeline_paths():
         assert (res.outdir / rel).exists(), rel
+    # Published through the staging folder, moved into place at the end (issue 12).
+    assert not (res.outdir / ".nf-bulk2single.staging").exists()
 
 
 def _error_lines(output: str) -> list[str]:

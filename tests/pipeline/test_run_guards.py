@@ -1,10 +1,43 @@
 """Run guards of issue 12 with the real `nextflow run`: the outdir lock, nothing published when a
-parameter or input is refused, the failed task's ERROR line as the last console line, and task
-warnings in the console summary and the report.
+parameter or input is refused (on the head node, or by a task after others finished: tasks publish
+into <outdir>/.nf-bulk2single.staging, moved into place only when the run succeeds), the failed
+task's ERROR line as the last console line, and task warnings in the console summary and the report.
 
 -stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
 themselves are catalogued cheaply in tests/unit/test_run_guards.py; the rows here show that the
 pipeline runs them before any task and leaves no file behind. A new case is one row.
+
+Issue 12's numbered problems and the tests that show each one fixed. Every test listed FAILS on
+de4d37a (main before issue 12; the tests copied there and run; harness adaptations: validate_params
+called without --executor, the sidecar written without b2s.weights) and passes on this branch:
+  1 stale checkpoint       unit test_train: test_stale_checkpoint_never_changes_the_result (old:
+                           resumed_from 6 for a 2-epoch request); resume on the console:
+                           test_checkpoint_resume_is_bit_identical, test_train_vae_script_kill_and_resume
+                           (old: no WARNING line); pipeline test_pipeline:
+                           test_leftover_checkpoint_of_a_longer_run_never_changes_the_result (not run on old)
+  2 shared outdir          here: test_second_live_run_into_one_outdir_is_refused,
+                           test_lock_of_a_dead_run_is_taken_over, test_runs_racing_for_one_stale_lock_...
+                           (the old takeover, delete then create, in the same harness: 2-4 of 8 winners
+                           in 15 of 30 rounds)
+  3 wrong results, rc 0    reordered weights: unit test_weights (all); TPM rounded, single type, zero
+                           cells: unit test_bad_inputs rows tpm_rounded_to_integers, cpm_rounded_one_sample,
+                           normalised_reference, single_cell_type, zero_count_reference_cells;
+                           leiden_size ignored: test_leiden_size_that_filters_nothing_warns; warnings
+                           surfaced: pipeline test_resources: test_task_warnings_reach_the_console_summary_
+                           and_the_report, unit test_report_top_lists_task_warnings_once, rows
+                           duplicate_bulk_genes, few_shared_genes (warnings recorded)
+  4 misleading errors      unit test_bad_inputs rows gzip_named_tsv, plain_text_named_gz,
+                           biomart_three_column_map, headerless_three_column_map, reference_ensembl_*,
+                           transposed_bulk_*, pandas_to_csv_index_column; unit test_run_guards
+                           preflight rows bulk-path-with-spaces, outdir-not-writable, outdir-is-a-file,
+                           outdir-below-a-file, empty-reference
+  5 late failures publish  here: test_refused_on_the_head_node_publishes_nothing (old: rc 0),
+                           test_input_refused_by_a_task_publishes_nothing (both rows),
+                           test_failed_run_publishes_nothing_and_its_resume_publishes_everything; unit
+                           preflight rows checkpoint-dir-*, cuda-without-gpu-*, leiden-size-0,
+                           test_schema_and_stage_bounds_agree[leiden_size]
+  6 diagnosis first/last   pipeline test_pipeline: test_bad_input_stops_with_one_clear_line (4 rows;
+                           old: the last line is Nextflow's, not the task's ERROR line)
 """
 
 from __future__ import annotations
@@ -16,7 +49,7 @@ import time
 
 import pytest
 
-from .nfrun import REPO, nextflow_run, start_nextflow
+from .nfrun import REPO, nextflow_run, nftest_pipeline_paths, start_nextflow
 
 TEST_DATA = REPO / "assets" / "test_data"
 LOCK = ".nf-bulk2single.lock"
@@ -80,6 +113,21 @@ def test_lock_of_a_dead_run_is_taken_over(tmp_path):
     assert not (outdir / LOCK).exists()
 
 
+def test_runs_racing_for_one_stale_lock_end_with_one_holder(tmp_path):
+    """Two runs finding one stale lock at the same instant: exactly one takes it over (the old
+    delete-and-create let 2-4 of 8 threads 'win' in half of the rounds). Threads in one JVM race
+    through run_guard's takeLock (tests/pipeline/lock_race.nf), 8 at a time, 20 rounds."""
+    lock = tmp_path / "locks" / LOCK
+    lock.parent.mkdir()
+    proc = subprocess.run(["nextflow", "run", str(REPO / "tests" / "pipeline" / "lock_race.nf"), "-ansi-log", "false",
+                           "--lock", str(lock), "--rounds", "20", "--threads", "8"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rounds = [line.split() for line in proc.stdout.splitlines() if line.startswith("round ")]
+    assert proc.returncode == 0 and len(rounds) == 20, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert all(r[3] == "1" and r[5] == "true" for r in rounds), rounds
+    assert sorted(p.name for p in lock.parent.iterdir()) == [], "takeover mutex or temporary lock files left behind"
+
+
 # --------------------------------------------------------------------------------------------
 # refused on the head node: nothing published
 # --------------------------------------------------------------------------------------------
@@ -111,8 +159,88 @@ def test_refused_on_the_head_node_publishes_nothing(tmp_path):
     assert not res.outdir.exists(), sorted(str(p) for p in res.outdir.rglob("*"))
 
 
+# --------------------------------------------------------------------------------------------
+# refused by a task after others finished: still nothing published (transactional publishing)
+# --------------------------------------------------------------------------------------------
+STAGING = ".nf-bulk2single.staging"
+
+
+def _published(outdir) -> list[str]:
+    """Files in ``outdir`` other than Nextflow's own execution records (pipeline_info/execution_*)."""
+    if not outdir.exists():
+        return []
+    return sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*")
+                  if not p.is_dir() and not (p.parent.name == "pipeline_info" and p.name.startswith("execution_")))
+
+
+def _weights_of_other_genes(tmp_path) -> str:
+    """A vae.pth whose sidecar lists 3 genes the test reference lacks (the check reads the sidecar first)."""
+    from b2s.weights import write_sidecar
+
+    pth = tmp_path / "other_genes" / "vae.pth"
+    pth.parent.mkdir()
+    pth.write_bytes(b"weights of another reference")
+    write_sidecar(pth, ["GENE_A", "GENE_B", "GENE_C"], 256, {"engine": "native"})
+    return str(pth)
+
+
+def _markers_of_unknown_type(tmp_path) -> str:
+    path = tmp_path / "my_markers.csv"
+    path.write_text("celltype,gene\nno_such_type,CD3E\n")
+    return str(path)
+
+
+# (make the bad file, its argument, the stage that refuses it, start of its ERROR line, more args):
+# inputs only a task can judge (they need the data); the stages before it finish and publish on
+# the pre-issue-12 main. Tasks already running when one fails are finished (errorStrategy
+# 'finish'), hence a short training where it would run alongside. A new case is one row.
+LATE_INPUT_FAILURES = [
+    pytest.param(_weights_of_other_genes, "--vae_weights", "GENERATE", "ERROR: --vae_weights {path} was trained on 3 genes",
+                 [], id="vae_weights-of-other-genes"),
+    pytest.param(_markers_of_unknown_type, "--markers", "ESTIMATE_FRACTIONS",
+                 "ERROR: --markers {path}: cell type(s) no_such_type are not in the reference", ["--epoch_num", "2"],
+                 id="markers-unknown-type"),
+]
+
+
+@pytest.mark.parametrize(("make", "arg", "stage", "error", "more"), LATE_INPUT_FAILURES)
+def test_input_refused_by_a_task_publishes_nothing(tmp_path, make, arg, stage, error, more):
+    path = make(tmp_path)
+    res = nextflow_run(tmp_path, "-profile", "test", arg, path, *more)
+    assert res.returncode != 0
+    assert any(line for line in res.output.splitlines() if "Submitted process >" in line and "PREPARE_INPUTS" in line)
+    assert _published(res.outdir) == []
+    assert not (res.outdir / STAGING).exists() and not (res.outdir / LOCK).exists()
+    last = _last_line(res.output)
+    assert last.startswith(error.format(path=path)) and f"BULK2SINGLE:{stage}" in last, res.output[-3000:]
+    assert "nothing was published to results because the run failed" in res.output
+
+
+def test_failed_run_publishes_nothing_and_its_resume_publishes_everything(tmp_path):
+    """A task failing after 8 others published (injected into QC): outdir keeps only Nextflow's
+    records; the -resume that then succeeds publishes what a clean run does, cached tasks included."""
+    fail = tmp_path / "fail_qc.config"
+    fail.write_text("process { withName: 'QC' { beforeScript = 'exit 1' } }\n")
+    failed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-c", str(fail))
+    assert failed.returncode != 0
+    assert len([line for line in failed.submitted() if "QC" not in line]) >= 8, failed.output[-3000:]
+    assert _published(failed.outdir) == []
+    assert not (failed.outdir / STAGING).exists()
+    assert _last_line(failed.output).startswith("ERROR: BULK2SINGLE:QC"), failed.output[-3000:]
+
+    resumed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-resume")
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert len(resumed.cached()) >= 8
+    published = _published(resumed.outdir)
+    for rel in nftest_pipeline_paths():
+        assert rel in published, rel
+    for stage in ("prepare_inputs", "estimate_fractions", "preprocess", "train_vae", "generate", "filter", "qc", "report"):
+        assert any(p.startswith(stage + "/") for p in published), stage
+    assert not (resumed.outdir / STAGING).exists() and not (resumed.outdir / LOCK).exists()
+
+
 # A failed task's ERROR line as the last console line (with the user's paths) and nothing published:
-# asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
+# also asserted on the bad-input runs of tests/pipeline/test_pipeline.py (test_bad_input_stops_with_one_clear_line).
 
 
 # Task warnings in the console summary and the report: asserted on the plain-parameter run of

@@ -8,8 +8,12 @@
  *                               (a line tagged '[group=G] ' by a task of several groups is filed under G)
  *   reportAtExit(ch_warnings)   at exit: the console summary of task warnings, and for a failed task
  *                               its own ERROR: line (user paths, not staged ones) as the LAST line
+ *   stagingDir()                where tasks publish during a run: <outdir>/.nf-bulk2single.staging
+ *                               (conf/modules.config, the workflow's collectFile storeDir)
+ *   publishOnSuccess()          at exit: the staging folder moved into --outdir when the run
+ *                               succeeded, deleted when it failed (a failed run publishes nothing)
  *
- *   include { acquireOutdirLock; reportAtExit } from './subworkflows/local/run_guard'
+ *   include { acquireOutdirLock; publishOnSuccess; reportAtExit } from './subworkflows/local/run_guard'
  */
 
 // Fully qualified class names (no imports) keep this file valid under Nextflow's strict syntax.
@@ -88,6 +92,103 @@ def staleReason(Map other, File file, Map me) {
 }
 
 /*
+ * Create `lock` holding `text` in one step, failing when it exists (O_EXCL): the text is written
+ * to a temporary file that is then hard-linked to the lock's name, so no run ever reads a lock
+ * half-written. File systems without hard links: create-new, then write.
+ */
+def createLockFile(File lock, String text) {
+    def tmp = new File(lock.parentFile, "${lock.name}.${ProcessHandle.current().pid()}.${System.nanoTime()}.tmp")
+    tmp.text = text
+    try {
+        java.nio.file.Files.createLink(lock.toPath(), tmp.toPath())
+        return true
+    } catch (java.nio.file.FileAlreadyExistsException e) {
+        return false
+    } catch (Exception e) {
+        log.debug("no hard link for the lock (${e.message}): created in two steps")
+    } finally {
+        tmp.delete()
+    }
+    try {
+        java.nio.file.Files.createFile(lock.toPath())
+    } catch (java.nio.file.FileAlreadyExistsException e) {
+        return false
+    }
+    lock.text = text
+    return true
+}
+
+def readText(File file) {
+    try {
+        return file.text
+    } catch (Exception e) {
+        return null
+    }
+}
+
+/*
+ * Delete `lock` only if it still holds `seen` (the text judged stale), under a takeover mutex
+ * (<lock>.takeover, created O_EXCL) so that of two runs finding one stale lock at the same
+ * moment only one deletes it: the other then finds the winner's new lock (or none), never
+ * deletes it. A mutex older than a minute belongs to a run that died mid-takeover.
+ */
+def deleteIfUnchanged(File lock, String seen) {
+    def mutex = new File(lock.parentFile, "${lock.name}.takeover")
+    try {
+        java.nio.file.Files.createFile(mutex.toPath())
+    } catch (java.nio.file.FileAlreadyExistsException e) {
+        if (System.currentTimeMillis() - mutex.lastModified() > 60000) {
+            mutex.delete()
+        }
+        return false
+    }
+    try {
+        if (readText(lock) == seen) {
+            return lock.delete()
+        }
+        return false
+    } finally {
+        mutex.delete()
+    }
+}
+
+/*
+ * Take `lock` for `text`: [taken: true], or [taken: false, holder: <its lock as a Map>] when
+ * staleWhy(holder, lock) says its run is alive (returns null), or [taken: false, holder: null]
+ * after 20 lost races. A stale lock is deleted (onTakeover(holder, why) is told) and the creation
+ * retried; two runs racing for one stale lock end with one holder and one refusal.
+ */
+def takeLock(File lock, String text, Closure staleWhy, Closure onTakeover) {
+    def attempt = 0
+    while (attempt < 20) {
+        attempt += 1
+        if (createLockFile(lock, text)) {
+            return [taken: true, holder: null]
+        }
+        def seen = readText(lock)
+        if (seen != null) {
+            def other = null
+            try {
+                def data = new groovy.json.JsonSlurper().parseText(seen)
+                other = data instanceof Map ? data : null
+            } catch (Exception e) {
+                other = null
+            }
+            def why = staleWhy(other, lock)
+            if (why == null) {
+                return [taken: false, holder: other ?: [:]]
+            }
+            if (deleteIfUnchanged(lock, seen)) {
+                onTakeover(other, why)
+            } else {
+                sleep(20 + new java.util.Random().nextInt(80))
+            }
+        }
+    }
+    return [taken: false, holder: null]
+}
+
+/*
  * Take the outdir lock, or stop with one line when another live run holds it. Object-store
  * outdirs (s3://, gs://, az://) have no atomic file creation, so no lock is taken there (a note
  * says so). The lock is refreshed every minute and removed at exit, success or failure.
@@ -116,30 +217,20 @@ def acquireOutdirLock() {
         started   : System.currentTimeMillis(),
         command   : wf.commandLine,
     ]
-    def taken = false
-    def attempt = 0
-    while (!taken && attempt < 3) {
-        attempt += 1
-        try {
-            java.nio.file.Files.createFile(lock.toPath())
-            taken = true
-        } catch (java.nio.file.FileAlreadyExistsException e) {
-            def other = readLock(lock)
-            def why = staleReason(other, lock, me)
-            if (why == null) {
-                discardOwnRunRecords()
-                def since = other?.started ? new java.util.Date(other.started as long).format('yyyy-MM-dd HH:mm') : '?'
-                error("ERROR: --outdir ${outdir} is in use by run '${other?.run_name ?: '?'}' (pid ${other?.pid ?: '?'} on ${other?.host ?: '?'}, since ${since}, session ${other?.session_id ?: '?'}); two runs must not publish into one folder: wait for it to end or pass another --outdir (if that run is gone, delete ${lock})")
-            }
-            log.warn("--outdir ${outdir}: taking over the lock of run '${other?.run_name ?: '?'}' (${why})")
-            lock.delete()
-        }
+    def text = groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(me)) + '\n'
+    def res = takeLock(lock, text, { other, file -> staleReason(other, file, me) }) { other, why ->
+        log.warn("--outdir ${outdir}: taking over the lock of run '${other?.run_name ?: '?'}' (${why})")
     }
-    if (!taken) {
+    if (!res.taken && res.holder != null) {
+        def other = res.holder
         discardOwnRunRecords()
-        error("ERROR: --outdir ${outdir}: the run lock ${lock} could not be taken (another run took it at the same moment); start again")
+        def since = other.started ? new java.util.Date(other.started as long).format('yyyy-MM-dd HH:mm') : '?'
+        error("ERROR: --outdir ${outdir} is in use by run '${other.run_name ?: '?'}' (pid ${other.pid ?: '?'} on ${other.host ?: '?'}, since ${since}, session ${other.session_id ?: '?'}); two runs must not publish into one folder: wait for it to end or pass another --outdir (if that run is gone, delete ${lock})")
     }
-    lock.text = groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(me)) + '\n'
+    if (!res.taken) {
+        discardOwnRunRecords()
+        error("ERROR: --outdir ${outdir}: the run lock ${lock} could not be taken (other runs kept taking it at the same moment); start again")
+    }
     def mine = { ->
         def now = readLock(lock)
         return now != null && now.session_id == me.session_id && (now.pid as long) == me.pid
@@ -156,6 +247,113 @@ def acquireOutdirLock() {
     Runtime.runtime.addShutdownHook(new Thread({ ->
         if (lock.exists() && mine()) {
             lock.delete()
+        }
+    } as Runnable))
+}
+
+/*
+ * Name of the folder inside --outdir that tasks publish into during a run. conf/modules.config
+ * spells it out too (a config file cannot call this function): change both together.
+ */
+def stagingName() {
+    return '.nf-bulk2single.staging'
+}
+
+/*
+ * <outdir>/.nf-bulk2single.staging: the publishDir root and collectFile storeDir of every output.
+ */
+def stagingDir() {
+    return "${params.outdir}/${stagingName()}".toString()
+}
+
+/*
+ * Move every file below `from` to the same relative path below `into`, replacing files there
+ * (as publishDir overwrites them), then remove `from`. Same file system: each move is one rename.
+ * Relative symlinks (publish_dir_mode rellink) are re-made relative to their new folder.
+ */
+def moveTree(java.nio.file.Path from, java.nio.file.Path into) {
+    def files = []
+    java.nio.file.Files.walk(from).withCloseable { stream ->
+        stream.filter { p -> !java.nio.file.Files.isDirectory(p, java.nio.file.LinkOption.NOFOLLOW_LINKS) }
+            .forEach { p -> files << p }
+    }
+    files.each { source ->
+        def target = into.resolve(from.relativize(source).toString())
+        java.nio.file.Files.createDirectories(target.parent)
+        def link = java.nio.file.Files.isSymbolicLink(source) ? java.nio.file.Files.readSymbolicLink(source) : null
+        if (link != null && !link.absolute) {
+            def dest = source.parent.resolve(link).normalize()
+            java.nio.file.Files.deleteIfExists(target)
+            java.nio.file.Files.createSymbolicLink(target, target.parent.relativize(dest))
+            java.nio.file.Files.delete(source)
+            return
+        }
+        def atomic = source.fileSystem == java.nio.file.FileSystems.default
+        try {
+            if (atomic) {
+                java.nio.file.Files.move(source, target, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
+                                         java.nio.file.StandardCopyOption.ATOMIC_MOVE)
+            }
+        } catch (java.nio.file.AtomicMoveNotSupportedException e) {
+            atomic = false
+        }
+        if (!atomic) {
+            // object stores, or another file system: copy and delete
+            java.nio.file.Files.move(source, target, java.nio.file.StandardCopyOption.REPLACE_EXISTING)
+        }
+    }
+    from.deleteDir()
+    return files.size()
+}
+
+/*
+ * Publish transactionally: tasks publish into stagingDir() while the run goes on; at exit the
+ * folder is moved into --outdir when the run succeeded, and deleted when it failed or was
+ * stopped, so a failed run leaves --outdir as it was (Nextflow's own execution_* records in
+ * pipeline_info/ excepted). Nextflow waits for every publishDir copy before the onComplete
+ * handlers run. Call after acquireOutdirLock(): the lock holder owns the staging folder, so a
+ * leftover one (a killed run) is deleted first.
+ */
+def publishOnSuccess() {
+    def wf = workflow
+    def outdir = params.outdir?.toString()
+    if (!outdir) {
+        return
+    }
+    def root = isRemotePath(outdir) ? file(outdir) : localOutdir().toPath()
+    def staging = root.resolve(stagingName())
+    if (java.nio.file.Files.exists(staging)) {
+        log.warn("--outdir ${outdir}: deleting ${stagingName()} left by a run that was killed (its results were never published)")
+        staging.deleteDir()
+    }
+    def discard = { ->
+        try {
+            if (java.nio.file.Files.exists(staging)) {
+                staging.deleteDir()
+            }
+        } catch (Exception e) {
+            log.debug("cannot delete ${staging}: ${e.message}")
+        }
+    }
+    wf.onComplete {
+        if (!wf.success) {
+            discard()
+            log.warn("nothing was published to ${outdir} because the run failed; the finished tasks stay in the work folder: fix the problem and run again with -resume to reuse them")
+            return
+        }
+        if (!java.nio.file.Files.exists(staging)) {
+            return
+        }
+        try {
+            moveTree(staging, root)
+        } catch (Exception e) {
+            log.error("ERROR: --outdir ${outdir}: the results could not be moved there from ${staging} (${e.message}); they are in ${staging}: move them by hand or run again with -resume")
+        }
+    }
+    // A publishDir copy still running when a failed run aborted may land after onComplete.
+    Runtime.runtime.addShutdownHook(new Thread({ ->
+        if (!wf.success) {
+            discard()
         }
     } as Runnable))
 }
