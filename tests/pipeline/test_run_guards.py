@@ -221,14 +221,15 @@ def test_failed_run_publishes_nothing_and_its_resume_publishes_everything(tmp_pa
     records; the -resume that then succeeds publishes what a clean run does, cached tasks included."""
     fail = tmp_path / "fail_qc.config"
     fail.write_text("process { withName: 'QC' { beforeScript = 'exit 1' } }\n")
-    failed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-c", str(fail))
+    # one task per group (as on HPC), so that 8 tasks have published before QC fails
+    failed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-c", str(fail), "--groups_per_task", "1")
     assert failed.returncode != 0
     assert len([line for line in failed.submitted() if "QC" not in line]) >= 8, failed.output[-3000:]
     assert _published(failed.outdir) == []
     assert not (failed.outdir / STAGING).exists()
     assert _last_line(failed.output).startswith("ERROR: BULK2SINGLE:QC"), failed.output[-3000:]
 
-    resumed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-resume")
+    resumed = nextflow_run(tmp_path, "-profile", "test", "-stub-run", "-resume", "--groups_per_task", "1")
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert len(resumed.cached()) >= 8
     published = _published(resumed.outdir)
