@@ -82,13 +82,14 @@ def read_trace(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_pipeline(launch: Path, bulk: Path, weights: Path, per_task: int, env: dict[str, str]) -> dict:
-    """One `nextflow run` of the cohort; its trace summary and wall."""
+def run_pipeline(launch: Path, bulk: Path, weights: Path, per_task: int, env: dict[str, str],
+                 config: Path | None = None) -> dict:
+    """One `nextflow run` of the cohort (``config``: an extra ``-c`` file); its trace summary and wall."""
     launch.mkdir(parents=True)
     cmd = ["nextflow", "run", str(REPO), "-ansi-log", "false", "--outdir", "results",
            "--bulk", str(bulk), "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
            "--leiden_size", "10", "--vae_weights", str(weights), "--groups_per_task", str(per_task),
-           "-with-trace", "trace.txt"]
+           "-with-trace", "trace.txt"] + (["-c", str(config)] if config else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=launch, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -98,10 +99,10 @@ def run_pipeline(launch: Path, bulk: Path, weights: Path, per_task: int, env: di
     return {"wall_s": wall, "trace": trace}
 
 
-def summarise(n_groups: int, per_task: int, res: dict) -> dict:
+def summarise(n_groups: int, per_task: int, res: dict, config: str = "") -> dict:
     """Per-stage and per-group figures of one run."""
     t = res["trace"]
-    row = {"groups": n_groups, "per_task": per_task, "wall_s": round(res["wall_s"], 1)}
+    row = {"groups": n_groups, "per_task": per_task, "config": config, "wall_s": round(res["wall_s"], 1)}
     per_group = t[t["stage"].isin(STAGES)]
     for stage in STAGES:
         s = t[t["stage"] == stage]
@@ -136,6 +137,8 @@ def main() -> None:
     p.add_argument("--weights", type=Path, help="vae.pth of a -profile test run (default: train one)")
     p.add_argument("--workdir", default=None, help="where runs are launched (default: a temp dir)")
     p.add_argument("--json", type=Path, help="append each run's row to this JSON-lines file")
+    p.add_argument("--config", type=Path, nargs="+", default=[None],
+                   help="Nextflow config files, one run each (e.g. other resources for the per-group stages)")
     args = p.parse_args()
     sizes, per_task = ([8], [1, 8]) if args.quick else (args.groups, args.per_task)
 
@@ -156,24 +159,27 @@ def main() -> None:
             bulk = root / f"cohort_{g}.tsv"
             write_cohort(bulk, g)
             for n in per_task:
-                row = summarise(g, n, run_pipeline(root / f"run_{g}_{n}", bulk, weights, n, env))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    with open(args.json, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-    print("\n| groups | groups/task | tasks G/F/Q | task s G/F/Q | task s per group | CPU s per group | "
+                for k, conf in enumerate(args.config):
+                    conf = conf.resolve() if conf else None
+                    res = run_pipeline(root / f"run_{g}_{n}_{k}", bulk, weights, n, env, conf)
+                    row = summarise(g, n, res, conf.name if conf else "")
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.json:
+                        with open(args.json, "a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+    print("\n| groups | groups/task | config | tasks G/F/Q | task s G/F/Q | task s per group | CPU s per group | "
           "peak RSS MB G/F/Q | wall (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['groups']} | {r['per_task']} | {r['GENERATE_tasks']}/{r['FILTER_tasks']}/{r['QC_tasks']} | "
+        print(f"| {r['groups']} | {r['per_task']} | {r['config'] or '-'} | {r['GENERATE_tasks']}/{r['FILTER_tasks']}/{r['QC_tasks']} | "
               f"{r['GENERATE_task_s']}/{r['FILTER_task_s']}/{r['QC_task_s']} | {r['task_s_per_group']} | "
               f"{r['cpu_s_per_group']} | {r['GENERATE_peak_rss_mb']}/{r['FILTER_peak_rss_mb']}/"
               f"{r['QC_peak_rss_mb']} | {r['wall_s']} |")
-    by_n: dict[int, list[dict]] = {}
+    by_n: dict[tuple[int, str], list[dict]] = {}
     for r in rows:
-        by_n.setdefault(r["per_task"], []).append(r)
-    for n, rs in sorted(by_n.items()):
+        by_n.setdefault((r["per_task"], r["config"]), []).append(r)
+    for (n, _), rs in sorted(by_n.items()):
         rs = sorted(rs, key=lambda r: r["groups"])
         if len(rs) > 1:
             lo, hi = rs[0], rs[-1]

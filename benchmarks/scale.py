@@ -10,6 +10,22 @@ reference), and the two ``reference.h5ad`` outputs are compared (same cells, sam
 
     .venv/bin/python benchmarks/scale.py --quick          # 50k cells
     .venv/bin/python benchmarks/scale.py --cells 50000 250000
+
+With ``--pipeline`` the whole pipeline (``nextflow run``, local executor, plain parameters; the
+atlas's four pseudo-bulk samples are four groups) also runs on each atlas, and every stage's peak
+RSS and task time come from its Nextflow trace: only PREPARE_INPUTS reads the atlas, so no stage
+should grow with it. ``--epoch_num`` bounds training (the pipeline's 3,500 with patience 50
+would dominate the run without telling anything about the atlas size).
+
+    .venv/bin/python benchmarks/scale.py --cells 50000 1000000 --before_rev '' --pipeline
+
+With ``--omicverse`` the seed tool's set-up on each atlas is measured the same way (its users'
+calls: ``anndata.read_h5ad`` of the atlas, then ``Bulk2Single(bulk, adata, celltype_key)``, which
+densifies the WHOLE reference with ``to_df()`` before any subsampling), under an address-space
+cap (``--omicverse_cap_gb``, default 20) so an atlas it cannot hold fails with MemoryError
+instead of taking the machine down.
+
+    .venv/bin/python benchmarks/scale.py --cells 50000 250000 1000000 --before_rev '' --omicverse
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,6 +135,58 @@ def run_prepare(bin_dir: Path, atlas: Path, bulk: Path, outdir: Path, max_cells:
     return {"peak_rss_mb": round(rss_kb / 1024), "wall_s": round(secs, 1)}
 
 
+def run_pipeline(atlas: Path, bulk: Path, launch: Path, epoch_num: int) -> dict:
+    """The whole pipeline on ``atlas``; per stage (trace): tasks, summed task s, peak RSS (MB)."""
+    from cohort import read_trace
+
+    launch.mkdir(parents=True)
+    tools = REPO / "tools"
+    env = dict(os.environ, PATH=f"{tools}:{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+    env.setdefault("NXF_HOME", str(REPO / ".nxf_home"))
+    env.setdefault("NXF_OFFLINE", "true")
+    cmd = ["nextflow", "run", str(REPO), "-ansi-log", "false", "--outdir", "results",
+           "--bulk", str(bulk), "--reference", str(atlas), "--celltype_key", "celltype",
+           "--epoch_num", str(epoch_num), "-with-trace", "trace.txt"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=launch, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError((proc.stdout + proc.stderr)[-4000:])
+    trace = read_trace(launch / "trace.txt")
+    stages = {}
+    for stage, t in trace.groupby("stage", sort=False):
+        stages[stage] = {"tasks": len(t), "task_s": round(float(t["realtime_s"].sum()), 1),
+                         "peak_rss_mb": round(float(t["peak_rss_mb"].max()))}
+    return {"wall_s": round(wall, 1), "stages": stages}
+
+
+_OV_SETUP = """
+import sys, anndata as ad, pandas as pd, omicverse as ov
+atlas, bulk = sys.argv[1], sys.argv[2]
+adata = ad.read_h5ad(atlas)
+bulk = pd.read_csv(bulk, sep="\\t", index_col=0)
+ov.bulk2single.Bulk2Single(bulk, adata, "celltype", max_single_cells=5000, gpu=-1)
+print("omicverse set-up done")
+"""
+
+
+def run_omicverse_setup(atlas: Path, bulk: Path, cap_gb: float) -> dict:
+    """omicverse's read + ``Bulk2Single`` set-up on ``atlas`` under an address-space cap."""
+    cmd = ["prlimit", f"--as={int(cap_gb * 2**30)}", "/usr/bin/time", "-v", sys.executable, "-c",
+           _OV_SETUP, str(atlas), str(bulk)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr)
+    secs = sum(float(v) * 60 ** i for i, v in enumerate(reversed(wall.group(1).split(":")))) if wall else float("nan")
+    ok = proc.returncode == 0 and "omicverse set-up done" in proc.stdout
+    err = ""
+    if not ok:
+        lines = [ln for ln in proc.stderr.splitlines() if "Error" in ln or "Killed" in ln]
+        err = lines[-1][:200] if lines else f"exit {proc.returncode}"
+    return {"peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None, "wall_s": round(secs, 1),
+            "ok": ok, "error": err, "cap_gb": cap_gb}
+
+
 def same_output(a: Path, b: Path) -> bool:
     """Same cells, labels, genes and matrix in two reference.h5ad files."""
     import anndata as ad
@@ -137,6 +206,10 @@ def main() -> None:
     p.add_argument("--before_rev", default=BEFORE_REV,
                    help="git revision whose bin/ is the 'before' code ('' to skip it)")
     p.add_argument("--workdir", default=None, help="where atlases are written (default: a temp dir)")
+    p.add_argument("--pipeline", action="store_true", help="also run the whole pipeline on each atlas")
+    p.add_argument("--epoch_num", type=int, default=30, help="training epochs of the --pipeline runs")
+    p.add_argument("--omicverse", action="store_true", help="also measure omicverse's set-up on each atlas")
+    p.add_argument("--omicverse_cap_gb", type=float, default=20.0, help="address-space cap of that run")
     args = p.parse_args()
     sizes = [50_000] if args.quick else args.cells
 
@@ -167,6 +240,11 @@ def main() -> None:
                                             args.max_single_cells)
                 row["same_output"] = same_output(tmp / f"after_{n}" / "reference.h5ad",
                                                  tmp / f"before_{n}" / "reference.h5ad")
+            if args.omicverse:
+                row["omicverse"] = run_omicverse_setup(atlas, bulk, args.omicverse_cap_gb)
+            if args.pipeline:
+                row["pipeline"] = run_pipeline(atlas, bulk, tmp / f"pipeline_{n}", args.epoch_num)
+                shutil.rmtree(tmp / f"pipeline_{n}" / "work", ignore_errors=True)
             atlas.unlink()
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -178,6 +256,26 @@ def main() -> None:
         print(f"| {r['cells']:,} | {r['nnz']:,} | {r['file_mb']} | {b.get('peak_rss_mb', '-')} | "
               f"{r['after']['peak_rss_mb']} | {b.get('wall_s', '-')} | {r['after']['wall_s']} | "
               f"{r.get('same_output', '-')} |")
+    ovs = [r for r in rows if "omicverse" in r]
+    if ovs:
+        print("\n| atlas cells | omicverse set-up: peak RSS (MB) | wall (s) | result |")
+        print("|---|---|---|---|")
+        for r in ovs:
+            o = r["omicverse"]
+            print(f"| {r['cells']:,} | {o['peak_rss_mb']} | {o['wall_s']} | "
+                  f"{'ok' if o['ok'] else 'failed: ' + o['error']} (cap {o['cap_gb']:g} GB) |")
+    piped = [r for r in rows if "pipeline" in r]
+    if piped:
+        stages = list(piped[0]["pipeline"]["stages"])
+        print("\n| stage | " + " | ".join(f"{r['cells']:,} cells: tasks / task s / peak RSS MB" for r in piped)
+              + " | peak RSS largest / smallest |")
+        print("|---|" + "---|" * (len(piped) + 1))
+        for st in stages:
+            cells = [r["pipeline"]["stages"].get(st, {}) for r in piped]
+            ratio = (cells[-1].get("peak_rss_mb", np.nan) / cells[0].get("peak_rss_mb", np.nan))
+            print(f"| {st} | " + " | ".join(f"{c.get('tasks', '-')} / {c.get('task_s', '-')} / "
+                                             f"{c.get('peak_rss_mb', '-')}" for c in cells) + f" | {ratio:.2f} |")
+        print("| whole run, wall s | " + " | ".join(str(r["pipeline"]["wall_s"]) for r in piped) + " | |")
 
 
 if __name__ == "__main__":
