@@ -32,13 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     import pandas as pd
 
-    from b2s import fractions, io, preprocess, qc
+    from b2s import fractions, io, preprocess, qc, reference_io
     from b2s.generate import generate_cells, group_seed
     from b2s.train import TrainConfig, train_vae
 
     d = ROOT / "assets" / "test_data"
     bulk = io.read_counts(d / "bulk_counts.tsv.gz")
-    ref = io.read_reference(d / "reference.h5ad", "celltype")
+    ref = reference_io.read_reference(d / "reference.h5ad", "celltype")
     sheet = pd.read_csv(d / "samplesheet.csv")
     truth = pd.read_csv(d / "truth_group_fractions.csv", index_col=0)
     mi = preprocess.model_input(ref, bulk.index)

@@ -79,7 +79,7 @@ def job_fractions(engine: str, method: str, data: str, seed: int, kw: dict) -> d
     """Fractions of the 24 benchmark samples with one method; accuracy vs truth."""
     import pandas as pd
 
-    from b2s import fractions, io
+    from b2s import fractions, io, reference_io
     from memory import StageMemory
 
     if engine == "omicverse":
@@ -89,7 +89,7 @@ def job_fractions(engine: str, method: str, data: str, seed: int, kw: dict) -> d
     threads = _threads()
     d = Path(data)
     bulk = io.read_counts(d / "bench_bulk_counts.tsv.gz")
-    ref = io.read_reference(d / "reference.h5ad", "celltype")
+    ref = reference_io.read_reference(d / "reference.h5ad", "celltype")
     truth = pd.read_csv(d / "bench_truth_fractions.csv", index_col=0)
     meter = StageMemory()
     with meter.stage("fractions"):
@@ -164,7 +164,7 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
     ``amp`` and ``sampling`` apply to ours only; ``sampling="omicverse"`` is the diagnostic that
     swaps in omicverse's reparameterisation (see :func:`_use_omicverse_sampling`).
     """
-    from b2s import io, preprocess
+    from b2s import io, preprocess, reference_io
     from b2s.train import TrainConfig
     from memory import StageMemory
 
@@ -180,7 +180,7 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
     threads = _threads()
     d = Path(data)
     bulk = io.read_counts(d / "bulk_counts.tsv.gz")
-    ref = io.read_reference(d / "reference.h5ad", "celltype")
+    ref = reference_io.read_reference(d / "reference.h5ad", "celltype")
     mi = preprocess.model_input(ref, bulk.index)
     cfg = TrainConfig(epoch_num=epochs, patience=epochs, seed=seed, device="cpu", batch_size=512,
                       log_every=max(1, epochs // 4), checkpoint_every=epochs, amp=amp)
@@ -204,7 +204,7 @@ def job_e2e(engine: str, data: str, epochs: int, seed: int, outdir: str, fractio
     from memory import StageMemory
 
     if engine == "native":
-        import b2s.filter, b2s.fractions, b2s.generate, b2s.io, b2s.plots, b2s.preprocess, b2s.qc, b2s.train  # noqa: E401,F401
+        import b2s.filter, b2s.fractions, b2s.generate, b2s.io, b2s.reference_io, b2s.plots, b2s.preprocess, b2s.qc, b2s.train  # noqa: E401,F401
         import pymde  # noqa: F401  (imported lazily by b2s.qc)
         import scanpy  # noqa: F401
     else:

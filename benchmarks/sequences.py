@@ -46,7 +46,7 @@ def native_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: Any
     matplotlib.use("Agg")
     import torch
 
-    from b2s import fractions, io, plots, preprocess, qc
+    from b2s import fractions, io, plots, preprocess, qc, reference_io
     from b2s.filter import filter_cells
     from b2s.generate import generate_cells
     from b2s.train import TrainConfig, train_vae
@@ -56,7 +56,7 @@ def native_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: Any
     with clock("read"):
         bulk = io.read_counts(data / "bulk_counts.tsv.gz")
         groups = io.read_groups(bulk, data / "samplesheet.csv")
-        ref = io.read_reference(data / "reference.h5ad", CELLTYPE, seed=seed)
+        ref = reference_io.read_reference(data / "reference.h5ad", CELLTYPE, seed=seed)
     with clock("fractions"):
         sf = fractions.estimate_sample_fractions(bulk, ref, fractions.DEFAULT_METHOD, seed=seed,
                                                  **(fraction_kw or {}))

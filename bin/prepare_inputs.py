@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import b2s.io as bio
+import b2s.reference_io as refio
 from b2s.errors import WARNINGS, InputError, run_cli
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     bio.log(f"groups: {n_groups} ({bio.examples(groups['group'].unique())})")
 
     bio.log(f"reading reference {args.reference}")
-    ref = bio.read_reference(args.reference, args.celltype_key, args.max_single_cells, args.seed)
+    ref = refio.read_reference(args.reference, args.celltype_key, args.max_single_cells, args.seed)
     stats = ref.uns.pop("prepare")
     bio.log(f"reference: {ref.n_obs} cells x {ref.n_vars} genes, {len(stats['celltype_counts'])} cell types "
             f"(counts from {stats['counts_source']})")

@@ -21,6 +21,7 @@ if str(BIN) not in sys.path:
     sys.path.insert(0, str(BIN))
 
 import b2s.io as bio  # noqa: E402
+import b2s.reference_io as refio  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 
 
@@ -200,7 +201,7 @@ def make_reference(n_per_type=(6, 5, 4), n_genes=30, seed=0) -> ad.AnnData:
 def test_read_reference_standardises(tmp_path):
     a = make_reference()
     a.write_h5ad(tmp_path / "r.h5ad")
-    out = bio.read_reference(tmp_path / "r.h5ad", "cluster")
+    out = refio.read_reference(tmp_path / "r.h5ad", "cluster")
     assert out.shape == (15, 30) and list(out.obs.columns) == ["celltype"]
     assert isinstance(out.obs["celltype"].dtype, pd.CategoricalDtype)
     assert list(out.obs["celltype"].cat.categories) == ["T0", "T1", "T2"]
@@ -218,7 +219,7 @@ def test_read_reference_prefers_count_layers(tmp_path):
     lognorm.data = np.log1p(lognorm.data * 1.7).astype(np.float32)
     a.X = lognorm
     a.write_h5ad(tmp_path / "layer.h5ad")
-    out = bio.read_reference(tmp_path / "layer.h5ad", "cluster")
+    out = refio.read_reference(tmp_path / "layer.h5ad", "cluster")
     assert out.uns["prepare"]["counts_source"] == "layers['counts']"
     np.testing.assert_array_equal(out.X.toarray(), counts.toarray())
 
@@ -226,7 +227,7 @@ def test_read_reference_prefers_count_layers(tmp_path):
     b.raw = b.copy()
     b.X = lognorm
     b.write_h5ad(tmp_path / "raw.h5ad")
-    out = bio.read_reference(tmp_path / "raw.h5ad", "cluster")
+    out = refio.read_reference(tmp_path / "raw.h5ad", "cluster")
     assert out.uns["prepare"]["counts_source"] == ".raw.X"
     np.testing.assert_array_equal(out.X.toarray(), counts.toarray())
 
@@ -241,7 +242,7 @@ def test_read_reference_not_counts(tmp_path, mutate, needle):
     mutate(a)
     a.write_h5ad(tmp_path / "r.h5ad")
     with pytest.raises(InputError) as err:
-        bio.read_reference(tmp_path / "r.h5ad", "cluster")
+        refio.read_reference(tmp_path / "r.h5ad", "cluster")
     msg = str(err.value)
     assert f"--reference {tmp_path / 'r.h5ad'}: no raw counts found" in msg and needle in msg
     assert "needs raw integer counts" in msg
@@ -251,14 +252,14 @@ def test_read_reference_errors(tmp_path):
     a = make_reference((6, 1))
     a.write_h5ad(tmp_path / "r.h5ad")
     with pytest.raises(InputError, match=r"--celltype_key 'celltype' is not a column of .*r.h5ad obs \(found: cluster, other\)"):
-        bio.read_reference(tmp_path / "r.h5ad", "celltype")
+        refio.read_reference(tmp_path / "r.h5ad", "celltype")
     with pytest.raises(InputError, match=r"fewer than 2 cells in obs\['cluster'\]: 'T1' \(1\); remove those cells or merge"):
-        bio.read_reference(tmp_path / "r.h5ad", "cluster")
+        refio.read_reference(tmp_path / "r.h5ad", "cluster")
     (tmp_path / "junk.h5ad").write_text("not hdf5")
     with pytest.raises(InputError, match=r"--reference .*junk.h5ad: cannot be read as h5ad"):
-        bio.read_reference(tmp_path / "junk.h5ad", "cluster")
+        refio.read_reference(tmp_path / "junk.h5ad", "cluster")
     with pytest.raises(InputError, match=r"--reference .*missing.h5ad: file not found"):
-        bio.read_reference(tmp_path / "missing.h5ad", "cluster")
+        refio.read_reference(tmp_path / "missing.h5ad", "cluster")
 
 
 @pytest.mark.filterwarnings("ignore:.* names are not unique")
@@ -269,7 +270,7 @@ def test_read_reference_unlabelled_and_duplicates(tmp_path, capsys):
     a.obs_names = ["dup"] * 3 + [f"c{i}" for i in range(3, 15)]
     a.var_names = ["g0", "g0"] + [f"g{j}" for j in range(2, 30)]
     a.write_h5ad(tmp_path / "r.h5ad")
-    out = bio.read_reference(tmp_path / "r.h5ad", "cluster")
+    out = refio.read_reference(tmp_path / "r.h5ad", "cluster")
     assert out.n_obs == 14 and out.obs_names.is_unique and out.var_names.is_unique
     assert out.uns["prepare"]["n_cells_unlabelled_dropped"] == 1
     err = capsys.readouterr().err
@@ -280,16 +281,16 @@ def test_read_reference_unlabelled_and_duplicates(tmp_path, capsys):
 def test_subsample_is_seeded_and_keeps_every_type(tmp_path):
     a = make_reference((40, 30, 2))
     a.write_h5ad(tmp_path / "r.h5ad")
-    r1 = bio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=10, seed=7)
-    r2 = bio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=10, seed=7)
-    r3 = bio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=10, seed=8)
+    r1 = refio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=10, seed=7)
+    r2 = refio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=10, seed=7)
+    r3 = refio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=10, seed=8)
     assert r1.n_obs == 10 and list(r1.obs_names) == list(r2.obs_names)
     assert list(r1.obs_names) != list(r3.obs_names)
     assert r1.obs["celltype"].value_counts()["T2"] == 2  # the small type survives
     np.testing.assert_array_equal(r1.X.toarray(), a[r1.obs_names].X.toarray())
-    assert bio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=500).n_obs == 72
+    assert refio.read_reference(tmp_path / "r.h5ad", "cluster", max_single_cells=500).n_obs == 72
     with pytest.raises(InputError, match=r"--max_single_cells 5: too small .* at least 6"):
-        bio.subsample_indices(a.obs["cluster"].to_numpy(), 5, seed=0)
+        refio.subsample_indices(a.obs["cluster"].to_numpy(), 5, seed=0)
 
 
 def _atlas(n: int = 400, n_genes: int = 60, seed: int = 0) -> ad.AnnData:
@@ -326,8 +327,8 @@ def _layout(a: ad.AnnData, where: str, fmt: str) -> ad.AnnData:
 
 def _whole_file(path, *args, **kw) -> ad.AnnData:
     """read_reference as it was before partial reads: the whole file in memory, same selection."""
-    src = bio._MemoryReference(ad.read_h5ad(path))
-    return bio._select_reference(src, f"--reference {path}", path, *args, **kw)
+    src = refio._MemoryReference(ad.read_h5ad(path))
+    return refio._select_reference(src, f"--reference {path}", path, *args, **kw)
 
 
 def _assert_same_reference(x: ad.AnnData, y: ad.AnnData) -> None:
@@ -349,33 +350,33 @@ def test_partial_read_gives_the_whole_file_result(tmp_path, monkeypatch, where, 
     expect = _whole_file(path, "cluster", 120, 5)
     expect_all = _whole_file(path, "cluster", None, 5)
     # small read blocks so spans, gaps and CSC blocks are all exercised on this small file
-    monkeypatch.setattr(bio, "_READ_BLOCK", 97)
-    monkeypatch.setattr(bio, "_READ_GAP", 5)
+    monkeypatch.setattr(refio, "_READ_BLOCK", 97)
+    monkeypatch.setattr(refio, "_READ_GAP", 5)
 
     def no_whole_read(*_a, **_k):
         raise AssertionError("the whole file was read")
 
-    monkeypatch.setattr(bio.ad, "read_h5ad", no_whole_read)
-    got = bio.read_reference(path, "cluster", 120, 5)
+    monkeypatch.setattr(refio.ad, "read_h5ad", no_whole_read)
+    got = refio.read_reference(path, "cluster", 120, 5)
     _assert_same_reference(got, expect)
     assert got.n_obs == 120 and got.uns["prepare"]["n_cells_unlabelled_dropped"] == 7
     # the chosen rows are the seeded subsample of the labelled cells, with their own counts
     kept = np.flatnonzero(a.obs["cluster"].notna().to_numpy())
     labels = a.obs["cluster"].astype(str).to_numpy()[kept]
-    chosen = kept[bio.subsample_indices(labels, 120, 5)]
+    chosen = kept[refio.subsample_indices(labels, 120, 5)]
     assert list(got.obs_names) == list(a.obs_names[chosen])
     counts = _atlas().X[chosen].toarray()
     if where == "raw":  # .raw holds one more gene, a copy of the first
         counts = np.hstack([counts, counts[:, :1]])
     np.testing.assert_array_equal(got.X.toarray(), counts)
     # no subsampling: every labelled cell
-    _assert_same_reference(bio.read_reference(path, "cluster", None, 5), expect_all)
+    _assert_same_reference(refio.read_reference(path, "cluster", None, 5), expect_all)
 
 
 def test_partial_read_same_seed_same_subsample_on_bundled_reference():
     path = TEST_DATA / "reference.h5ad"
     for seed in (0, 42):
-        _assert_same_reference(bio.read_reference(path, "celltype", 150, seed),
+        _assert_same_reference(refio.read_reference(path, "celltype", 150, seed),
                                _whole_file(path, "celltype", 150, seed))
 
 
@@ -388,23 +389,23 @@ def test_unknown_layout_falls_back_to_whole_file(tmp_path, monkeypatch, capsys):
     with h5py.File(path, "r+") as f:  # a matrix encoding the partial reader does not know
         f["X"].attrs["encoding-type"] = "some_future_matrix"
     with pytest.raises(InputError, match="cannot be read as h5ad"):  # anndata cannot either
-        bio.read_reference(path, "cluster", 50, 1)
+        refio.read_reference(path, "cluster", 50, 1)
     assert "layout not readable in part (matrix encoding 'some_future_matrix'); reading the whole file" \
         in capsys.readouterr().out
     a.write_h5ad(path)
 
     def unknown(self, f):
-        raise bio._Unsupported("test layout")
+        raise refio._Unsupported("test layout")
 
-    monkeypatch.setattr(bio._H5Reference, "__init__", unknown)
-    got = bio.read_reference(path, "cluster", 50, 1)
+    monkeypatch.setattr(refio._H5Reference, "__init__", unknown)
+    got = refio.read_reference(path, "cluster", 50, 1)
     monkeypatch.undo()
-    _assert_same_reference(got, bio.read_reference(path, "cluster", 50, 1))
+    _assert_same_reference(got, refio.read_reference(path, "cluster", 50, 1))
 
 
 def test_subsample_indices_uniform_fill():
     labels = np.array(["a"] * 900 + ["b"] * 100)
-    idx = bio.subsample_indices(labels, 500, seed=1)
+    idx = refio.subsample_indices(labels, 500, seed=1)
     assert idx.size == 500 and np.all(np.diff(idx) > 0)
     assert 30 < (labels[idx] == "b").sum() < 75  # ~50 expected under uniform sampling
 
@@ -514,16 +515,16 @@ def test_label_codes_equal_the_per_cell_string_cleaning(categorical):
     pool = np.array(["T", " T", "B ", "NK", "", "NaN", "none", "NA", None, "Mono", "dc"], dtype=object)
     values = pool[rng.integers(0, len(pool), 500)]
     lab = pd.Series(pd.Categorical(values) if categorical else values)
-    codes, names = bio.label_codes(lab)
+    codes, names = refio.label_codes(lab)
     strings, bad = _labels_as_strings(lab)
     np.testing.assert_array_equal(codes < 0, bad)
     assert list(names[codes[~bad]]) == list(strings[~bad])
     assert len(set(names)) == len(names) and "T" in set(names) and " T" not in set(names)
     # the subsample chosen from the codes is the one chosen from the label strings
     keep = np.flatnonzero(~bad)
-    np.testing.assert_array_equal(bio.subsample_indices(codes[keep], 60, 5),
-                                  bio.subsample_indices(strings[keep].astype(str), 60, 5))
-    numeric = bio.label_codes(pd.Series(pd.Categorical([3, 1, 3, 2])))
+    np.testing.assert_array_equal(refio.subsample_indices(codes[keep], 60, 5),
+                                  refio.subsample_indices(strings[keep].astype(str), 60, 5))
+    numeric = refio.label_codes(pd.Series(pd.Categorical([3, 1, 3, 2])))
     assert list(numeric[1][numeric[0]]) == ["3", "1", "3", "2"]
 
 
@@ -531,13 +532,13 @@ def test_cell_names_are_read_for_the_chosen_cells_only(tmp_path, monkeypatch):
     a = _atlas(n=1000)
     path = tmp_path / "atlas.h5ad"
     a.write_h5ad(path)
-    monkeypatch.setattr(bio, "_NAME_BLOCK", 64)  # many blocks, some without a chosen cell
-    got = bio.read_reference(path, "cluster", 50, 4)
+    monkeypatch.setattr(refio, "_NAME_BLOCK", 64)  # many blocks, some without a chosen cell
+    got = refio.read_reference(path, "cluster", 50, 4)
     monkeypatch.undo()
     _assert_same_reference(got, _whole_file(path, "cluster", 50, 4))
     import h5py
 
     with h5py.File(path, "r") as f:
         rows = np.array([0, 63, 64, 65, 999])
-        names = bio._h5_index_rows(f["obs"][f["obs"].attrs["_index"]], rows)
+        names = refio._h5_index_rows(f["obs"][f["obs"].attrs["_index"]], rows)
     assert list(names) == [f"cell{i}" for i in rows]

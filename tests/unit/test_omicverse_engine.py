@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from b2s import io, preprocess
+from b2s import io, preprocess, reference_io
 from b2s import omicverse_engine as oe
 from b2s.errors import InputError
 from b2s.train import TrainConfig, TrainResult
@@ -25,7 +25,7 @@ N_CELLS, N_GENES, EPOCHS, HIDDEN = 150, 200, 2, 16
 @pytest.fixture(scope="module")
 def bundled() -> tuple[pd.DataFrame, anndata.AnnData]:
     bulk = io.read_counts(TEST_DATA / "bulk_counts.tsv.gz")
-    ref = io.read_reference(TEST_DATA / "reference.h5ad", "celltype")
+    ref = reference_io.read_reference(TEST_DATA / "reference.h5ad", "celltype")
     return bulk, ref
 
 

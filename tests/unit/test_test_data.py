@@ -17,6 +17,7 @@ if str(REPO / "bin") not in sys.path:
     sys.path.insert(0, str(REPO / "bin"))
 
 import b2s.io as bio  # noqa: E402
+import b2s.reference_io as refio  # noqa: E402
 
 from tests.helpers import load_script
 
@@ -70,7 +71,7 @@ def test_reference_is_valid_counts():
     assert isinstance(ref.obs["celltype"].dtype, pd.CategoricalDtype)
     assert ref.obs["celltype"].value_counts().min() >= 2 and ref.obs["celltype"].nunique() == 10
     # The reference passes the pipeline's own validation unchanged.
-    checked = bio.read_reference(TEST_DATA / "reference.h5ad", "celltype")
+    checked = refio.read_reference(TEST_DATA / "reference.h5ad", "celltype")
     assert (checked.X != ref.X).nnz == 0
 
 
