@@ -119,14 +119,29 @@ def main(argv: list[str] | None = None) -> None:
     # genes, order and sizes from the sidecar (vae.pth.json) when there is one; then the tensors' shapes
     gene_index = check_weights(args.weights, list(model_input.var_names), args.hidden_size, args.reparam)
     model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
+    rates = shared_rates(args, model, model_input, device) if len(groups) > 1 else None
     for g in groups:
         # the recorded params are those of a one-group run: outputs do not depend on batching
         with warning_group(g if len(groups) > 1 else None):
-            generate_group(argparse.Namespace(**{**vars(args), "group": g}), targets[g], model, model_input, device)
+            generate_group(argparse.Namespace(**{**vars(args), "group": g}), targets[g], model, model_input, device,
+                           rates=rates)
 
 
-def generate_group(args: argparse.Namespace, targets: dict[str, int], model, model_input, device) -> None:
-    """Generate the cells of ``args.group`` (one group) and write ``<group>.generated.h5ad``."""
+def shared_rates(args: argparse.Namespace, model, model_input, device):
+    """The rate model of a batch of groups, once (None when it depends on the group's seed or is unused):
+    with ``--decode mean`` decoding the reference is deterministic, so every group would compute the same."""
+    from b2s.generate import rate_model, reference_counts
+
+    if args.engine != "native" or args.decode != "mean" or args.counts == "none" or reference_counts(model_input) is None:
+        return None
+    return rate_model(model, model_input, counts=args.counts, calibrate=args.calibrate, decode=args.decode,
+                      device=device, batch_size=args.batch_size, hidden_size=args.hidden_size, reparam=args.reparam)
+
+
+def generate_group(args: argparse.Namespace, targets: dict[str, int], model, model_input, device,
+                   rates=None) -> None:
+    """Generate the cells of ``args.group`` (one group) and write ``<group>.generated.h5ad``
+    (``rates``: :func:`shared_rates` of the batch, or None to compute them for this group)."""
     from b2s.generate import generate_cells, group_seed
     from b2s.io import write_h5ad
 
@@ -157,7 +172,7 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
     else:
         adata = generate_cells(model, model_input, targets, decode=args.decode, counts=args.counts,
                                calibrate=args.calibrate, reparam=args.reparam,
-                               shift=None if shift is None else shift["lfc"], **kwargs)
+                               shift=None if shift is None else shift["lfc"], rates=rates, **kwargs)
     # a JSON string: cell-type names may hold '/', which h5ad group keys may not
     adata.uns["bulk_shift"] = json.dumps({"mode": args.bulk_shift} if shift is None else {
         "mode": args.bulk_shift, "fractions_refit": shift["fractions_refit"], "n_shifted": shift["summary"]})

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import json
 import zlib
-
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import anndata
 import numpy as np
@@ -276,6 +276,51 @@ def _shift_multipliers(shift: pd.DataFrame | None, types: list[str], genes: pd.I
     return np.exp2(lfc)
 
 
+@dataclass(frozen=True)
+class RateModel:
+    """What turns decoded cells into count rates, from the whole reference: per-type (or pooled)
+    calibration ``cal``/``base`` (rows indexed by ``cal_codes`` of each reference cell), NB
+    dispersion ``phi`` (None for Poisson), the reference's type codes and the VAE identity record."""
+
+    cal: np.ndarray
+    base: np.ndarray
+    cal_codes: np.ndarray
+    phi: np.ndarray | None
+    codes: np.ndarray
+    identity: dict[str, object]
+    settings: tuple[str, str, str]  # (counts, calibrate, decode) it was computed for
+
+
+def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts: str = DEFAULTS["counts"],
+               calibrate: str = DEFAULTS["calibrate"], decode: str = DEFAULTS["decode"], seed: int = 42,
+               device: str | torch.device = "cpu", batch_size: int = 4096, hidden_size: int = 256,
+               reparam: str | None = None) -> RateModel:
+    """Calibration, dispersion and VAE identity over every reference type (so a group's cells do not
+    depend on which other types it has). Decodes the whole reference once; with ``decode='mean'``
+    the result is the same for every seed, so GENERATE computes it once per task, not per group."""
+    cts, lib = reference_counts(model_input)
+    labels = model_input.obs["celltype"].astype(str).to_numpy()
+    available = list(pd.unique(labels))
+    codes = pd.Categorical(labels, categories=available).codes.astype(np.int64)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model = _as_model(state_dict_or_model, int(model_input.n_vars), hidden_size, dev, reparam)
+    dec, real, n_of = type_sums(model, model_input, cts, lib, codes, len(available), decode,
+                                torch.Generator(device=dev).manual_seed(int(seed) + 1), dev, batch_size)
+    identity = vae_identity(dec, real, n_of, available)
+    print(f"the VAE's own type separation (decoded profiles before calibration): "
+          f"{identity['told_apart']} of {identity['n_types']} types told apart, median margin "
+          f"{identity['median_margin']}", flush=True)
+    if calibrate == "type":
+        cal, base = calibration_from(dec, real, n_of)
+        cal_codes = codes
+    else:
+        cal, base = calibration_from(dec.sum(axis=0, keepdims=True), real.sum(axis=0, keepdims=True),
+                                     n_of.sum(keepdims=True))
+        cal_codes = np.zeros_like(codes)
+    phi = dispersion(cts, lib, codes, len(available)) if counts == "nb" else None
+    return RateModel(cal, base, cal_codes, phi, codes, identity, (counts, calibrate, decode))
+
+
 def generate_cells(
     state_dict_or_model: object,
     model_input: anndata.AnnData,
@@ -289,6 +334,7 @@ def generate_cells(
     reparam: str | None = None,
     calibrate: str = DEFAULTS["calibrate"],
     shift: pd.DataFrame | None = None,
+    rates: RateModel | None = None,
 ) -> anndata.AnnData:
     """Generate ``targets[celltype]`` cells of each type from the VAE.
 
@@ -373,24 +419,15 @@ def generate_cells(
                 blocks.append(sp.csr_matrix(block))
         else:
             cts, lib = ref_counts
-            # calibration and dispersion over every reference type: a group's cells do not depend
-            # on which other types it has
-            codes = pd.Categorical(labels, categories=list(available)).codes.astype(np.int64)
-            dec, real, n_of = type_sums(model, model_input, cts, lib, codes, len(available), decode,
-                                        torch.Generator(device=dev).manual_seed(int(seed) + 1), dev, batch_size)
-            identity = vae_identity(dec, real, n_of, list(available))
-            print(f"the VAE's own type separation (decoded profiles before calibration): "
-                  f"{identity['told_apart']} of {identity['n_types']} types told apart, median margin "
-                  f"{identity['median_margin']}", flush=True)
-            if calibrate == "type":
-                cal, base = calibration_from(dec, real, n_of)
-                cal_codes = codes
-            else:
-                cal, base = calibration_from(dec.sum(axis=0, keepdims=True), real.sum(axis=0, keepdims=True),
-                                             n_of.sum(keepdims=True))
-                cal_codes = np.zeros_like(codes)
+            if rates is not None and rates.settings != (counts, calibrate, decode):
+                raise ValueError(f"rates were computed for (counts, calibrate, decode) {rates.settings}, "
+                                 f"not {(counts, calibrate, decode)}")
+            if rates is None:
+                rates = rate_model(model, model_input, counts=counts, calibrate=calibrate, decode=decode,
+                                   seed=seed, device=dev, batch_size=batch_size)
+            cal, base, cal_codes, phi, codes, identity = (rates.cal, rates.base, rates.cal_codes, rates.phi,
+                                                          rates.codes, rates.identity)
             cal_of = cal_codes[index]
-            phi = dispersion(cts, lib, codes, len(available)) if counts == "nb" else None
             rng = np.random.default_rng(int(seed))
             pos = 0
             for block in _decode_rows(model, X_ref, index, decode, gen, dev, batch_size):

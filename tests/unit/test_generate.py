@@ -283,3 +283,22 @@ def test_generated_cells_record_the_vaes_own_identity(model, model_input):
     m = vae_identity_of(out)
     assert m["vae_celltypes_identified"] == rec["told_apart"] and m["vae_celltypes_assessed"] == rec["n_types"]
     assert vae_identity_of(anndata.AnnData(np.zeros((2, 2)))) is None
+
+
+def test_a_rate_model_computed_once_gives_each_group_the_same_cells(model, model_input):
+    """GENERATE computes the rate model once per batch of groups (posterior mean: no seed in it);
+    each group's cells are then exactly those of a run that computes it itself."""
+    from b2s.generate import rate_model
+
+    mi = _with_counts(model_input)
+    kw = dict(hidden_size=LATENT, device="cpu", batch_size=16)
+    rates = rate_model(model, mi, batch_size=16, hidden_size=LATENT, seed=123)  # the seed does not matter
+    for seed, targets in ((1, {"T": 9, "B": 4}), (2, {"NK": 6})):
+        own = generate_cells(model, mi, targets, seed=seed, **kw)
+        shared = generate_cells(model, mi, targets, seed=seed, rates=rates, **kw)
+        for layer in (shared.X, shared.layers["counts"]):
+            ref = own.X if layer is shared.X else own.layers["counts"]
+            assert (layer != ref).nnz == 0
+        assert shared.uns["vae_identity"] == own.uns["vae_identity"]
+    with pytest.raises(ValueError, match="rates were computed for"):
+        generate_cells(model, mi, {"T": 3}, calibrate="gene", rates=rates, **kw)
