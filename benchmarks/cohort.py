@@ -85,18 +85,31 @@ def read_trace(path: Path) -> pd.DataFrame:
 def run_pipeline(launch: Path, bulk: Path, weights: Path, per_task: int, env: dict[str, str],
                  config: Path | None = None) -> dict:
     """One `nextflow run` of the cohort (``config``: an extra ``-c`` file); its trace summary and wall."""
+    args = ["--bulk", str(bulk), "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
+            "--leiden_size", "10", "--vae_weights", str(weights), "--groups_per_task", str(per_task)]
+    return nextflow_run(launch, args + (["-c", str(config)] if config else []), env)
+
+
+def nextflow_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's `nextflow run`: this checkout's tools and venv, offline."""
+    env = dict(os.environ, PATH=f"{REPO / 'tools'}:{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}", **extra)
+    env.setdefault("NXF_HOME", str(REPO / ".nxf_home"))
+    env.setdefault("NXF_OFFLINE", "true")
+    return env
+
+
+def nextflow_run(launch: Path, args: list[str], env: dict[str, str]) -> dict:
+    """`nextflow run` of this checkout in a new folder ``launch`` (results in ``launch/results``):
+    its wall seconds and trace (:func:`read_trace`); the end of its output on failure."""
     launch.mkdir(parents=True)
-    cmd = ["nextflow", "run", str(REPO), "-ansi-log", "false", "--outdir", "results",
-           "--bulk", str(bulk), "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
-           "--leiden_size", "10", "--vae_weights", str(weights), "--groups_per_task", str(per_task),
-           "-with-trace", "trace.txt"] + (["-c", str(config)] if config else [])
+    cmd = ["nextflow", "run", str(REPO), "-ansi-log", "false", "--outdir", "results", *args,
+           "-with-trace", "trace.txt"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=launch, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError((proc.stdout + proc.stderr)[-4000:])
-    trace = read_trace(launch / "trace.txt")
-    return {"wall_s": wall, "trace": trace}
+    return {"wall_s": wall, "trace": read_trace(launch / "trace.txt")}
 
 
 def summarise(n_groups: int, per_task: int, res: dict, config: str = "") -> dict:
@@ -120,13 +133,8 @@ def summarise(n_groups: int, per_task: int, res: dict, config: str = "") -> dict
 
 def train_weights(root: Path, env: dict[str, str]) -> Path:
     """VAE weights of one `-profile test` run (it also warms numba's shared cache)."""
-    launch = root / "train"
-    launch.mkdir()
-    cmd = ["nextflow", "run", str(REPO), "-profile", "test", "-ansi-log", "false", "--outdir", "results"]
-    proc = subprocess.run(cmd, cwd=launch, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise RuntimeError((proc.stdout + proc.stderr)[-4000:])
-    return launch / "results" / "train_vae" / "vae.pth"
+    nextflow_run(root / "train", ["-profile", "test"], env)
+    return root / "train" / "results" / "train_vae" / "vae.pth"
 
 
 def main() -> None:
@@ -146,13 +154,9 @@ def main() -> None:
                          text=True).stdout.split(":")[-1].strip()
     flags = sorted({f for f in open("/proc/cpuinfo").read().split() if f.startswith("avx")})
     print(f"# CPU: {cpu} ({os.cpu_count()} CPUs; {' '.join(flags)}); load {os.getloadavg()[0]:.1f}", flush=True)
-    tools = REPO / "tools"
     with tempfile.TemporaryDirectory(prefix="b2s_cohort_", dir=args.workdir) as tmp:
         root = Path(tmp)
-        env = dict(os.environ, B2S_CACHE_DIR=str(root / "b2s_cache"),
-                   PATH=f"{tools}:{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-        env.setdefault("NXF_HOME", str(REPO / ".nxf_home"))
-        env.setdefault("NXF_OFFLINE", "true")
+        env = nextflow_env(B2S_CACHE_DIR=str(root / "b2s_cache"))
         weights = args.weights.resolve() if args.weights else train_weights(root, env)
         rows = []
         for g in sizes:

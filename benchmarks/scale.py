@@ -137,22 +137,11 @@ def run_prepare(bin_dir: Path, atlas: Path, bulk: Path, outdir: Path, max_cells:
 
 def run_pipeline(atlas: Path, bulk: Path, launch: Path, epoch_num: int) -> dict:
     """The whole pipeline on ``atlas``; per stage (trace): tasks, summed task s, peak RSS (MB)."""
-    from cohort import read_trace
+    from cohort import nextflow_env, nextflow_run
 
-    launch.mkdir(parents=True)
-    tools = REPO / "tools"
-    env = dict(os.environ, PATH=f"{tools}:{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    env.setdefault("NXF_HOME", str(REPO / ".nxf_home"))
-    env.setdefault("NXF_OFFLINE", "true")
-    cmd = ["nextflow", "run", str(REPO), "-ansi-log", "false", "--outdir", "results",
-           "--bulk", str(bulk), "--reference", str(atlas), "--celltype_key", "celltype",
-           "--epoch_num", str(epoch_num), "-with-trace", "trace.txt"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=launch, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError((proc.stdout + proc.stderr)[-4000:])
-    trace = read_trace(launch / "trace.txt")
+    res = nextflow_run(launch, ["--bulk", str(bulk), "--reference", str(atlas), "--celltype_key", "celltype",
+                                "--epoch_num", str(epoch_num)], nextflow_env())
+    trace, wall = res["trace"], res["wall_s"]
     stages = {}
     for stage, t in trace.groupby("stage", sort=False):
         stages[stage] = {"tasks": len(t), "task_s": round(float(t["realtime_s"].sum()), 1),
