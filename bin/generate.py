@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
 def shared_rates(args: argparse.Namespace, model, model_input, device):
     """The rate model of a batch of groups, once (None when it depends on the group's seed or is unused):
     with ``--decode mean`` decoding the reference is deterministic, so every group would compute the same."""
-    from b2s.generate import rate_model, reference_counts
+    from b2s.generate import rate_model
 
-    if args.engine != "native" or args.decode != "mean" or args.counts == "none" or reference_counts(model_input) is None:
+    if args.engine != "native" or args.decode != "mean" or args.counts == "none" or "counts" not in model_input.layers:
         return None
     return rate_model(model, model_input, counts=args.counts, calibrate=args.calibrate, decode=args.decode,
                       device=device, batch_size=args.batch_size, hidden_size=args.hidden_size, reparam=args.reparam)
