@@ -146,7 +146,8 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where runs are launched (default: a temp dir)")
     p.add_argument("--json", type=Path, help="append each run's row to this JSON-lines file")
     p.add_argument("--config", type=Path, nargs="+", default=[None],
-                   help="Nextflow config files, one run each (e.g. other resources for the per-group stages)")
+                   help="Nextflow config files, one run each ('none': no extra config), e.g. "
+                        "benchmarks/one_cpu_per_group.config against none")
     args = p.parse_args()
     sizes, per_task = ([8], [1, 8]) if args.quick else (args.groups, args.per_task)
 
@@ -164,7 +165,7 @@ def main() -> None:
             write_cohort(bulk, g)
             for n in per_task:
                 for k, conf in enumerate(args.config):
-                    conf = conf.resolve() if conf else None
+                    conf = None if conf is None or str(conf) == "none" else conf.resolve()
                     res = run_pipeline(root / f"run_{g}_{n}_{k}", bulk, weights, n, env, conf)
                     row = summarise(g, n, res, conf.name if conf else "")
                     rows.append(row)
