@@ -186,7 +186,7 @@ def main() -> None:
         by_n.setdefault((r["per_task"], r["config"]), []).append(r)
     for (n, _), rs in sorted(by_n.items()):
         rs = sorted(rs, key=lambda r: r["groups"])
-        if len(rs) > 1:
+        if len(rs) > 1 and rs[-1]["groups"] > rs[0]["groups"]:
             lo, hi = rs[0], rs[-1]
             marg = (hi["task_s"] - lo["task_s"]) / (hi["groups"] - lo["groups"])
             print(f"groups/task {n}: marginal task time per group {lo['groups']} -> {hi['groups']} groups: "

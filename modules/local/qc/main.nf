@@ -5,7 +5,7 @@
  */
 process QC {
     tag "${meta.id}"
-    label 'process_low'
+    label 'process_single'  // ~1 CPU in use: two tasks side by side on 2 CPUs (benchmarks/README.md, cohort)
 
     input:
     tuple val(meta), path(generated), path(filtered)
