@@ -147,7 +147,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="append each run's row to this JSON-lines file")
     p.add_argument("--config", type=Path, nargs="+", default=[None],
                    help="Nextflow config files, one run each ('none': no extra config), e.g. "
-                        "benchmarks/one_cpu_per_group.config against none")
+                        "benchmarks/per_group_2cpus.config against none")
     args = p.parse_args()
     sizes, per_task = ([8], [1, 8]) if args.quick else (args.groups, args.per_task)
 
