@@ -196,7 +196,7 @@ def main() -> None:
                    help="git revision whose bin/ is the 'before' code ('' to skip it)")
     p.add_argument("--workdir", default=None, help="where atlases are written (default: a temp dir)")
     p.add_argument("--pipeline", action="store_true", help="also run the whole pipeline on each atlas")
-    p.add_argument("--epoch_num", type=int, default=30, help="training epochs of the --pipeline runs")
+    p.add_argument("--epoch_num", type=int, default=3, help="training epochs of the --pipeline runs")
     p.add_argument("--omicverse", action="store_true", help="also measure omicverse's set-up on each atlas")
     p.add_argument("--omicverse_cap_gb", type=float, default=20.0, help="address-space cap of that run")
     args = p.parse_args()
