@@ -280,13 +280,15 @@ def _shift_multipliers(shift: pd.DataFrame | None, types: list[str], genes: pd.I
 class RateModel:
     """What turns decoded cells into count rates, from the whole reference: per-type (or pooled)
     calibration ``cal``/``base`` (rows indexed by ``cal_codes`` of each reference cell), NB
-    dispersion ``phi`` (None for Poisson), the reference's type codes and the VAE identity record."""
+    dispersion ``phi`` (None for Poisson), the reference's type codes and library sizes
+    (:func:`reference_counts`) and the VAE identity record."""
 
     cal: np.ndarray
     base: np.ndarray
     cal_codes: np.ndarray
     phi: np.ndarray | None
     codes: np.ndarray
+    lib: np.ndarray
     identity: dict[str, object]
     settings: tuple[str, str, str]  # (counts, calibrate, decode) it was computed for
 
@@ -320,7 +322,7 @@ def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts
                                      n_of.sum(keepdims=True))
         cal_codes = np.zeros_like(codes)
     phi = dispersion(cts, lib, codes, len(available)) if counts == "nb" else None
-    return RateModel(cal, base, cal_codes, phi, codes, identity, (counts, calibrate, decode))
+    return RateModel(cal, base, cal_codes, phi, codes, lib, identity, (counts, calibrate, decode))
 
 
 def generate_cells(
@@ -387,8 +389,7 @@ def generate_cells(
     wanted = _clean_targets(targets, available)
     order = [t for t, n in wanted.items() if n > 0]
 
-    ref_counts = reference_counts(model_input) if counts != "none" else None
-    if counts != "none" and ref_counts is None:
+    if counts != "none" and "counts" not in model_input.layers:
         print("model input has no layers['counts'] (written by PREPROCESS since the realism release): "
               "generating log values only (--counts none)", flush=True)
         counts = "none"
@@ -420,15 +421,14 @@ def generate_cells(
                 pos += len(block)
                 blocks.append(sp.csr_matrix(block))
         else:
-            cts, lib = ref_counts
             if rates is not None and rates.settings != (counts, calibrate, decode):
                 raise ValueError(f"rates were computed for (counts, calibrate, decode) {rates.settings}, "
                                  f"not {(counts, calibrate, decode)}")
             if rates is None:
                 rates = rate_model(model, model_input, counts=counts, calibrate=calibrate, decode=decode,
                                    seed=seed, device=dev, batch_size=batch_size)
-            cal, base, cal_codes, phi, codes, identity = (rates.cal, rates.base, rates.cal_codes, rates.phi,
-                                                          rates.codes, rates.identity)
+            cal, base, cal_codes, phi, codes, lib = (rates.cal, rates.base, rates.cal_codes, rates.phi,
+                                                     rates.codes, rates.lib)
             cal_of = cal_codes[index]
             rng = np.random.default_rng(int(seed))
             pos = 0
@@ -453,6 +453,6 @@ def generate_cells(
     out = anndata.AnnData(X=X, obs=obs, var=var)
     if counts != "none":
         out.layers["counts"] = sp.vstack(count_blocks, format="csr", dtype=np.float32) if count_blocks else empty
-        out.obs["total_counts"] = ref_counts[1][index].astype(np.float64)
-        out.uns["vae_identity"] = json.dumps(identity)  # a JSON string: type names may hold '/'
+        out.obs["total_counts"] = rates.lib[index].astype(np.float64)
+        out.uns["vae_identity"] = json.dumps(rates.identity)  # a JSON string: type names may hold '/'
     return out
