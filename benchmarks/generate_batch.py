@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from realism import machine_info  # noqa: E402
+from scale import bin_of_rev  # noqa: E402
 
 
 def run(bin_dir: Path, inputs: Path, groups: list[str], out: Path) -> float:
@@ -58,18 +61,12 @@ def main() -> None:
     import pandas as pd
 
     groups = list(pd.unique(pd.read_csv(args.inputs / "cell_targets.csv")["group"].astype(str)))
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True,
-                         text=True).stdout.split(":")[-1].strip()
-    flags = sorted({f for f in open("/proc/cpuinfo").read().split() if f.startswith("avx")})
-    print(f"# CPU: {cpu} ({os.cpu_count()} CPUs; {' '.join(flags)}); load {os.getloadavg()[0]:.1f}; "
+    m = machine_info()
+    print(f"# CPU: {m['cpu']} ({m['cores']} CPUs; {' '.join(m['simd'])}); load {m['load_average'][0]:.1f}; "
           f"{len(groups)} groups", flush=True)
     with tempfile.TemporaryDirectory(prefix="b2s_genbatch_") as tmp:
         tmp = Path(tmp)
-        arch = subprocess.run(["git", "-C", str(REPO), "archive", args.before_rev, "bin"],
-                              capture_output=True, check=True).stdout
-        (tmp / "before").mkdir()
-        subprocess.run(["tar", "-x", "-C", str(tmp / "before")], input=arch, check=True)
-        bins = {"before": tmp / "before" / "bin", "after": REPO / "bin"}
+        bins = {"before": bin_of_rev(args.before_rev, tmp / "before"), "after": REPO / "bin"}
         walls: dict[str, list[float]] = {k: [] for k in bins}
         for i in range(args.repeats):
             for name in (("before", "after") if i % 2 == 0 else ("after", "before")):

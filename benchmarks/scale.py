@@ -119,6 +119,22 @@ def write_bulk(path: Path, seed: int = 1) -> None:
     df.to_csv(path, sep="\t")
 
 
+def time_v(stderr: str) -> dict:
+    """Peak RSS (MB, None if absent) and wall (s, NaN if absent) from ``/usr/bin/time -v``'s report."""
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", stderr)
+    secs = sum(float(v) * 60 ** i for i, v in enumerate(reversed(wall.group(1).split(":")))) if wall else float("nan")
+    return {"peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None, "wall_s": round(secs, 1)}
+
+
+def bin_of_rev(rev: str, dest: Path) -> Path:
+    """``bin/`` of git revision ``rev`` extracted under ``dest`` (``git archive``); its path."""
+    arch = subprocess.run(["git", "-C", str(REPO), "archive", rev, "bin"], capture_output=True, check=True).stdout
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    return dest / "bin"
+
+
 def run_prepare(bin_dir: Path, atlas: Path, bulk: Path, outdir: Path, max_cells: int) -> dict:
     """Run ``bin_dir/prepare_inputs.py`` under /usr/bin/time -v; peak RSS (MB) and wall (s)."""
     cmd = ["/usr/bin/time", "-v", sys.executable, str(bin_dir / "prepare_inputs.py"),
@@ -128,11 +144,7 @@ def run_prepare(bin_dir: Path, atlas: Path, bulk: Path, outdir: Path, max_cells:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr).group(1)
-    parts = [float(x) for x in wall.split(":")]
-    secs = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
-    return {"peak_rss_mb": round(rss_kb / 1024), "wall_s": round(secs, 1)}
+    return time_v(proc.stderr)
 
 
 def run_pipeline(atlas: Path, bulk: Path, launch: Path, epoch_num: int) -> dict:
@@ -164,16 +176,12 @@ def run_omicverse_setup(atlas: Path, bulk: Path, cap_gb: float) -> dict:
     cmd = ["prlimit", f"--as={int(cap_gb * 2**30)}", "/usr/bin/time", "-v", sys.executable, "-c",
            _OV_SETUP, str(atlas), str(bulk)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr)
-    secs = sum(float(v) * 60 ** i for i, v in enumerate(reversed(wall.group(1).split(":")))) if wall else float("nan")
     ok = proc.returncode == 0 and "omicverse set-up done" in proc.stdout
     err = ""
     if not ok:
         lines = [ln for ln in proc.stderr.splitlines() if "Error" in ln or "Killed" in ln]
         err = lines[-1][:200] if lines else f"exit {proc.returncode}"
-    return {"peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None, "wall_s": round(secs, 1),
-            "ok": ok, "error": err, "cap_gb": cap_gb}
+    return {**time_v(proc.stderr), "ok": ok, "error": err, "cap_gb": cap_gb}
 
 
 def same_output(a: Path, b: Path) -> bool:
@@ -210,13 +218,7 @@ def main() -> None:
         tmp = Path(tmp)
         bulk = tmp / "bulk.tsv"
         write_bulk(bulk)
-        before_bin = None
-        if args.before_rev:
-            arch = subprocess.run(["git", "-C", str(REPO), "archive", args.before_rev, "bin"],
-                                  capture_output=True, check=True).stdout
-            (tmp / "before").mkdir()
-            subprocess.run(["tar", "-x", "-C", str(tmp / "before")], input=arch, check=True)
-            before_bin = tmp / "before" / "bin"
+        before_bin = bin_of_rev(args.before_rev, tmp / "before") if args.before_rev else None
         rows = []
         for n in sizes:
             atlas = tmp / f"atlas_{n}.h5ad"
