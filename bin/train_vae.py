@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden_size", type=int, default=d.hidden_size, help="latent size (default %(default)s)")
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--epoch_num", type=int, default=d.epoch_num, help="maximum epochs")
+    p.add_argument("--epoch_num", type=int, default=None,
+                   help="maximum epochs (default: %s)" % ", ".join(f"{n} {e}" for e, n in btrain.DEFAULT_EPOCH_NUM.items()))
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda (auto: cuda when available)")
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train, then write the four TRAIN_VAE outputs."""
     args = parse_args(argv)
+    if args.epoch_num is None:
+        args.epoch_num = btrain.default_epoch_num(args.engine)
     os.makedirs(args.outdir, exist_ok=True)
     ckpt = None
     if args.checkpoint_dir:

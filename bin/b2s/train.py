@@ -44,6 +44,19 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 3
 HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 
+#: ``--epoch_num`` when unset, per engine. omicverse's generation is the decoder's output and needs
+#: its seed default (3500 epochs, early stop by ``patience``). The native generation draws counts
+#: from per-type calibrated profiles (b2s.generate), which reach the realism ceiling within 10
+#: epochs on the Hao PBMC reference and then slowly lose it: the worst type's median library falls
+#: to 0.86 of the real cells' at 100 epochs and 0.76 at 300, typing 0.78 -> 0.75
+#: (benchmarks/README.md, realism, session 9), so its default is short.
+DEFAULT_EPOCH_NUM = {"native": 20, "omicverse": 3500}
+
+
+def default_epoch_num(engine: str) -> int:
+    """Maximum epochs when ``--epoch_num`` is not given, for ``engine`` (native | omicverse)."""
+    return DEFAULT_EPOCH_NUM[engine]
+
 
 @dataclass
 class TrainConfig:
