@@ -46,11 +46,12 @@ HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 
 #: ``--epoch_num`` when unset, per engine. omicverse's generation is the decoder's output and needs
 #: its seed default (3500 epochs, early stop by ``patience``). The native generation draws counts
-#: from per-type calibrated profiles (b2s.generate), which reach the realism ceiling within 10
-#: epochs on the Hao PBMC reference and then slowly lose it: the worst type's median library falls
-#: to 0.86 of the real cells' at 100 epochs and 0.76 at 300, typing 0.78 -> 0.75
-#: (benchmarks/README.md, realism, session 9), so its default is short.
-DEFAULT_EPOCH_NUM = {"native": 20, "omicverse": 3500}
+#: from per-type calibrated profiles (b2s.generate), at the realism ceiling from 10 epochs on the Hao
+#: PBMC reference: 3 splits x 3 seeds, typing 0.783 / 0.782 / 0.787 at 10 / 20 / 30 epochs (ceiling
+#: 0.750), marker r 0.980 at each, worst-type library 0.81-1.09 of the real cells' at 10 epochs and
+#: 0.78-0.90 at 20-30; longer training loses it (split 0: 0.86 at 100 epochs, 0.76 at 300, typing
+#: 0.78 -> 0.75). benchmarks/README.md, realism, sessions 9-10.
+DEFAULT_EPOCH_NUM = {"native": 10, "omicverse": 3500}
 
 
 def default_epoch_num(engine: str) -> int:

@@ -291,7 +291,7 @@ def test_help_text_lists_every_param_with_description_and_default(schema):
             assert line.endswith("required]")
         else:
             assert f"default: {bp.format_value(prop.get('default')) if 'default' in prop else 'none'}" in line
-    assert ("--epoch_num          [integer] Maximum training epochs; unset: 20 (native engine), 3500 "
+    assert ("--epoch_num          [integer] Maximum training epochs; unset: 10 (native engine), 3500 "
             "(omicverse engine, the seed's). [default: none]") in text
     for grp in schema["$defs"].values():
         assert f"{grp['title']}:" in text
