@@ -48,14 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="latent sampling form: standard (z = mu + eps*std) or omicverse (z = eps + mu*std)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.epoch_num is None:
+        args.epoch_num = btrain.DEFAULT_EPOCH_NUM[args.engine]
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train, then write the four TRAIN_VAE outputs."""
     args = parse_args(argv)
-    if args.epoch_num is None:
-        args.epoch_num = btrain.default_epoch_num(args.engine)
     os.makedirs(args.outdir, exist_ok=True)
     ckpt = None
     if args.checkpoint_dir:

@@ -54,11 +54,6 @@ HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 DEFAULT_EPOCH_NUM = {"native": 10, "omicverse": 3500}
 
 
-def default_epoch_num(engine: str) -> int:
-    """Maximum epochs when ``--epoch_num`` is not given, for ``engine`` (native | omicverse)."""
-    return DEFAULT_EPOCH_NUM[engine]
-
-
 @dataclass
 class TrainConfig:
     """Hyper-parameters and run options (defaults = omicverse's Bulk2Single / the pipeline's params)."""

@@ -152,9 +152,9 @@ def _write_model_input(path: Path) -> None:
 
 def test_train_vae_script_epoch_default_depends_on_the_engine(tmp_path):
     """Without --epoch_num the native engine trains its short default; omicverse keeps the seed's 3500."""
-    from b2s.train import DEFAULT_EPOCH_NUM, default_epoch_num
+    from b2s.train import DEFAULT_EPOCH_NUM
 
-    assert default_epoch_num("omicverse") == 3500 and default_epoch_num("native") == DEFAULT_EPOCH_NUM["native"] < 3500
+    assert DEFAULT_EPOCH_NUM["omicverse"] == 3500 and DEFAULT_EPOCH_NUM["native"] < 3500
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
     script = load_script("bin/train_vae.py")
@@ -163,7 +163,8 @@ def test_train_vae_script_epoch_default_depends_on_the_engine(tmp_path):
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["params"]["epoch_num"] == DEFAULT_EPOCH_NUM["native"]
     assert summary["epochs_run"] == DEFAULT_EPOCH_NUM["native"]
-    assert script.parse_args(["--input", "x", "--engine", "omicverse"]).epoch_num is None  # resolved in main
+    assert script.parse_args(["--input", "x", "--engine", "omicverse"]).epoch_num == 3500
+    assert script.parse_args(["--input", "x", "--epoch_num", "7"]).epoch_num == 7
 
 
 def test_train_vae_script_kill_and_resume(tmp_path):
