@@ -68,23 +68,37 @@ for _p in (ROOT / "bin", ROOT / "benchmarks"):
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-#: Trainer variants measured (keys of b2s.train.TrainConfig). ``default`` = the pipeline's defaults.
+#: Trainer variants measured (keys of b2s.train.TrainConfig over the native engine's defaults).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    # the defaults before the within-type metrics: every gene in the VAE, the seed's rate and batch
+    "previous": {"learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0},
+    "allgenes": {"vae_genes": 0},
+    "genes1000": {"vae_genes": 1000},
     "seed": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard"},
-    "fb0.1": {"free_bits": 0.1, "kl_warmup": 0, "reparam": "standard"},
-    "fb0.5": {"free_bits": 0.5, "kl_warmup": 0, "reparam": "standard"},
-    "fb2": {"free_bits": 2.0, "kl_warmup": 0, "reparam": "standard"},
-    "warmup50": {"free_bits": 0.0, "kl_warmup": 50, "reparam": "standard"},
-    "ovform": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "omicverse"},
-    "fb0.5_lr3e-4": {"free_bits": 0.5, "kl_warmup": 0, "reparam": "standard", "learning_rate": 3e-4},
-    # KL weight: beta 4 on per-entry MSE is a Gaussian decoder of variance beta / 2 = 2
-    "beta0.1": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard", "beta": 0.1},
-    "beta0.01": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard", "beta": 0.01},
-    # optimizer steps: 662 reference cells in batches of 512 are 2 steps per epoch
+    "beta4": {"beta": 4.0},
+    "beta0.1": {"beta": 0.1},
     "bs64": {"batch_size": 64},
-    "bs128": {"batch_size": 128},
+    "lr2e-3": {"learning_rate": 2e-3},
 }
+
+
+def variant_settings(variant: str) -> dict[str, Any]:
+    """TrainConfig keys of a variant: the native engine's defaults (b2s.train.ENGINE_DEFAULTS, less
+    ``epoch_num``, which ``--epochs`` sets) overridden by the variant's own."""
+    from b2s.train import ENGINE_DEFAULTS
+
+    base = {k: v for k, v in ENGINE_DEFAULTS["native"].items() if k != "epoch_num"}
+    return {**base, **VARIANTS[variant]}
+
+
+def trained_model(res: Any, cfg: Any, n_model_genes: int) -> Any:
+    """The trained VAE as GENERATE sees it (a GeneSubsetVAE when it models some genes only)."""
+    from b2s.vae import BetaVAE, GeneSubsetVAE
+
+    model = BetaVAE(len(res.genes) if res.genes is not None else n_model_genes, cfg.hidden_size, cfg.reparam)
+    model.load_state_dict(res.state_dict)
+    return model if res.genes is None else GeneSubsetVAE(model, res.genes, n_model_genes)
 
 
 # ----------------------------------------------------------------------------- data
@@ -108,6 +122,67 @@ def prepare_split(split: int) -> dict[str, Any]:
     targets = fractions.cell_targets(bulk, sheet, ref, group_truth)
     by_group = {g: dict(zip(d["celltype"], d["n_cells"].astype(int))) for g, d in targets.groupby("group", sort=False)}
     return {"mi": mi, "held": held_mi, "targets": by_group}
+
+
+#: Within-type metrics (mean over types, then groups), generated vs held-out real cells of a type.
+WITHIN_TYPE_METRICS = ("structure", "var_ratio", "pc_var_ratio", "substates")
+
+
+def _corr(m: np.ndarray) -> np.ndarray:
+    m = m - m.mean(axis=0)
+    sd = np.sqrt((m ** 2).sum(axis=0))
+    return (m / np.where(sd > 0, sd, np.inf)).T @ (m / np.where(sd > 0, sd, np.inf))
+
+
+def within_type(cells: Any, held: Any, n_genes: int = 100, min_cells: int = 10, n_pcs: int = 5, k: int = 3,
+                seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per cell type with >= ``min_cells`` generated and held-out cells, on the ``n_genes`` genes
+    that vary most among the held-out real cells of the type (log-normalised X):
+
+    - ``structure``: Pearson r between the gene-gene correlation matrices (off-diagonal) of the
+      generated and the held-out cells: the gene programs that co-vary inside the type;
+    - ``var_ratio``: median over those genes of generated / held-out variance;
+    - ``pc_var_ratio``: median over the held-out cells' top ``n_pcs`` principal axes of the
+      generated / held-out variance along them (biology concentrates there, count noise does not);
+    - ``substates``: the held-out cells' ``k`` k-means clusters on those axes; generated cells are
+      assigned to the nearest centre; 1 - total variation distance of the cluster shares.
+    """
+    import scipy.sparse as sp
+    from sklearn.cluster import KMeans
+
+    def dense(a: Any, rows: np.ndarray) -> np.ndarray:
+        x = a.X[rows]
+        return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+    lg = cells.obs["celltype"].astype(str).to_numpy()
+    lh = held.obs["celltype"].astype(str).to_numpy()
+    out = {}
+    for t in np.unique(lh):
+        rh, rg = np.flatnonzero(lh == t), np.flatnonzero(lg == t)
+        if len(rh) < min_cells or len(rg) < min_cells:
+            continue
+        h = dense(held, rh)
+        genes = np.argsort(-h.var(axis=0), kind="stable")[:n_genes]
+        h, g = h[:, genes], dense(cells, rg)[:, genes]
+        iu = np.triu_indices(len(genes), 1)
+        ch, cg = _corr(h)[iu], _corr(g)[iu]
+        structure = float(np.corrcoef(ch, cg)[0, 1]) if cg.std() > 0 and ch.std() > 0 else 0.0
+        vh, vg = h.var(axis=0), g.var(axis=0)
+        mu = h.mean(axis=0)
+        axes = np.linalg.svd(h - mu, full_matrices=False)[2][:n_pcs]
+        ph, pg = (h - mu) @ axes.T, (g - mu) @ axes.T
+        km = KMeans(k, n_init=10, random_state=seed).fit(ph)
+        share_h = np.bincount(km.labels_, minlength=k) / len(ph)
+        share_g = np.bincount(km.predict(pg), minlength=k) / len(pg)
+        out[str(t)] = {"structure": structure, "var_ratio": float(np.median(vg[vh > 0] / vh[vh > 0])),
+                       "pc_var_ratio": float(np.median(pg.var(axis=0) / ph.var(axis=0))),
+                       "substates": float(1 - 0.5 * np.abs(share_h - share_g).sum())}
+    return out
+
+
+def within_type_summary(per_type: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean over types of each within-type metric."""
+    return {k: float(np.mean([d[k] for d in per_type.values()])) for k in WITHIN_TYPE_METRICS}
 
 
 class Evaluator:
@@ -169,6 +244,7 @@ class Evaluator:
             ident = qc.identity_summary(qc.marker_correlation(self.mi, cells, markers=self.ref_markers)[0])
             told.append(ident["celltype_identity_rate"] or 0.0)
             margin.append(ident["marker_r_margin_median"] if ident["marker_r_margin_median"] is not None else np.nan)
+        within = [within_type_summary(within_type(cells, self.held, seed=self.seed)) for cells in generated.values()]
         pooled = ad.concat(list(generated.values()), join="inner", index_unique="-")
         gen = self._type_stats(pooled)
         lib, det, l2 = {}, {}, {}
@@ -197,6 +273,7 @@ class Evaluator:
             "det_worst": worst(det), "det_mean": float(np.mean(list(det.values()))),
             "log2mean_worst": worst(l2, log=True), "log2mean_mean": float(np.mean(list(l2.values()))),
             "per_type": {t: {"lib": lib[t], "det": det[t], "log2mean": l2[t]} for t in lib},
+            **{k: float(np.mean([w[k] for w in within])) for k in WITHIN_TYPE_METRICS},
         }
 
 
@@ -215,7 +292,7 @@ def _threads() -> int:
 def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str], seed: int,
               patience: int) -> dict[str, Any]:
     """Train one variant in chunks to each epoch count; generate and evaluate after each chunk."""
-    from b2s.generate import generate_cells, group_seed
+    from b2s.generate import DEFAULTS, generate_cells, group_seed
     from b2s.train import TrainConfig, train_vae
 
     threads = _threads()
@@ -227,18 +304,20 @@ def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str],
     with tempfile.TemporaryDirectory(prefix="b2s_realism_") as tmp:
         ckpt = os.path.join(tmp, "vae_checkpoint.pt")
         for e in epochs:
-            cfg = TrainConfig(epoch_num=e, patience=patience, seed=seed, device="cpu",
-                              checkpoint_path=ckpt, checkpoint_every=10_000, log_every=50,
-                              **VARIANTS[variant])
+            cfg = TrainConfig(**{**variant_settings(variant), "epoch_num": e, "patience": patience, "seed": seed,
+                                 "device": "cpu", "checkpoint_path": ckpt, "checkpoint_every": 10_000,
+                                 "log_every": 50})
             res = train_vae(mi.X, cfg)
             train_s += res.seconds
+            model = trained_model(res, cfg, mi.n_vars)
             kl = float(res.history["kl"].iloc[-1])
             for mode in gen_modes:
-                decode, counts, *cal = mode.split(":")
+                decode, counts, *rest = mode.split(":")
                 t0 = time.perf_counter()
-                gen = {g: generate_cells(res.state_dict, mi, tg, seed=group_seed(seed, g), device="cpu",
+                gen = {g: generate_cells(model, mi, tg, seed=group_seed(seed, g), device="cpu",
                                          decode=decode, counts=counts, reparam=cfg.reparam,
-                                         calibrate=cal[0] if cal else "type")
+                                         calibrate=rest[0] if rest else DEFAULTS["calibrate"],
+                                         dispersion=rest[1] if len(rest) > 1 else DEFAULTS["dispersion"])
                        for g, tg in data["targets"].items()}
                 gen_s = time.perf_counter() - t0
                 m = ev.evaluate(gen)
@@ -292,6 +371,47 @@ def unit_floor(split: int) -> dict[str, Any]:
     return {"rows": [row], "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": 1}
 
 
+def constant_vae(n_genes: int, hidden_size: int = 256) -> Any:
+    """A VAE whose decoder gives every cell the same output: through GENERATE's per-type calibration
+    and NB sampling, each type's mean profile with count noise (the null that learned nothing inside a type)."""
+    import torch
+
+    from b2s.vae import BetaVAE
+
+    model = BetaVAE(n_genes, hidden_size)
+    with torch.no_grad():
+        for layer in model.decoder:
+            layer.weight.zero_()
+            layer.bias.fill_(1.0)
+    return model
+
+
+def unit_null(split: int, kind: str, seed: int) -> dict[str, Any]:
+    """The two nulls of every table: ``nb`` (per-type mean profile x the source cell's library, NB
+    counts: GENERATE's own sampler behind a constant decoder) and ``bootstrap`` (the reference
+    cells themselves, cycled to the same targets: copying the reference)."""
+    from b2s.generate import generate_cells, group_seed
+
+    data = prepare_split(split)
+    ev = Evaluator(data)
+    mi = data["mi"]
+    t0 = time.perf_counter()
+    if kind == "nb":
+        model = constant_vae(mi.n_vars)
+        gen = {g: generate_cells(model, mi, tg, seed=group_seed(seed, g), device="cpu")
+               for g, tg in data["targets"].items()}
+    else:
+        labels = mi.obs["celltype"].astype(str).to_numpy()
+        gen = {g: mi[np.concatenate([np.resize(np.flatnonzero(labels == t), n) for t, n in tg.items() if n > 0])].copy()
+               for g, tg in data["targets"].items()}
+    m = ev.evaluate(gen)
+    label = {"nb": "null: NB from type means (no VAE)", "bootstrap": "null: reference cells resampled"}[kind]
+    row = {"unit": label, "split": split, "seed": seed, "epoch_num": 0, "epochs_run": 0, "best_epoch": 0,
+           "gen": kind, "train_s": 0.0, "gen_s": time.perf_counter() - t0, "seconds": time.perf_counter() - t0,
+           "kl_last": float("nan"), **m}
+    return {"rows": [row], "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": 1}
+
+
 def _dispatch(name: str, log_path: str, kwargs: dict) -> dict:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -299,7 +419,7 @@ def _dispatch(name: str, log_path: str, kwargs: dict) -> dict:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     print(f"=== {name} {kwargs}", flush=True)
-    return {"ours": unit_ours, "ov": unit_ov, "floor": unit_floor}[name](**kwargs)
+    return {"ours": unit_ours, "ov": unit_ov, "floor": unit_floor, "null": unit_null}[name](**kwargs)
 
 
 def run_unit(outdir: Path, key: str, name: str, **kwargs: Any) -> dict:
@@ -352,10 +472,12 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     df = pd.DataFrame(rows)
     keys = ["unit", "epoch_num", "gen"]
     num = ["epochs_run", "typing", "ceiling", "ratio", "marker_r", "told_apart", "margin", "lib_worst",
-           "det_worst", "log2mean_worst", "lib_mean", "det_mean", "log2mean_mean"]
+           "det_worst", "log2mean_worst", "lib_mean", "det_mean", "log2mean_mean", "train_s",
+           *WITHIN_TYPE_METRICS]
     g = df.groupby(keys, sort=False)
     out = g[num].mean()
-    out["n_splits"] = g.size()
+    out["n_splits"] = g["split"].nunique()
+    out["n_runs"] = g.size()
     out["seconds_min"] = g["seconds"].min()
     out["seconds_median"] = g["seconds"].median()
     # worst type over every split, not the mean of worsts
@@ -367,15 +489,17 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(summary: list[dict[str, Any]]) -> None:
     """Markdown table of the summary rows."""
-    head = ("| unit | epochs (run) | generation | typing | ceiling | ratio | marker r | told apart | "
-            "lib worst | det worst | log2 mean worst | s min / median | splits |")
+    head = ("| unit | epochs (run) | generation | within-type structure | variance ratio | PC variance ratio | "
+            "sub-states | typing | ceiling | ratio | marker r | told apart | lib worst | det worst | "
+            "log2 mean worst | training s | s min / median | splits / runs |")
     print(head)
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in summary:
-        print(f"| {r['unit']} | {r['epoch_num']} ({r['epochs_run']:.0f}) | {r['gen']} | {r['typing']:.3f} | "
+        print(f"| {r['unit']} | {r['epoch_num']} ({r['epochs_run']:.0f}) | {r['gen']} | {r['structure']:.3f} | "
+              f"{r['var_ratio']:.2f} | {r['pc_var_ratio']:.2f} | {r['substates']:.3f} | {r['typing']:.3f} | "
               f"{r['ceiling']:.3f} | {r['ratio']:.2f} | {r['marker_r']:.3f} | {r['told_apart']:.2f} | "
-              f"{r['lib_worst']:.2f} | {r['det_worst']:.2f} | {r['log2mean_worst']:.2f} | "
-              f"{r['seconds_min']:.0f} / {r['seconds_median']:.0f} | {r['n_splits']} |")
+              f"{r['lib_worst']:.2f} | {r['det_worst']:.2f} | {r['log2mean_worst']:.2f} | {r['train_s']:.0f} | "
+              f"{r['seconds_min']:.0f} / {r['seconds_median']:.0f} | {r['n_splits']} / {r['n_runs']} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -391,7 +515,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also omicverse at its defaults (3500 epochs, patience 50); default on in full mode")
     p.add_argument("--ov-splits", default=None, help="splits for omicverse (default: all splits)")
     p.add_argument("--patience", type=int, default=None, help="patience of ours (default: the pipeline's)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", default="42", help="comma-separated training / generation seeds")
+    p.add_argument("--nulls", action=argparse.BooleanOptionalAction, default=True,
+                   help="the NB-from-type-means and resampled-reference null rows")
     p.add_argument("--outdir", default=None)
     a = p.parse_args(argv)
     from b2s.train import TrainConfig
@@ -410,21 +536,27 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     results = []
     gen = a.gen.split(",")
+    seeds = [int(x) for x in a.seeds.split(",")]
     for split in splits:
         results.append(run_unit(outdir, f"floor_s{split}", "floor", split=split))
+        if a.nulls:
+            results.append(run_unit(outdir, f"null_bootstrap_s{split}", "null", split=split, kind="bootstrap", seed=0))
+            for seed in seeds:
+                results.append(run_unit(outdir, f"null_nb_s{split}_seed{seed}", "null", split=split, kind="nb", seed=seed))
         for v in a.variants.split(","):
             if not v:
                 continue
-            key = f"ours_{v}_s{split}_e{'-'.join(map(str, epochs))}_p{patience}_{'_'.join(gen).replace(':', '-')}_seed{a.seed}"
-            results.append(run_unit(outdir, key, "ours", split=split, variant=v, epochs=epochs,
-                                    gen_modes=gen, seed=a.seed, patience=patience))
+            for seed in seeds:
+                key = f"ours_{v}_s{split}_e{'-'.join(map(str, epochs))}_p{patience}_{'_'.join(gen).replace(':', '-')}_seed{seed}"
+                results.append(run_unit(outdir, key, "ours", split=split, variant=v, epochs=epochs,
+                                        gen_modes=gen, seed=seed, patience=patience))
         if split in ov_splits:
             for e in ov_epochs:
-                results.append(run_unit(outdir, f"ov_s{split}_e{e}_seed{a.seed}", "ov", split=split,
-                                        epoch_num=e, patience=e, seed=a.seed))
+                results.append(run_unit(outdir, f"ov_s{split}_e{e}_seed{seeds[0]}", "ov", split=split,
+                                        epoch_num=e, patience=e, seed=seeds[0]))
             if ov_default:
-                results.append(run_unit(outdir, f"ov_s{split}_default_seed{a.seed}", "ov", split=split,
-                                        epoch_num=3500, patience=50, seed=a.seed))
+                results.append(run_unit(outdir, f"ov_s{split}_default_seed{seeds[0]}", "ov", split=split,
+                                        epoch_num=3500, patience=50, seed=seeds[0]))
     rows = [r for res in results for r in res["rows"]]
     summary = summarise(rows)
     machine["load_average_end"] = os.getloadavg()

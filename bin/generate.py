@@ -20,7 +20,7 @@ import pandas as pd
 
 from b2s.bulkshift import DEFAULT_SHIFT, SHIFT_CHOICES
 from b2s.errors import InputError, run_cli
-from b2s.generate import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS
+from b2s.generate import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS, DISPERSION_CHOICES
 from b2s.vae import REPARAM_CHOICES
 
 TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "or X = decoder output (none) (native engine)")
     p.add_argument("--calibrate", choices=CALIBRATE_CHOICES, default=DEFAULTS["calibrate"],
                    help="rate calibration per cell type and gene, or per gene")
+    p.add_argument("--dispersion", choices=DISPERSION_CHOICES, default=DEFAULTS["dispersion"],
+                   help="NB dispersion around each reference cell's decoded rate (residual) or its type's mean (type)")
     p.add_argument("--reparam", choices=REPARAM_CHOICES, default="standard",
                    help="latent sampling form the weights were trained with (TRAIN_VAE --reparam)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from b2s.errors import warning_group
     from b2s.train import read_model_input, resolve_device
-    from b2s.vae import load_weights
-    from b2s.weights import check_weights
+    from b2s.vae import GeneSubsetVAE, load_weights
+    from b2s.weights import check_weights, subset_positions
 
     os.makedirs(args.outdir, exist_ok=True)
     groups = args.group
@@ -117,8 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     model_input = read_model_input(args.input, need_celltype=True)
     # genes, order and sizes from the sidecar (vae.pth.json) when there is one; then the tensors' shapes
-    gene_index = check_weights(args.weights, list(model_input.var_names), args.hidden_size, args.reparam)
-    model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
+    subset = subset_positions(args.weights, list(model_input.var_names))
+    if subset is None:
+        gene_index = check_weights(args.weights, list(model_input.var_names), args.hidden_size, args.reparam)
+        model = load_weights(args.weights, model_input.n_vars, args.hidden_size, "cpu", gene_index=gene_index)
+    else:  # the VAE models some of the genes (--vae_genes): it reads and writes those columns
+        check_weights(args.weights, None, args.hidden_size, args.reparam)
+        model = GeneSubsetVAE(load_weights(args.weights, len(subset), args.hidden_size, "cpu"), subset,
+                              model_input.n_vars)
+        print(f"the VAE models {len(subset)} of the {model_input.n_vars} model genes (its sidecar); the others "
+              "take their cell type's mean rate", flush=True)
     rates = shared_rates(args, model, model_input, device) if len(groups) > 1 else None
     for g in groups:
         # the recorded params are those of a one-group run: outputs do not depend on batching
@@ -135,6 +145,7 @@ def shared_rates(args: argparse.Namespace, model, model_input, device):
     if args.engine != "native" or args.decode != "mean" or args.counts == "none" or "counts" not in model_input.layers:
         return None
     return rate_model(model, model_input, counts=args.counts, calibrate=args.calibrate, decode=args.decode,
+                      dispersion=args.dispersion,
                       device=device, batch_size=args.batch_size, hidden_size=args.hidden_size, reparam=args.reparam)
 
 
@@ -171,7 +182,7 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
         adata = omicverse_engine.generate_cells(model.state_dict(), model_input, targets, **kwargs)
     else:
         adata = generate_cells(model, model_input, targets, decode=args.decode, counts=args.counts,
-                               calibrate=args.calibrate, reparam=args.reparam,
+                               calibrate=args.calibrate, reparam=args.reparam, dispersion=args.dispersion,
                                shift=None if shift is None else shift["lfc"], rates=rates, **kwargs)
     # a JSON string: cell-type names may hold '/', which h5ad group keys may not
     adata.uns["bulk_shift"] = json.dumps({"mode": args.bulk_shift} if shift is None else {

@@ -28,10 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="model_input.h5ad from PREPROCESS")
     p.add_argument("--hidden_size", type=int, default=d.hidden_size, help="latent size (default %(default)s)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
-    p.add_argument("--learning_rate", type=float, default=d.learning_rate)
-    p.add_argument("--epoch_num", type=int, default=None,
-                   help="maximum epochs (default: %s)" % ", ".join(f"{n} {e}" for e, n in btrain.DEFAULT_EPOCH_NUM.items()))
+    unset = {k: ", ".join(f"{e} {v[k]}" for e, v in btrain.ENGINE_DEFAULTS.items())
+             for k in btrain.ENGINE_DEFAULTS["native"]}
+    p.add_argument("--batch_size", type=int, default=None, help=f"mini-batch size (default: {unset['batch_size']})")
+    p.add_argument("--learning_rate", type=float, default=None, help=f"AdamW rate (default: {unset['learning_rate']})")
+    p.add_argument("--epoch_num", type=int, default=None, help=f"maximum epochs (default: {unset['epoch_num']})")
+    p.add_argument("--vae_genes", type=int, default=None,
+                   help=f"most variable model genes inside the VAE, 0 = all (native engine; default: {unset['vae_genes']})")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda (auto: cuda when available)")
@@ -49,8 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
     args = p.parse_args(argv)
-    if args.epoch_num is None:
-        args.epoch_num = btrain.DEFAULT_EPOCH_NUM[args.engine]
+    for key, value in btrain.ENGINE_DEFAULTS[args.engine].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.engine == "omicverse" and args.vae_genes:
+        raise InputError(f"--vae_genes {args.vae_genes} needs --engine native (omicverse's trainer models every "
+                         "model gene); pass --vae_genes 0 or drop it")
     return args
 
 
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         free_bits=args.free_bits,
         kl_warmup=args.kl_warmup,
         reparam=args.reparam,
+        vae_genes=args.vae_genes,
     )
     config.validate()
     device = btrain.resolve_device(args.device)  # fail fast on --device cuda without a GPU
@@ -107,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     # the genes and settings the weights belong to, readable without torch (b2s.weights)
     import b2s
 
-    write_sidecar(weights, list(adata.var_names), args.hidden_size, {
+    genes = adata.var_names if result.genes is None else adata.var_names[result.genes]
+    write_sidecar(weights, list(genes), args.hidden_size, {
+        "gene_subset": result.genes is not None, "n_model_genes": int(adata.n_vars),
         "engine": args.engine, "reparam": args.reparam, "free_bits": args.free_bits, "kl_warmup": args.kl_warmup,
         "seed": args.seed, "epoch_num": args.epoch_num, "patience": args.patience,
         "epochs_run": int(result.epochs_run), "best_epoch": int(result.best_epoch),

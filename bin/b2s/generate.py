@@ -34,6 +34,7 @@ given each reference cell's decoded mean, per-type dispersions, Sinkhorn-balance
 
 from __future__ import annotations
 
+import copy
 import json
 import zlib
 from collections.abc import Iterator, Mapping
@@ -49,12 +50,14 @@ from b2s.errors import InputError
 from b2s.fractions import indicator
 from b2s.preprocess import TARGET_SUM
 from b2s.train import resolve_device
-from b2s.vae import REPARAM_CHOICES, BetaVAE, load_weights, state_dict_shapes
+from b2s.vae import REPARAM_CHOICES, BetaVAE, GeneSubsetVAE, load_weights, state_dict_shapes
 
 DECODE_CHOICES = ("sample", "mean")
 CALIBRATE_CHOICES = ("type", "gene")
+#: NB dispersion around each reference cell's own decoded rate, or around its type's mean rate
+DISPERSION_CHOICES = ("residual", "type")
 #: GENERATE's defaults (picked on the realism benchmark, see the module docstring).
-DEFAULTS = {"decode": "mean", "counts": "nb", "calibrate": "type"}
+DEFAULTS = {"decode": "mean", "counts": "nb", "calibrate": "type", "dispersion": "residual"}
 COUNTS_CHOICES = ("nb", "poisson", "none")
 #: Dispersion bounds (NB variance = m + phi * m^2): near-Poisson floor, and a cap for genes seen in few cells.
 PHI_RANGE = (1e-4, 1e3)
@@ -66,7 +69,12 @@ def _as_model(state_dict_or_model: object, n_genes: int, hidden_size: int, devic
 
     ``reparam`` (when given) sets the sampling form; a BetaVAE passed in keeps its own otherwise.
     """
-    if isinstance(state_dict_or_model, BetaVAE):
+    if isinstance(state_dict_or_model, GeneSubsetVAE):
+        model = state_dict_or_model
+        if reparam is not None and reparam != model.reparam:
+            model = copy.copy(model)  # the sampling form is an attribute; the weights are shared
+            model.reparam = reparam
+    elif isinstance(state_dict_or_model, BetaVAE):
         model = state_dict_or_model
         if reparam is not None and reparam != model.reparam:
             copy = BetaVAE(model.n_genes, model.hidden_size, reparam)
@@ -141,7 +149,7 @@ def reference_counts(model_input: anndata.AnnData) -> tuple[sp.csr_matrix, np.nd
     return counts, lib
 
 
-def dispersion(counts: sp.csr_matrix, lib: np.ndarray, codes: np.ndarray, n_types: int) -> np.ndarray:
+def type_dispersion(counts: sp.csr_matrix, lib: np.ndarray, codes: np.ndarray, n_types: int) -> np.ndarray:
     """Per-gene NB dispersion phi (variance = m + phi * m^2) pooled over cell types, moment estimate.
 
     Within type t the expected count of cell c is p[t, g] * lib[c] with p = type total / type
@@ -197,22 +205,63 @@ def profile(block: np.ndarray) -> np.ndarray:
 
 def type_sums(model: BetaVAE, model_input: anndata.AnnData, counts: sp.csr_matrix, lib: np.ndarray,
               codes: np.ndarray, n_types: int, decode: str, gen: torch.Generator, dev: torch.device,
-              batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              batch_size: int, moments: bool = False) -> tuple[np.ndarray, ...]:
     """Per type (rows ``codes``): sums of the decoded profiles and of the real normalised counts
-    (counts / lib * 1e4) over the type's reference cells, types x genes, and the cell counts."""
+    (counts / lib * 1e4) over the type's reference cells, types x genes, and the cell counts.
+
+    With ``moments``, also the per-type sums that :func:`residual_dispersion` needs (each reference
+    cell's counts against its own decoded profile p): ``sum lib x p``, ``sum lib^2 p^2``,
+    ``sum lib^2 p`` and ``sum lib p``, accumulated in the same pass over the decoded blocks."""
     rows = np.flatnonzero(codes >= 0)
     X_ref = sp.csr_matrix(model_input.X) if sp.issparse(model_input.X) else np.asarray(model_input.X)
-    dec = np.zeros((n_types, model_input.n_vars))
+    shape = (n_types, model_input.n_vars)
+    dec = np.zeros(shape)
+    mom = {k: np.zeros(shape) for k in ("lxp", "l2p2", "l2p", "lp")} if moments else None
     pos = 0
     for block in _decode_rows(model, X_ref, rows, decode, gen, dev, batch_size):
         part = rows[pos:pos + len(block)]
-        dec += indicator(codes[part], n_types) @ profile(block)
         pos += len(block)
+        prof = profile(block)
+        ind = indicator(codes[part], n_types)
+        dec += ind @ prof
+        if mom is not None:
+            lp = prof * lib[part, None]
+            mom["lxp"] += np.asarray((ind @ sp.csr_matrix(counts[part].multiply(lp))).todense())
+            mom["l2p2"] += ind @ (lp * lp)
+            mom["l2p"] += ind @ (lp * lib[part, None])
+            mom["lp"] += ind @ lp
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(lib > 0, TARGET_SUM / np.where(lib > 0, lib, 1.0), 0.0)
     ind = indicator(codes, n_types)
     real = np.asarray((ind @ sp.diags(scale) @ counts).todense())
-    return dec, real, np.asarray(ind.sum(axis=1)).ravel()
+    n = np.asarray(ind.sum(axis=1)).ravel()
+    return (dec, real, n, mom) if moments else (dec, real, n)
+
+
+def residual_dispersion(counts: sp.csr_matrix, lib: np.ndarray, codes: np.ndarray, n_types: int,
+                        cal: np.ndarray, base: np.ndarray, mom: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-gene NB dispersion of the reference counts around each cell's OWN calibrated rate.
+
+    The expected count of reference cell c is ``mu = lib_c (cal[t, g] p_cg + base[t, g]) / 1e4``
+    (p: its decoded profile), and ``phi[g] = sum ((x - mu)^2 - mu) / sum mu^2`` over all reference
+    cells (moment estimate, clipped to :data:`PHI_RANGE`). Where the decoder reproduces a cell's
+    own deviations from its type, that part of the variance is no longer drawn a second time as
+    noise; with a decoder that outputs one profile per type this is close to :func:`type_dispersion`.
+    """
+    ind = indicator(codes, n_types)
+    sx2 = np.asarray((ind @ counts.multiply(counts)).todense())
+    sxl = np.asarray((ind @ sp.diags(lib) @ counts).todense())
+    sl = np.asarray(ind @ lib).ravel()[:, None]
+    sl2 = np.asarray(ind @ (lib ** 2)).ravel()[:, None]
+    k, k2 = 1.0 / TARGET_SUM, 1.0 / TARGET_SUM ** 2
+    sxmu = k * (cal * mom["lxp"] + base * sxl)
+    smu2 = k2 * (cal ** 2 * mom["l2p2"] + 2 * cal * base * mom["l2p"] + base ** 2 * sl2)
+    smu = k * (cal * mom["lp"] + base * sl)
+    resid = (sx2 - 2 * sxmu + smu2 - smu).sum(axis=0)
+    denom = smu2.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phi = np.where(denom > 0, resid / denom, PHI_RANGE[0])
+    return np.clip(np.nan_to_num(phi, nan=PHI_RANGE[0]), *PHI_RANGE)
 
 
 def calibration_from(dec: np.ndarray, real: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,13 +339,13 @@ class RateModel:
     codes: np.ndarray
     lib: np.ndarray
     identity: dict[str, object]
-    settings: tuple[str, str, str]  # (counts, calibrate, decode) it was computed for
+    settings: tuple[str, str, str, str]  # (counts, calibrate, decode, dispersion) it was computed for
 
 
 def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts: str = DEFAULTS["counts"],
                calibrate: str = DEFAULTS["calibrate"], decode: str = DEFAULTS["decode"], seed: int = 42,
                device: str | torch.device = "cpu", batch_size: int = 4096, hidden_size: int = 256,
-               reparam: str | None = None) -> RateModel:
+               reparam: str | None = None, dispersion: str = DEFAULTS["dispersion"]) -> RateModel:
     """Calibration, dispersion and VAE identity over every reference type (so a group's cells do not
     depend on which other types it has). Decodes the whole reference once; with ``decode='mean'``
     the result is the same for every seed, so GENERATE computes it once per task, not per group
@@ -308,8 +357,10 @@ def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts
     codes = pd.Categorical(labels, categories=available).codes.astype(np.int64)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = _as_model(state_dict_or_model, int(model_input.n_vars), hidden_size, dev, reparam)
-    dec, real, n_of = type_sums(model, model_input, cts, lib, codes, len(available), decode,
-                                torch.Generator(device=dev).manual_seed(int(seed) + 1), dev, batch_size)
+    residual = counts == "nb" and dispersion == "residual"
+    dec, real, n_of, *mom = type_sums(model, model_input, cts, lib, codes, len(available), decode,
+                                      torch.Generator(device=dev).manual_seed(int(seed) + 1), dev, batch_size,
+                                      moments=residual)
     identity = vae_identity(dec, real, n_of, available)
     print(f"the VAE's own type separation (decoded profiles before calibration): "
           f"{identity['told_apart']} of {identity['n_types']} types told apart, median margin "
@@ -321,8 +372,13 @@ def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts
         cal, base = calibration_from(dec.sum(axis=0, keepdims=True), real.sum(axis=0, keepdims=True),
                                      n_of.sum(keepdims=True))
         cal_codes = np.zeros_like(codes)
-    phi = dispersion(cts, lib, codes, len(available)) if counts == "nb" else None
-    return RateModel(cal, base, cal_codes, phi, codes, lib, identity, (counts, calibrate, decode))
+        if residual:
+            mom = [{k: v.sum(axis=0, keepdims=True) for k, v in mom[0].items()}]
+    if residual:
+        phi = residual_dispersion(cts, lib, cal_codes, len(cal), cal, base, mom[0])
+    else:
+        phi = type_dispersion(cts, lib, codes, len(available)) if counts == "nb" else None
+    return RateModel(cal, base, cal_codes, phi, codes, lib, identity, (counts, calibrate, decode, dispersion))
 
 
 def generate_cells(
@@ -339,6 +395,7 @@ def generate_cells(
     calibrate: str = DEFAULTS["calibrate"],
     shift: pd.DataFrame | None = None,
     rates: RateModel | None = None,
+    dispersion: str = DEFAULTS["dispersion"],
 ) -> anndata.AnnData:
     """Generate ``targets[celltype]`` cells of each type from the VAE.
 
@@ -378,6 +435,8 @@ def generate_cells(
         raise InputError(f"--counts {counts} is not one of {', '.join(COUNTS_CHOICES)}; pass --counts nb")
     if calibrate not in CALIBRATE_CHOICES:
         raise InputError(f"--calibrate {calibrate} is not one of {', '.join(CALIBRATE_CHOICES)}; pass --calibrate type")
+    if dispersion not in DISPERSION_CHOICES:
+        raise InputError(f"--dispersion {dispersion} is not one of {', '.join(DISPERSION_CHOICES)}; pass --dispersion residual")
     if reparam is not None and reparam not in REPARAM_CHOICES:
         raise InputError(f"--reparam {reparam} is not one of {', '.join(REPARAM_CHOICES)}; pass --reparam standard")
     dev = resolve_device(device)
@@ -421,11 +480,12 @@ def generate_cells(
                 pos += len(block)
                 blocks.append(sp.csr_matrix(block))
         else:
-            if rates is not None and rates.settings != (counts, calibrate, decode):
-                raise ValueError(f"rates were computed for (counts, calibrate, decode) {rates.settings}, "
-                                 f"not {(counts, calibrate, decode)}")
+            wanted_settings = (counts, calibrate, decode, dispersion)
+            if rates is not None and rates.settings != wanted_settings:
+                raise ValueError(f"rates were computed for (counts, calibrate, decode, dispersion) {rates.settings}, "
+                                 f"not {wanted_settings}")
             if rates is None:
-                rates = rate_model(model, model_input, counts=counts, calibrate=calibrate, decode=decode,
+                rates = rate_model(model, model_input, counts=counts, calibrate=calibrate, decode=decode, dispersion=dispersion,
                                    seed=seed, device=dev, batch_size=batch_size)
             cal, base, cal_codes, phi, codes, lib = (rates.cal, rates.base, rates.cal_codes, rates.phi,
                                                      rates.codes, rates.lib)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,6 +93,49 @@ class BetaVAE(nn.Module):
         """Encode, sample and decode: returns ``(x_hat, mu, logvar)``."""
         mu, logvar = self.encode(x)
         return self.decode(self.sample(mu, logvar, generator)), mu, logvar
+
+
+def variable_genes(X: object, n: int) -> np.ndarray:
+    """Sorted column positions of the ``n`` columns of ``X`` (cells x genes, log-normalised) with the
+    largest variance; all columns when ``n`` is 0 or >= their number. Deterministic (float64
+    moments, stable sort), so TRAIN_VAE and GENERATE pick the same genes from the same model input."""
+    n_genes = int(X.shape[1])
+    if n <= 0 or n >= n_genes:
+        return np.arange(n_genes)
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float64)
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        var = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean ** 2
+    else:
+        var = np.asarray(X, dtype=np.float64).var(axis=0)
+    return np.sort(np.argsort(-var, kind="stable")[:n])
+
+
+class GeneSubsetVAE(BetaVAE):
+    """A BetaVAE trained on some genes of the model input, seen from the whole model input.
+
+    ``encode`` takes all model genes and reads the VAE's own; ``decode`` returns all model genes,
+    0 outside the VAE's (GENERATE's calibration then gives those genes their type's mean rate).
+    The weights are the inner VAE's (same keys; ``state_dict`` / ``vae.pth`` hold only those).
+    """
+
+    def __init__(self, inner: BetaVAE, genes: np.ndarray, n_model_genes: int) -> None:
+        nn.Module.__init__(self)
+        self.inner = inner
+        self.reparam, self.hidden_size, self.n_genes = inner.reparam, inner.hidden_size, int(n_model_genes)
+        self.register_buffer("genes", torch.as_tensor(np.asarray(genes), dtype=torch.long), persistent=False)
+
+    def state_dict(self, *args, **kwargs):  # noqa: D102 - the inner VAE's weights only
+        return self.inner.state_dict(*args, **kwargs)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        return self.inner.encode(x.index_select(1, self.genes))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        inner = self.inner.decode(z)
+        out = inner.new_zeros((inner.shape[0], self.n_genes))
+        out[:, self.genes] = inner
+        return out
 
 
 def kl_term(mu: torch.Tensor, logvar: torch.Tensor, n_genes: int) -> torch.Tensor:

@@ -98,6 +98,27 @@ def _examples(values: Sequence[str], n: int = 3) -> str:
     return ", ".join(vals[:n]) + (", ..." if len(vals) > n else "")
 
 
+def subset_positions(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str],
+                     what: str = "--vae_weights") -> list[int] | None:
+    """Where the VAE's genes sit in ``genes`` (the model input, in order) when its sidecar says it
+    models a subset of the model input (``--vae_genes``, TRAIN_VAE); None when it models them all.
+
+    Raises:
+        InputError: a VAE gene is not in the model input.
+    """
+    path = os.fspath(sidecar_or_pth_path)
+    meta = read_sidecar(path, what) if os.path.isfile(sidecar_path(path)) else None
+    if not meta or not meta.get("gene_subset"):
+        return None
+    pos = {str(g): i for i, g in enumerate(genes)}
+    missing = [g for g in meta["genes"] if str(g) not in pos]
+    if missing:
+        raise InputError(f"{what} {path} models {len(meta['genes'])} genes, {len(missing)} of them not in this run's "
+                         f"model input (e.g. {_examples(missing)}); use the reference, bulk and --gene_map the weights "
+                         "were trained with, or drop --vae_weights to retrain")
+    return [pos[str(g)] for g in meta["genes"]]
+
+
 def check_weights(sidecar_or_pth_path: str | os.PathLike, genes: Sequence[str] | None = None,
                   hidden_size: int | None = None, reparam: str | None = None,
                   what: str = "--vae_weights", warn_fn: Callable[[str], None] = warn) -> list[int] | None:

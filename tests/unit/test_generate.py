@@ -228,7 +228,7 @@ def test_generated_libraries_follow_the_source_cells(model, model_input):
 
 
 def test_dispersion_recovers_nb_overdispersion():
-    from b2s.generate import dispersion
+    from b2s.generate import type_dispersion as dispersion
 
     rng = np.random.default_rng(0)
     n, g, phi = 4000, 6, np.array([0.05, 0.2, 0.5, 1.0, 2.0, 0.01])
@@ -302,3 +302,49 @@ def test_a_rate_model_computed_once_gives_each_group_the_same_cells(model, model
         assert shared.uns["vae_identity"] == own.uns["vae_identity"]
     with pytest.raises(ValueError, match="rates were computed for"):
         generate_cells(model, mi, {"T": 3}, calibrate="gene", rates=rates, **kw)
+
+
+def _constant_decoder(n_genes: int) -> BetaVAE:
+    """A VAE whose decoder returns the same output for every cell (it learned nothing)."""
+    m = BetaVAE(n_genes, LATENT)
+    with torch.no_grad():
+        for layer in m.decoder:
+            layer.weight.zero_()
+            layer.bias.fill_(1.0)
+    return m
+
+
+def test_residual_dispersion_is_measured_around_each_cells_own_rate(model_input):
+    """The residual NB dispersion equals the moment estimate around each reference cell's own
+    calibrated rate (brute force), is close to the pooled per-type one for a decoder that learned
+    nothing, and is far smaller for a decoder that reproduces each cell (its own deviations are then
+    not drawn a second time as noise)."""
+    from b2s.generate import PHI_RANGE, profile, rate_model, reference_counts, type_dispersion
+
+    mi = _with_counts(model_input)
+    cts, lib = reference_counts(mi)
+    x = cts.toarray()
+
+    def brute(model):
+        res = rate_model(model, mi, dispersion="residual")
+        with torch.no_grad():
+            dec = model.decode(model.encode(torch.as_tensor(mi.X.toarray()))[0]).numpy()
+        mu = lib[:, None] * (profile(dec) * res.cal[res.cal_codes] + res.base[res.cal_codes]) / 1e4
+        want = np.clip(((x - mu) ** 2 - mu).sum(axis=0) / (mu ** 2).sum(axis=0), *PHI_RANGE)
+        np.testing.assert_allclose(res.phi, want, rtol=1e-6, atol=1e-9)
+        return res
+
+    class Identity(BetaVAE):  # a "decoder" that knows each cell: it returns the cell's own values
+        def encode(self, x):
+            return x, torch.full_like(x, -80.0)
+
+        def decode(self, z):
+            return z
+
+    flat = brute(_constant_decoder(N_GENES))
+    pooled = type_dispersion(cts, lib, flat.codes, int(flat.codes.max()) + 1)
+    expressed = pooled > 1e-3
+    assert np.median(np.abs(np.log(flat.phi[expressed] / pooled[expressed]))) < 0.2
+    own = brute(Identity(N_GENES, N_GENES)).phi
+    assert expressed.any() and np.median(own[expressed]) < 0.5 * np.median(pooled[expressed])
+    assert rate_model(_constant_decoder(N_GENES), mi, dispersion="type").phi == pytest.approx(pooled)

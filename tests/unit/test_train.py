@@ -150,21 +150,63 @@ def _write_model_input(path: Path) -> None:
 
 
 
-def test_train_vae_script_epoch_default_depends_on_the_engine(tmp_path):
-    """Without --epoch_num the native engine trains its short default; omicverse keeps the seed's 3500."""
-    from b2s.train import DEFAULT_EPOCH_NUM
+def test_train_vae_script_defaults_depend_on_the_engine(tmp_path):
+    """Unset training settings take the engine's defaults: the native ones, or omicverse's seed values."""
+    from b2s.train import ENGINE_DEFAULTS
 
-    assert DEFAULT_EPOCH_NUM["omicverse"] == 3500 and DEFAULT_EPOCH_NUM["native"] < 3500
+    native, ov = ENGINE_DEFAULTS["native"], ENGINE_DEFAULTS["omicverse"]
+    assert ov == {"epoch_num": 3500, "learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0}
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
     script = load_script("bin/train_vae.py")
-    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--batch_size", "100",
+    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "3",
                  "--patience", "1000", "--device", "cpu", "--outdir", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
-    assert summary["params"]["epoch_num"] == DEFAULT_EPOCH_NUM["native"]
-    assert summary["epochs_run"] == DEFAULT_EPOCH_NUM["native"]
-    assert script.parse_args(["--input", "x", "--engine", "omicverse"]).epoch_num == 3500
-    assert script.parse_args(["--input", "x", "--epoch_num", "7"]).epoch_num == 7
+    for key in ("learning_rate", "batch_size", "vae_genes"):
+        assert summary["params"][key] == native[key]
+    assert summary["epochs_run"] == 3
+    args = script.parse_args(["--input", "x"])
+    assert (args.epoch_num, args.learning_rate, args.batch_size) == (native["epoch_num"], native["learning_rate"],
+                                                                   native["batch_size"])
+    args = script.parse_args(["--input", "x", "--engine", "omicverse"])
+    assert {k: getattr(args, k) for k in ov} == ov
+    assert script.parse_args(["--input", "x", "--epoch_num", "7", "--learning_rate", "0.01"]).learning_rate == 0.01
+    with pytest.raises(InputError, match="--vae_genes 10 needs --engine native"):
+        script.parse_args(["--input", "x", "--engine", "omicverse", "--vae_genes", "10"])
+
+
+def test_vae_genes_subset_round_trip(tmp_path):
+    """--vae_genes N trains on the N most variable model genes; the sidecar names them, and GENERATE's
+    loader maps them back into the model input (decoded 0 elsewhere)."""
+    import torch
+
+    from b2s.vae import GeneSubsetVAE, load_weights, variable_genes
+    from b2s.weights import read_sidecar, subset_positions
+
+    model_input = tmp_path / "model_input.h5ad"
+    _write_model_input(model_input)
+    script = load_script("bin/train_vae.py")
+    out = tmp_path / "out"
+    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "2", "--vae_genes", "7",
+                 "--device", "cpu", "--outdir", str(out)])
+    adata = anndata.read_h5ad(model_input)
+    want = variable_genes(adata.X, 7)
+    assert len(want) == 7 and list(want) == sorted(want)
+    variances = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X).var(axis=0)
+    assert variances[want].min() >= np.delete(variances, want).max()
+    side = read_sidecar(out / "vae.pth")
+    assert side["gene_subset"] and side["genes"] == list(adata.var_names[want])
+    pos = subset_positions(out / "vae.pth", list(adata.var_names))
+    assert pos == list(want)
+    model = GeneSubsetVAE(load_weights(out / "vae.pth", 7, LATENT), pos, adata.n_vars).eval()
+    with torch.no_grad():
+        dec = model.decode(torch.randn(4, LATENT))
+    assert dec.shape == (4, adata.n_vars)
+    assert float(dec[:, np.delete(np.arange(adata.n_vars), want)].abs().sum()) == 0.0
+    # all genes: no subset recorded
+    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "2", "--vae_genes", "0",
+                 "--device", "cpu", "--outdir", str(tmp_path / "all")])
+    assert subset_positions(tmp_path / "all" / "vae.pth", list(adata.var_names)) is None
 
 
 def test_train_vae_script_kill_and_resume(tmp_path):
