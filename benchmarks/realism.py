@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Realism of generated cells on a real full-transcriptome reference, ours vs omicverse 2.3.2.
+"""Realism of generated cells on a real full-transcriptome reference: ours vs the two nulls vs omicverse 2.3.2.
 
     .venv/bin/python benchmarks/realism.py --quick       # smoke run, a few minutes
-    .venv/bin/python benchmarks/realism.py               # full run (~40 min on 2 shared cores)
-    # options: --splits 0,1,2 --epochs 50,100,200,300 --variants default,seed --gen mean:nb,sample:none
-    #          --ov-epochs 300 --ov-default --outdir DIR (units already in DIR are reused)
+    .venv/bin/python benchmarks/realism.py --splits 0,1,2 --seeds 42,43,44 --variants default --ov-epochs ''
+    # options: --epochs default,100 --variants default,previous,... --gen mean:nb[:calibrate[:dispersion]]
+    #          --ov-epochs 300 --ov-default --no-nulls --outdir DIR (units already in DIR are reused)
 
 Data: the Hao et al. PBMC counts (benchmarks/realdata.py: 11,180 genes; types split per seeded
 split into a reference half and a held-out half; four pseudo-bulk groups summed from held-out
@@ -15,16 +15,28 @@ group fractions, so generation is measured apart from fraction error.
 Units (each in its own fresh process, one after the other; results cached as JSON in
 ``--outdir/units``):
 
-- ``ours``: ``b2s.train.train_vae`` with one trainer variant, run in chunks up to each of
-  ``--epochs`` (a checkpoint carries the run on, so the trajectory is that of one uninterrupted
-  run with the pipeline's patience), and after each chunk ``b2s.generate.generate_cells`` with
-  each generation mode for the four groups;
+- ``ours``: ``b2s.train.train_vae`` with one trainer variant (the native engine's defaults,
+  ``b2s.train.ENGINE_DEFAULTS``, overridden by the variant), run in chunks up to each of
+  ``--epochs`` (``default``: the pipeline's epochs for this reference, a budget of optimizer
+  steps; a checkpoint carries the run on), and after each chunk ``b2s.generate.generate_cells``
+  with each generation mode for the four groups; one unit per seed of ``--seeds``;
+- ``null``: ``nb`` = GENERATE's own calibrated NB sampler behind a decoder that returns the same
+  output for every cell (each type's mean profile with count noise: what a generator that learned
+  nothing inside a type scores), per seed; ``bootstrap`` = the reference cells themselves cycled to
+  the same targets (what copying the reference scores);
+- ``floor``: the reference half's real cells, once each, scored as if generated;
 - ``ov``: omicverse's seed calls (``Bulk2Single.train`` / ``load`` + ``generate`` through
   ``b2s.omicverse_engine``) at fixed epochs (patience = epochs) and at its defaults (3500
   epochs, patience 50: its early stop).
 
 Metrics of every (unit, epoch, generation mode), mean over the four groups:
 
+- within a cell type (:func:`within_type`, generated vs held-out real cells of the type, on the 100
+  genes that vary most among the held-out cells of the type): ``structure`` (r between the two
+  gene-gene correlation matrices), ``var_ratio`` (median per-gene variance ratio),
+  ``pc_var_ratio`` (variance along the held-out cells' top 5 principal axes), ``substates``
+  (1 - total variation distance between the shares of the held-out cells' 3 k-means clusters and
+  the generated cells assigned to them);
 - ``typing``: kNN typing accuracy of the generated cells by a classifier fit on held-out REAL
   cells (``b2s.qc.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
   classifier on the reference's real cells, weighted to each group's composition; ``ratio``;
@@ -37,9 +49,7 @@ Metrics of every (unit, epoch, generation mode), mean over the four groups:
   ``det`` = detection-rate ratio (non-zero share of X), ``log2mean`` = median |log2(gen/real
   per-gene mean of expm1(X))| on the type's top 20 % expressed genes; reported as the worst type
   (largest deviation) and the mean over types;
-- ``seconds``: wall time of training up to that epoch plus generating the four groups;
-- a ``real reference half (floor)`` row per split: the reference's real cells scored the same way
-  (the distribution metrics of two samples of real cells: what no generator can beat).
+- ``train_s`` / ``seconds``: wall time of training (and of training plus generating the four groups).
 
 The last line printed is one JSON object with every row.
 """
@@ -295,10 +305,15 @@ def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str],
     from b2s.generate import DEFAULTS, generate_cells, group_seed
     from b2s.train import TrainConfig, train_vae
 
+    from b2s.train import default_epochs
+
     threads = _threads()
     data = prepare_split(split)
     ev = Evaluator(data)
     mi = data["mi"]
+    # "default": the pipeline's epochs when --epoch_num is unset (a budget of optimizer steps)
+    epochs = sorted(default_epochs(mi.n_obs, variant_settings(variant)["batch_size"]) if e == "default" else int(e)
+                    for e in epochs)
     rows = []
     train_s = 0.0
     with tempfile.TemporaryDirectory(prefix="b2s_realism_") as tmp:
@@ -507,9 +522,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one split, short training: a smoke run")
     p.add_argument("--splits", default=None, help="comma-separated split seeds (default 0,1,2; quick: 0)")
-    p.add_argument("--epochs", default=None, help="epoch counts at which ours is evaluated (default 50,100,200,300)")
-    p.add_argument("--variants", default="default,seed", help=f"trainer variants: {', '.join(VARIANTS)}")
-    p.add_argument("--gen", default="mean:nb,sample:none", help="generation modes decode:counts[:calibrate]")
+    p.add_argument("--epochs", default=None,
+                   help="epoch counts at which ours is evaluated; 'default': the pipeline's (default: default)")
+    p.add_argument("--variants", default="default", help=f"trainer variants: {', '.join(VARIANTS)}")
+    p.add_argument("--gen", default="mean:nb", help="generation modes decode:counts[:calibrate[:dispersion]]")
     p.add_argument("--ov-epochs", default=None, help="omicverse fixed-epoch points (default 300; quick: 20)")
     p.add_argument("--ov-default", action=argparse.BooleanOptionalAction, default=None,
                    help="also omicverse at its defaults (3500 epochs, patience 50); default on in full mode")
@@ -523,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     from b2s.train import TrainConfig
 
     splits = [int(s) for s in (a.splits or ("0" if a.quick else "0,1,2")).split(",")]
-    epochs = [int(e) for e in (a.epochs or ("20,40" if a.quick else "50,100,200,300")).split(",")]
+    epochs = [e if e == "default" else int(e) for e in (a.epochs or ("20,40" if a.quick else "default")).split(",")]
     ov_spec = a.ov_epochs if a.ov_epochs is not None else ("20" if a.quick else "300")
     ov_epochs = [int(e) for e in ov_spec.split(",") if e]
     ov_default = (not a.quick) if a.ov_default is None else a.ov_default

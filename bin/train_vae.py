@@ -32,7 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              for k in btrain.ENGINE_DEFAULTS["native"]}
     p.add_argument("--batch_size", type=int, default=None, help=f"mini-batch size (default: {unset['batch_size']})")
     p.add_argument("--learning_rate", type=float, default=None, help=f"AdamW rate (default: {unset['learning_rate']})")
-    p.add_argument("--epoch_num", type=int, default=None, help=f"maximum epochs (default: {unset['epoch_num']})")
+    p.add_argument("--epoch_num", type=int, default=None,
+                   help=f"maximum epochs (default: native about {btrain.NATIVE_STEPS} optimizer steps, omicverse "
+                        f"{btrain.ENGINE_DEFAULTS['omicverse']['epoch_num']})")
+    p.add_argument("--beta", type=float, default=None,
+                   help=f"weight of the KL term (default: {unset['beta']}; omicverse fixes 4)")
     p.add_argument("--vae_genes", type=int, default=None,
                    help=f"most variable model genes inside the VAE, 0 = all (native engine; default: {unset['vae_genes']})")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
@@ -54,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     for key, value in btrain.ENGINE_DEFAULTS[args.engine].items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, value)  # the native epoch_num stays None: it follows the step budget
     if args.engine == "omicverse" and args.vae_genes:
         raise InputError(f"--vae_genes {args.vae_genes} needs --engine native (omicverse's trainer models every "
                          "model gene); pass --vae_genes 0 or drop it")
@@ -73,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError(f"--checkpoint_dir {args.checkpoint_dir} cannot be created ({err.strerror}); pass a writable folder") from None
         ckpt = os.path.join(args.checkpoint_dir, CHECKPOINT_NAME)
     history_path = os.path.join(args.outdir, "loss_history.csv")
+    adata = btrain.read_model_input(args.input)
+    if args.epoch_num is None:
+        args.epoch_num = btrain.default_epochs(adata.n_obs, args.batch_size)
+        args.epoch_num_rule = f"about {btrain.NATIVE_STEPS} optimizer steps (--epoch_num unset)"
+        print(f"--epoch_num unset: {args.epoch_num} epochs, about {btrain.NATIVE_STEPS} optimizer steps of "
+              f"{args.batch_size} of the {adata.n_obs} cells (native default)", flush=True)
     config = btrain.TrainConfig(
         hidden_size=args.hidden_size,
         batch_size=args.batch_size,
@@ -90,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         kl_warmup=args.kl_warmup,
         reparam=args.reparam,
         vae_genes=args.vae_genes,
+        beta=args.beta,
     )
     config.validate()
     device = btrain.resolve_device(args.device)  # fail fast on --device cuda without a GPU
-    adata = btrain.read_model_input(args.input)
     if device.type == "cpu":
         where = f"{device} ({btrain.cpu_threads()} threads)"
     else:
@@ -130,7 +140,6 @@ def main(argv: list[str] | None = None) -> None:
     plot_loss(result.history, os.path.join(args.outdir, "loss_plot.png"), best_epoch=result.best_epoch)
     params = {k: v for k, v in vars(args).items()}
     params["weight_decay"] = config.weight_decay
-    params["beta"] = config.beta
     summary = {
         "device": result.device,
         "epochs_run": int(result.epochs_run),

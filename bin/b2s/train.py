@@ -47,14 +47,22 @@ HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 #: Training settings when the run leaves them unset, per engine. omicverse's are the seed's (its
 #: generation is the decoder's output and needs 3500 epochs with early stop by ``patience``). The
 #: native ones are chosen on the realism benchmark's within-type metrics (benchmarks/README.md,
-#: "Within-type realism"): the VAE must reproduce each cell's deviations from its type, which the
-#: seed's 20 optimizer steps (10 epochs of 643 cells in batches of 512 at lr 1e-4) never reach.
-#: Modelling the most variable genes only (the others take their type's mean rate) makes each step
-#: ~5x cheaper on 11,180 genes, so more, smaller steps at a higher rate fit the same time.
+#: "Within-type realism"): the VAE must reproduce each cell's deviations from its type, which takes
+#: thousands of optimizer steps, not the seed's 20 (10 epochs of 643 cells in batches of 512).
+#: Modelling the most variable genes only (the others take their type's mean rate) makes a step
+#: ~5x cheaper on 11,180 genes. The native ``epoch_num`` (None) follows :data:`NATIVE_STEPS`.
 ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "native": {"epoch_num": 300, "learning_rate": 1e-3, "batch_size": 128, "vae_genes": 2000},
-    "omicverse": {"epoch_num": 3500, "learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0},
+    "native": {"epoch_num": None, "learning_rate": 1e-3, "batch_size": 128, "vae_genes": 2000, "beta": 0.1},
+    "omicverse": {"epoch_num": 3500, "learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0, "beta": 4.0},
 }
+#: Optimizer steps of the native engine when ``--epoch_num`` is unset: a budget in steps, not
+#: epochs, so a large reference trains as long as a small one (each epoch of it holds more steps).
+NATIVE_STEPS = 2400
+
+
+def default_epochs(n_cells: int, batch_size: int, steps: int = NATIVE_STEPS) -> int:
+    """Epochs that hold about ``steps`` optimizer steps (batches) of ``batch_size`` over ``n_cells``."""
+    return max(1, math.ceil(steps / max(1, math.ceil(n_cells / batch_size))))
 
 
 @dataclass

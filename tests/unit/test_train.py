@@ -155,14 +155,14 @@ def test_train_vae_script_defaults_depend_on_the_engine(tmp_path):
     from b2s.train import ENGINE_DEFAULTS
 
     native, ov = ENGINE_DEFAULTS["native"], ENGINE_DEFAULTS["omicverse"]
-    assert ov == {"epoch_num": 3500, "learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0}
+    assert ov == {"epoch_num": 3500, "learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0, "beta": 4.0}
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
     script = load_script("bin/train_vae.py")
     script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "3",
                  "--patience", "1000", "--device", "cpu", "--outdir", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
-    for key in ("learning_rate", "batch_size", "vae_genes"):
+    for key in ("learning_rate", "batch_size", "vae_genes", "beta"):
         assert summary["params"][key] == native[key]
     assert summary["epochs_run"] == 3
     args = script.parse_args(["--input", "x"])
@@ -171,6 +171,11 @@ def test_train_vae_script_defaults_depend_on_the_engine(tmp_path):
     args = script.parse_args(["--input", "x", "--engine", "omicverse"])
     assert {k: getattr(args, k) for k in ov} == ov
     assert script.parse_args(["--input", "x", "--epoch_num", "7", "--learning_rate", "0.01"]).learning_rate == 0.01
+    # unset native epochs follow a budget of optimizer steps: a larger reference gets fewer epochs
+    from b2s.train import NATIVE_STEPS, default_epochs
+
+    assert default_epochs(662, 128) == -(-NATIVE_STEPS // 6) and default_epochs(5000, 128) == -(-NATIVE_STEPS // 40)
+    assert default_epochs(10, 128, steps=5) == 5
     with pytest.raises(InputError, match="--vae_genes 10 needs --engine native"):
         script.parse_args(["--input", "x", "--engine", "omicverse", "--vae_genes", "10"])
 
