@@ -85,7 +85,7 @@ LABELS = {
     "vae_celltypes_identified": "types the VAE itself tells apart (before the per-type calibration)",
     "vae_margin_median": "VAE's own margin (median)",
     "within_type_structure_mean": "within-type structure, generated vs reference (mean over types)",
-    "within_type_floor_mean": "within-type structure of real cells (reference split-half floor, mean)",
+    "within_type_floor_mean": "within-type structure of real cells (floor from reference splits, mean)",
     "within_type_variance_ratio": "within-type variance ratio, generated / reference (median over types)",
     "within_type_types_assessed": "cell types assessed for within-type structure",
     "within_type_types_under_floor": "cell types under half their floor",
@@ -673,8 +673,9 @@ def _section_structure(m: dict[str, Any] | None) -> str:
     return ("<h3>Within-type structure</h3><p class='muted'>Per cell type, the gene-gene Pearson correlation "
             f"matrix of its {_esc(_fmt(n_genes))} most variable genes in the generated cells against the same in "
             "the type's reference cells (r between the two matrices: ~1 keeps the reference's gene programs, "
-            "~0 is the type's mean with count noise); the floor is what real cells score (the reference's own "
-            "seeded split halves). A type under half of its floor is flagged. Variance ratio: median over those "
+            "~0 is the type's mean with count noise); the floor is what real cells score (the type's reference "
+            "cells split, seeded, into as many cells as were generated, at most half, and the rest; mean of "
+            "several splits). A type under half of its floor is flagged. Variance ratio: median over those "
             "genes of the generated variance / the reference's.</p>"
             + _df_table(df, index_label="cell type"))
 

@@ -111,7 +111,7 @@ def test_structure_is_high_for_resampled_reference_and_zero_for_the_type_mean_nu
     for t in TYPES:
         c, f = copied["per_celltype"][t], fresh["per_celltype"][t]
         assert c["structure"] > 0.9 and 0.8 <= c["variance_ratio"] <= 1.25, c
-        # the floor: real cells' own split-half agreement, which new cells of the same biology reach
+        # the floor: real cells' own split agreement, which new cells of the same biology reach
         assert 0.5 < c["floor"] <= f["structure"] + 0.05, (c, f)
         assert 0.8 <= f["variance_ratio"] <= 1.25 and c["n_genes"] == structure.N_GENES
     assert copied["types_under_floor"] == [] and fresh["types_under_floor"] == []
