@@ -157,14 +157,16 @@ def test_warning_fires_for_the_type_mean_null_and_not_for_resampled_cells(ref):
     assert within_type_qc(ref, type_mean_null(ref, 300, seed=4))["warnings"] == null
 
 
-def _bundled_model_input() -> ad.AnnData:
+@pytest.fixture(scope="module")
+def bundled() -> ad.AnnData:
+    """The bundled reference as PREPROCESS makes it the model input (all its genes)."""
     from b2s.preprocess import model_input
 
     reference = ad.read_h5ad(REPO / "assets" / "test_data" / "reference.h5ad")
     return model_input(reference, reference.var_names)
 
 
-def test_an_untrained_vae_fails_the_vaes_own_identity_and_triggers_the_qc_warning():
+def test_an_untrained_vae_fails_the_vaes_own_identity_and_triggers_the_qc_warning(bundled):
     """A test of the identity test: a randomly initialised VAE on the bundled data. The per-type
     calibration types its cells right, but GENERATE's uns['vae_identity'] shows that the VAE itself
     tells fewer than half the types apart, and the QC warns."""
@@ -174,7 +176,7 @@ def test_an_untrained_vae_fails_the_vaes_own_identity_and_triggers_the_qc_warnin
     from b2s.qc import vae_identity_of
     from b2s.vae import BetaVAE
 
-    mi = _bundled_model_input()
+    mi = bundled
     torch.manual_seed(0)
     untrained = BetaVAE(mi.n_vars, 256)
     counts = mi.obs["celltype"].value_counts()
@@ -186,6 +188,25 @@ def test_an_untrained_vae_fails_the_vaes_own_identity_and_triggers_the_qc_warnin
     vae = vae_identity_of(gen)
     res = within_type_qc(mi, gen, vae=vae, seed=0)
     assert any(f"{rec['told_apart']} of 10 cell types apart" in w for w in res["warnings"]), res["warnings"]
+
+
+def test_both_warnings_fire_after_ten_epochs_at_lr_1e4(bundled):
+    """The trainer settings before #24 (10 epochs, lr 1e-4, batch 512: 10 optimizer steps on the
+    bundled data): the VAE tells no type apart and the judged types keep no within-type structure
+    (measured: 0 of 10, 3 of 3 judged types flagged; benchmarks/README.md)."""
+    from b2s.generate import generate_cells
+    from b2s.qc import vae_identity_of
+    from b2s.train import TrainConfig, train_vae
+
+    res = train_vae(bundled.X, TrainConfig(epoch_num=10, learning_rate=1e-4, batch_size=512, device="cpu",
+                                           seed=42, log_every=10**6))
+    targets = {str(t): 2 * int(n) for t, n in bundled.obs["celltype"].value_counts().items()}
+    gen = generate_cells(res.state_dict, bundled, targets, seed=1, device="cpu")
+    q = within_type_qc(bundled, gen, vae=vae_identity_of(gen), seed=42)
+    rec = json.loads(gen.uns["vae_identity"])
+    assert rec["told_apart"] < rec["n_types"] / 2 and q["within_type_types_under_floor"], (rec, q["within_type"])
+    assert len(q["warnings"]) == 2 and q["warnings"][0].startswith("within-type structure")
+    assert q["warnings"][1].startswith(f"the VAE by itself tells only {rec['told_apart']} of 10")
 
 
 def test_qc_script_writes_the_within_type_metrics_and_the_report_shows_the_warning(tmp_path, ref):
