@@ -41,10 +41,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.fractions import indicator
+from b2s.qc import _ordered_types
 
 #: genes per type whose co-variation is compared
 N_GENES = 100
-#: seeded split halves averaged for the floor
+#: seeded splits of the reference averaged for the floor
 N_SPLITS = 5
 #: fewer reference or generated cells of a type than this: not assessed
 MIN_CELLS = 10
@@ -139,9 +140,7 @@ def within_type_structure(reference: ad.AnnData, cells: ad.AnnData, n_genes: int
     Seeded: the same inputs and seed give the same numbers.
     """
     ref_labels = reference.obs["celltype"].astype(str).to_numpy()
-    col = reference.obs["celltype"]
-    types = ([str(c) for c in col.cat.categories if str(c) in set(ref_labels)]
-             if isinstance(col.dtype, pd.CategoricalDtype) else sorted(set(ref_labels)))
+    types = _ordered_types(reference)
     genes = pd.Index(reference.var_names).intersection(pd.Index(cells.var_names), sort=False)
     xr = _csr(reference)[:, pd.Index(reference.var_names).get_indexer(genes)]
     xg = _csr(cells)[:, pd.Index(cells.var_names).get_indexer(genes)]
@@ -215,8 +214,8 @@ def structure_warnings(within: dict[str, Any], vae: dict[str, Any] | None = None
         out.append(
             f"within-type structure: {len(under)} of {within['n_types_judged']} cell types keep under "
             f"{MIN_FLOOR_SHARE:g} x the gene-gene correlation structure that real cells of the type keep "
-            f"(structure vs the reference's own floor: {detail}{', ...' if len(under) > 6 else ''}): their generated cells "
-            f"are close to the type's mean with count noise, not cells with the reference's gene programs; {ADVICE}")
+            f"(structure vs the reference's own floor: {detail}{', ...' if len(under) > 6 else ''}): "
+            f"their generated cells are close to the type's mean with count noise, not cells with the reference's gene programs; {ADVICE}")
     if vae is not None:
         k, n = vae.get("vae_celltypes_identified"), vae.get("vae_celltypes_assessed")
         if n is not None and k is not None and n >= 2 and k < MIN_VAE_IDENTITY_RATE * n:
@@ -245,5 +244,6 @@ def summary_line(q: dict[str, Any]) -> str:
     f = lambda v: "NA" if v is None else f"{v:.3f}"  # noqa: E731
     return (f"within-type structure (gene-gene correlation vs the reference, mean over "
             f"{q['within_type_types_assessed']} types) {f(q['within_type_structure_mean'])}; real cells' "
-            f"floor (reference split) {f(q['within_type_floor_mean'])}; variance ratio {f(q['within_type_variance_ratio'])}; "
+            f"floor (reference split) {f(q['within_type_floor_mean'])}; "
+            f"variance ratio {f(q['within_type_variance_ratio'])}; "
             f"{len(q['within_type_types_under_floor'])} type(s) under {MIN_FLOOR_SHARE:g} x the floor")

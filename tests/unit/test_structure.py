@@ -80,13 +80,12 @@ def type_mean_null(ref: ad.AnnData, n: int, seed: int, nb: bool = True) -> ad.An
     norm = counts / lib[:, None]
     codes = pd.Categorical(labels, categories=list(TYPES)).codes
     phi = dispersion(sp.csr_matrix(counts), lib, codes, len(TYPES))
-    rows, libs, out_labels = [], [], []
+    rows, out_labels = [], []
     for t in TYPES:
         m = labels == t
         src = rng.choice(np.flatnonzero(m), n)
         mean = norm[m].mean(axis=0)[None, :] * lib[src][:, None]
         rows.append(rng.poisson(rng.gamma(1 / phi, mean * phi) if nb else mean))
-        libs.append(lib[src])
         out_labels += [t] * n
     c = np.vstack(rows).astype(np.float64)
     return _adata(c, out_labels, np.maximum(c.sum(axis=1), 1.0), "n")
