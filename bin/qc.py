@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 def qc_group(args: argparse.Namespace, shared: dict) -> None:
     """The QC of one group (``args.generated``, ``args.filtered``, ``args.group``); ``shared`` holds
     the reference and what is computed from it alone (filled on first use)."""
-    from b2s import io, plots, qc
+    from b2s import io, plots, qc, structure
     from b2s.errors import InputError, warning_line
     from b2s.filter import filter_summary
 
@@ -170,13 +170,17 @@ def qc_group(args: argparse.Namespace, shared: dict) -> None:
     med = metrics["marker_r_margin_median"]
     print(f"[qc] {g}: {metrics['n_celltypes_identified']} of {metrics['n_celltypes_assessed']} types told "
           f"apart (own r > best other r); median margin {'NA' if med is None else f'{med:.3f}'}", flush=True)
-    for w in metrics["warnings"]:
-        print(warning_line(f"[qc] {g}: {w}"), flush=True)
     vae = qc.vae_identity_of(generated)
     if vae is not None:
         metrics.update(vae)
         print(f"[qc] {g}: the VAE by itself (decoded profiles before the per-type calibration) tells "
               f"{vae['vae_celltypes_identified']} of {vae['vae_celltypes_assessed']} types apart", flush=True)
+    within = structure.within_type_qc(reference, assessed, vae=vae, seed=args.seed)
+    metrics.update({k: v for k, v in within.items() if k != "warnings"})
+    metrics["warnings"] += within["warnings"]
+    print(f"[qc] {g}: {structure.summary_line(within)}", flush=True)
+    for w in metrics["warnings"]:
+        print(warning_line(f"[qc] {g}: {w}"), flush=True)
     if args.bulk:
         metrics["bulk_qc"] = bulk_section(args, g, out, reference, generated, filtered, targets)
     metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}

@@ -84,6 +84,11 @@ LABELS = {
     "typing_ratio": "typing accuracy generated / reference",
     "vae_celltypes_identified": "types the VAE itself tells apart (before the per-type calibration)",
     "vae_margin_median": "VAE's own margin (median)",
+    "within_type_structure_mean": "within-type structure, generated vs reference (mean over types)",
+    "within_type_floor_mean": "within-type structure of real cells (floor from reference splits, mean)",
+    "within_type_variance_ratio": "within-type variance ratio, generated / reference (median over types)",
+    "within_type_types_assessed": "cell types assessed for within-type structure",
+    "within_type_types_under_floor": "cell types under half their floor",
     "n_cells_out": "cells out", "n_cells_removed": "cells removed", "n_hvg": "highly variable genes",
     "n_pcs": "principal components", "n_clusters": "leiden clusters",
     "dropped_clusters": "dropped clusters", "leiden_size": "min. cluster size (leiden_size)",
@@ -370,6 +375,7 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
         cards.append(_card(f"<span{cls}>{float(acc):.2f}{_esc(ref_txt)}</span>",
                            "kNN typing accuracy, generated / reference cells"
                            + (" (lowest group)" if len(groups) > 1 else "")))
+    cards += _structure_cards(groups, metrics)
     if train:
         cards.append(_card(_esc(_fmt(train.get("device"))), "training device"))
         ep = _fmt(train.get("epochs_run"))
@@ -579,12 +585,15 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
                 "n_celltypes_reference", "n_celltypes_generated", "n_celltypes_filtered",
                 "celltypes_without_r", "n_celltypes_identified", "n_celltypes_assessed",
                 "marker_r_margin_median", "typing_accuracy", "typing_accuracy_reference",
-                "typing_ratio", "vae_celltypes_identified", "vae_margin_median"]
+                "typing_ratio", "vae_celltypes_identified", "vae_margin_median",
+                "within_type_structure_mean", "within_type_floor_mean", "within_type_variance_ratio",
+                "within_type_types_assessed", "within_type_types_under_floor"]
         shown = {k: m[k] for k in keys if k in m}
         for k, v in (m.get("proportion_l1") or {}).items():
             shown[f"L1 proportions {k.replace('_', ' ').replace('filtered', 'kept')}"] = v
         r3 = lambda v: f"{float(v):.3f}" if _is_num(v) else _fmt(v)  # noqa: E731
-        fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_", "vae_margin"))}
+        fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_", "vae_margin", "within_type_s",
+                                                      "within_type_f", "within_type_v"))}
         fmts["fraction_kept"] = _pct
         parts.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
         for w in m.get("warnings") or []:
@@ -623,10 +632,52 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
     if corr is not None:
         parts.append(_correlation_table(corr))
     parts.append("</div></div>")
+    parts.append(_section_structure(m))
     parts.append(_section_bulk_qc(g, files))
     parts.append("<h3>Embedding (MDE)</h3>")
     parts.append(_img(files.get(f"{g}.mde.png"), f"MDE {g}", cls="wide"))
     return "\n".join(parts)
+
+
+def _structure_cards(groups: list[str], metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Summary tile of the within-type structure (b2s.structure): the lowest group's mean
+    structure / floor, marked when any type of any group keeps under half of its floor."""
+    vals = [(metrics[g]["within_type_structure_mean"], metrics[g].get("within_type_floor_mean"), g) for g in groups
+            if _is_num(metrics[g].get("within_type_structure_mean"))]
+    if not vals:
+        return []
+    s, f, _ = min(vals, key=lambda v: v[0])
+    under = sum(len(metrics[g].get("within_type_types_under_floor") or []) for g in groups)
+    cls = " class='warn'" if under else ""
+    floor = f" / {float(f):.2f}" if _is_num(f) else ""
+    return [_card(f"<span{cls}>{float(s):.2f}{_esc(floor)}</span>",
+                  "within-type structure, generated / real cells' floor"
+                  + (" (lowest group)" if len(groups) > 1 else "")
+                  + (f"; {under} type(s) under half" if under else ""))]
+
+
+def _section_structure(m: dict[str, Any] | None) -> str:
+    """Per-type within-type structure table of one group (metrics.json ``within_type``)."""
+    per = ((m or {}).get("within_type") or {}).get("per_celltype")
+    if not isinstance(per, dict) or not per:
+        return ""
+    df = pd.DataFrame.from_dict(per, orient="index")
+    cols = {"n_reference": "reference cells", "n_generated": "generated cells", "n_genes": "genes",
+            "structure": "structure", "floor": "floor (real cells)", "share_of_floor": "structure / floor",
+            "variance_ratio": "variance ratio", "note": "note"}
+    df = df[[c for c in cols if c in df]].rename(columns=cols)
+    for c in ("structure", "floor (real cells)", "structure / floor", "variance ratio"):
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    n_genes = (m or {}).get("within_type", {}).get("n_genes")
+    return ("<h3>Within-type structure</h3><p class='muted'>Per cell type, the gene-gene Pearson correlation "
+            f"matrix of its {_esc(_fmt(n_genes))} most variable genes in the generated cells against the same in "
+            "the type's reference cells (r between the two matrices: ~1 keeps the reference's gene programs, "
+            "~0 is the type's mean with count noise); the floor is what real cells score (the type's reference "
+            "cells split, seeded, into as many cells as were generated, at most half, and the rest; mean of "
+            "several splits). A type under half of its floor is flagged. Variance ratio: median over those "
+            "genes of the generated variance / the reference's.</p>"
+            + _df_table(df, index_label="cell type"))
 
 
 #: Rows of <group>.celltype_shifts.csv shown in the report (the file has them all).

@@ -79,6 +79,15 @@ def test_qc_outputs_per_group(full_run):
         assert (own > other).sum() >= 0.8 * len(shared), matrix.round(3).to_string()
         metrics = json.loads((qc / f"{group}.metrics.json").read_text())
         assert metrics["params"]["seed"] is not None
+        # The VAE by itself tells every type apart, judged before the per-type calibration (which
+        # types the output right whatever the VAE learnt: a randomly initialised VAE passes the
+        # checks above but tells 0/10 apart, tests/unit/test_structure.py), and the QC's
+        # within-type structure and VAE identity warnings (b2s.structure) stay silent.
+        gen = ad.read_h5ad(full_run.outdir / "generate" / f"{group}.generated.h5ad", backed="r")
+        vae = json.loads(gen.uns["vae_identity"])
+        assert vae["told_apart"] == vae["n_types"] == len(ref_types), vae
+        assert metrics["within_type_types_assessed"] >= 1 and metrics["within_type_types_under_floor"] == []
+        assert not [w for w in metrics["warnings"] if w.startswith(("within-type structure", "the VAE by itself"))]
         for plot in ("cellprop", "correlation", "mde", "bulk_scatter"):
             assert (qc / f"{group}.{plot}.png").stat().st_size > 1000
         # QC against the group's own bulk: generated cells and the composition-only expectation
