@@ -41,7 +41,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bin"), str(ROOT / "benchmarks")]
 
-from b2s.generate import dispersion  # noqa: E402
+from b2s.generate import type_dispersion  # noqa: E402
 from b2s.preprocess import model_input, normalize_single  # noqa: E402
 from b2s.structure import within_type_structure  # noqa: E402
 from realdata import load_hao, split_reference  # noqa: E402
@@ -55,7 +55,7 @@ def nb_null(mi: ad.AnnData, n_per_type: dict[str, int], seed: int) -> ad.AnnData
     types = list(n_per_type)
     counts = sp.csr_matrix(mi.layers["counts"], dtype=np.float64)
     lib = mi.obs["total_counts"].to_numpy(np.float64)
-    phi = dispersion(counts, lib, pd.Categorical(labels, categories=types).codes, len(types))
+    phi = type_dispersion(counts, lib, pd.Categorical(labels, categories=types).codes, len(types))
     norm = sp.diags(1.0 / lib) @ counts
     blocks, libs, out_labels = [], [], []
     for t in types:
@@ -123,7 +123,8 @@ def bundled(settings: list[str]) -> None:
     from b2s.generate import generate_cells
     from b2s.qc import vae_identity_of
     from b2s.structure import summary_line, within_type_qc
-    from b2s.train import TrainConfig, train_vae
+    from b2s.train import ENGINE_DEFAULTS, TrainConfig, train_vae
+    from b2s.vae import BetaVAE, GeneSubsetVAE
 
     ref = ad.read_h5ad(ROOT / "assets" / "test_data" / "reference.h5ad")
     mi = model_input(ref, ref.var_names)
@@ -131,9 +132,15 @@ def bundled(settings: list[str]) -> None:
     for spec in settings:
         epochs, lr, batch = spec.split(":")
         t0 = time.perf_counter()
-        res = train_vae(mi.X, TrainConfig(epoch_num=int(epochs), patience=int(epochs), learning_rate=float(lr),
-                                          batch_size=int(batch), device="cpu", seed=42, log_every=10**6))
-        gen = generate_cells(res.state_dict, mi, targets, seed=1, device="cpu")
+        native = {k: v for k, v in ENGINE_DEFAULTS["native"].items() if k != "epoch_num"}
+        cfg = TrainConfig(**{**native, "learning_rate": float(lr), "batch_size": int(batch)},
+                          epoch_num=int(epochs), patience=int(epochs), device="cpu", seed=42, log_every=10**6)
+        res = train_vae(mi.X, cfg)
+        model = BetaVAE(len(res.genes) if res.genes is not None else mi.n_vars, cfg.hidden_size)
+        model.load_state_dict(res.state_dict)
+        if res.genes is not None:
+            model = GeneSubsetVAE(model, res.genes, mi.n_vars)
+        gen = generate_cells(model, mi, targets, seed=1, device="cpu")
         q = within_type_qc(mi, gen, vae=vae_identity_of(gen), seed=42)
         per = {t: (r["structure"], r["floor"]) for t, r in q["within_type"]["per_celltype"].items()}
         print(json.dumps({"setting": spec, "seconds": round(time.perf_counter() - t0, 1),

@@ -71,7 +71,7 @@ def type_mean_null(ref: ad.AnnData, n: int, seed: int, nb: bool = True) -> ad.An
     """The null: NB (or Poisson) counts from each type's mean normalised profile x a reference cell's
     library, NB dispersion per gene estimated from the reference within types (as GENERATE's):
     right type, right library, about the right variance, nothing co-varying inside the type."""
-    from b2s.generate import dispersion
+    from b2s.generate import type_dispersion
 
     rng = np.random.default_rng(seed)
     labels = ref.obs["celltype"].astype(str).to_numpy()
@@ -79,7 +79,7 @@ def type_mean_null(ref: ad.AnnData, n: int, seed: int, nb: bool = True) -> ad.An
     lib = ref.obs["total_counts"].to_numpy()
     norm = counts / lib[:, None]
     codes = pd.Categorical(labels, categories=list(TYPES)).codes
-    phi = dispersion(sp.csr_matrix(counts), lib, codes, len(TYPES))
+    phi = type_dispersion(sp.csr_matrix(counts), lib, codes, len(TYPES))
     rows, out_labels = [], []
     for t in TYPES:
         m = labels == t
