@@ -165,6 +165,7 @@ UNIT_HEADERS = {"counts": "gene", "tpm": "gene:tpm", "fpkm": "gene:fpkm"}
 #: Annotation columns (lower case) of featureCounts output and nf-core/rnaseq's merged tables: never samples.
 ANNOTATION_HEADERS = ("chr", "start", "end", "strand", "length", "effective_length", "transcript_id(s)",
                       "transcript_id", "transcript_ids", "gene_biotype", "gene_type", "biotype", "description")
+_VERSION_SUFFIX = re.compile(r"\.\d+$")
 _FEATURECOUNTS_COLUMNS = ("geneid", "chr", "start", "end", "strand", "length")
 #: Aligner / sorter suffixes of BAM file names (featureCounts names sample columns by BAM path).
 _BAM_SUFFIX = re.compile(r"(\.(bam|sam|cram))$", re.IGNORECASE)
@@ -211,7 +212,7 @@ def sample_names_from_paths(names: list[str]) -> list[str]:
     when the cleaned ones would not be unique and non-empty.
     """
     base = [_BAM_SUFFIX.sub("", n.replace("\\", "/").rsplit("/", 1)[-1]) for n in names]
-    base = [_BAM_TAIL.sub("", b) or b for b in base]
+    base = [_BAM_TAIL.sub("", b).rstrip("._-") or b for b in base]
     if len(set(base)) == len(base) and all(base):
         return base
     return list(names)
@@ -247,7 +248,8 @@ def choose_gene_column(counts: pd.DataFrame, targets: Iterable[str] | None, targ
     best, best_hits, hits = first, -1, {}
     options: dict[str, list[str]] = {}
     for name, values in columns.items():
-        for label, vals in ((name, values), (f"{name} (version suffix dropped)", _strip_version(values))):
+        unversioned = [_VERSION_SUFFIX.sub("", v) for v in values]
+        for label, vals in ((name, values), (f"{name} (version suffix dropped)", unversioned)):
             if label != name and vals == values:
                 continue
             options[label] = vals
@@ -458,7 +460,7 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk", units: str = "aut
     else:
         counts = pd.DataFrame(values, index=df.index, columns=df.columns)
     attrs["units"] = units
-    attrs["gene_columns"] = gene_columns if len(gene_columns) > 1 else {}
+    attrs["gene_columns"] = gene_columns
     counts.attrs = attrs
     counts = choose_gene_column(counts, targets, target_name, f"{what} {path}")
 

@@ -1,0 +1,182 @@
+"""Bulk tables as upstream tools write them (issue 26): nf-core/rnaseq merged tables (salmon, RSEM),
+featureCounts output as written, TPM/FPKM, odd group names. Each shape is built from the bundled
+bulk (assets/test_data) and read by PREPARE_INPUTS' ``main`` without edits; the values that reach
+bulk_counts.tsv must be the bundled ones and every decision must be in prepare_summary.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import b2s.io as bio
+from b2s.errors import InputError
+
+from tests.helpers import load_script
+
+TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"
+
+
+@pytest.fixture(scope="module")
+def bundled() -> pd.DataFrame:
+    return pd.read_csv(TEST_DATA / "bulk_counts.tsv.gz", sep="\t", index_col=0)
+
+
+@pytest.fixture(scope="module")
+def id_map() -> pd.Series:
+    m = pd.read_csv(TEST_DATA / "gene_map.tsv", sep="\t")
+    return pd.Series(m["gene_id"].to_numpy(), index=m["symbol"].to_numpy())
+
+
+def prepare(tmp_path: Path, bulk: Path, *extra: str, sheet: Path | None = TEST_DATA / "samplesheet.csv") -> dict:
+    out = tmp_path / "out"
+    argv = ["--bulk", str(bulk), "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
+            "--max_single_cells", "200", "--outdir", str(out), *extra]
+    argv += ["--samplesheet", str(sheet)] if sheet else []
+    load_script("bin/prepare_inputs.py").main(argv)
+    return json.loads((out / "prepare_summary.json").read_text())
+
+
+def prepared_bulk(tmp_path: Path) -> pd.DataFrame:
+    return bio.read_prepared(tmp_path / "out" / "bulk_counts.tsv", tmp_path / "out" / "groups.csv",
+                             TEST_DATA / "reference.h5ad")[0]
+
+
+def decisions(summary: dict) -> dict:
+    return {d["decision"]: d for d in summary["bulk"]["decisions"]}
+
+
+def test_salmon_merged_gene_counts(tmp_path, bundled, id_map, capsys):
+    """nf-core/rnaseq salmon.merged.gene_counts.tsv: gene_id, gene_name, fractional expected counts."""
+    rng = np.random.default_rng(0)
+    frac = bundled + rng.uniform(-0.49, 0.49, bundled.shape) * (bundled > 0)
+    table = frac.copy()
+    table.insert(0, "gene_name", table.index)
+    table.insert(0, "gene_id", id_map.reindex(table.index).to_numpy())
+    path = tmp_path / "salmon.merged.gene_counts.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    s = prepare(tmp_path, path)
+    got = prepared_bulk(tmp_path)
+    pd.testing.assert_frame_equal(got, bundled.astype(np.int64), check_names=False, check_flags=False)
+    d = decisions(s)
+    assert s["bulk"]["units"] == "counts" and d["units"]["value"] == "counts"
+    assert d["rounded"]["value"] == int((np.abs(frac - np.rint(frac)) > 1e-3).to_numpy().sum())
+    assert d["gene_column"]["value"] == "gene_name"  # the reference is keyed by symbols
+    assert s["bulk"]["table_shape"].startswith("nf-core/rnaseq merged")
+    out = capsys.readouterr().out
+    for dec in s["bulk"]["decisions"]:
+        assert dec["message"] in out  # every decision is a console line
+
+
+def test_salmon_merged_ids_chosen_with_gene_map(tmp_path, bundled, id_map):
+    """With --gene_map the ID column is chosen (the map's keys), then mapped to symbols."""
+    table = bundled.copy()
+    table.insert(0, "gene_name", [f"NAME{i}" for i in range(len(table))])  # names that match nothing
+    table.insert(0, "gene_id", id_map.reindex(table.index).to_numpy())
+    path = tmp_path / "salmon.merged.gene_counts.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    s = prepare(tmp_path, path, "--gene_map", str(TEST_DATA / "gene_map.tsv"))
+    assert decisions(s)["gene_column"]["value"] == "gene_id"
+    assert s["n_shared_genes"] == 765
+
+
+def test_rsem_merged_gene_counts(tmp_path, bundled, id_map):
+    """RSEM merged (nf-core/rnaseq rsem_merge_counts): gene_id, transcript_id(s), expected counts;
+    here keyed by versioned IDs, with a gene map keyed by unversioned IDs."""
+    table = bundled + 0.25 * (bundled % 2)
+    table.insert(0, "transcript_id(s)", [f"ENST{i:011d}.1,ENST{i:011d}.2" for i in range(len(table))])
+    table.insert(0, "gene_id", [f"{g}.4" for g in id_map.reindex(bundled.index)])
+    path = tmp_path / "rsem.merged.gene_counts.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    s = prepare(tmp_path, path, "--gene_map", str(TEST_DATA / "gene_map.tsv"))
+    got = prepared_bulk(tmp_path)
+    pd.testing.assert_frame_equal(got, bundled.astype(np.int64), check_names=False, check_flags=False)
+    d = decisions(s)
+    assert s["bulk"]["table_shape"].startswith("RSEM merged")
+    assert d["gene_column"]["value"] == "gene_id (version suffix dropped)"
+    assert "transcript_id(s)" in d["table_shape"]["message"]
+
+
+def test_featurecounts_as_written(tmp_path, bundled):
+    """featureCounts output: comment line, Geneid Chr Start End Strand Length, samples named by BAM path."""
+    bams = {s: f"/scratch/run1/star/{s}.Aligned.sortedByCoord.out.bam" for s in bundled.columns}
+    lines = ['# Program:featureCounts v2.0.6; Command:"featureCounts" "-a" "genes.gtf" "-o" "counts.txt" '
+             + " ".join(f'"{b}"' for b in bams.values()),
+             "\t".join(["Geneid", "Chr", "Start", "End", "Strand", "Length", *bams.values()])]
+    for g, row in bundled.iterrows():
+        lines.append("\t".join([g, "chr1;chr1", "100;300", "200;450", "+;+", "251", *map(str, row.tolist())]))
+    path = tmp_path / "counts.txt"
+    path.write_text("\n".join(lines) + "\n")
+    s = prepare(tmp_path, path)
+    pd.testing.assert_frame_equal(prepared_bulk(tmp_path), bundled, check_names=False, check_flags=False)
+    d = decisions(s)
+    assert s["bulk"]["table_shape"] == "featureCounts"
+    assert d["sample_names"]["value"] == {b: s_ for s_, b in bams.items()}
+    assert "Length" in d["table_shape"]["message"]
+
+
+@pytest.mark.parametrize("units,name", [("tpm", "bulk_tpm.tsv"), ("fpkm", "GSE1_fpkm.tsv"), ("fpkm", "expr.tsv")])
+def test_tpm_fpkm_detected_and_kept(tmp_path, bundled, units, name):
+    """TPM/FPKM with decimals: detected by auto, kept as given, marked in bulk_counts.tsv's header."""
+    rng = np.random.default_rng(1)
+    length = rng.lognormal(0, 0.5, len(bundled))[:, None] * 1e3
+    rpk = bundled / length
+    table = rpk / rpk.sum() * 1e6 if units == "tpm" else bundled / length / bundled.sum() * 1e9 * 0.8
+    path = tmp_path / name
+    table.to_csv(path, sep="\t")
+    s = prepare(tmp_path, path)
+    assert s["bulk"]["units"] == units and s["bulk"]["library_sizes"] is None
+    got = prepared_bulk(tmp_path)
+    assert got.attrs["units"] == units
+    assert (tmp_path / "out" / "bulk_counts.tsv").read_text().startswith(bio.UNIT_HEADERS[units] + "\t")
+    np.testing.assert_allclose(got.to_numpy(), table.to_numpy(), rtol=1e-6)
+
+
+def test_units_override_and_errors(tmp_path, bundled):
+    path = tmp_path / "expr.tsv"
+    (bundled + 0.5).to_csv(path, sep="\t")
+    assert bio.read_counts(path, units="counts").attrs["decisions"][0]["decision"] == "rounded"
+    assert bio.read_counts(path).attrs["units"] == "fpkm"
+    with pytest.raises(InputError, match="--bulk_units 'reads' is unknown; use one of counts, tpm, fpkm, auto"):
+        bio.read_counts(path, units="reads")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("# Program:featureCounts\n", "only '#' comment lines, no table"),
+    ("Geneid\tChr\tStart\tEnd\tStrand\tLength\nA\tc\t1\t2\t+\t5\n", "featureCounts table without sample columns"),
+    ("gene\ts1\tnote\nA\t1\tup\nB\t2\tdown\n", "column(s) note hold text, not numbers, after the sample column(s) s1"),
+])
+def test_unreadable_shapes_one_line(tmp_path, text, needle):
+    path = tmp_path / "bad.tsv"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        bio.read_counts(path)
+    assert needle in str(err.value) and "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_sample_names_from_paths():
+    assert bio.sample_names_from_paths(["/a/b/s1.sorted.bam", "s2.markdup.sorted.bam", "x\\s3Aligned.out.bam"]) == \
+        ["s1", "s2", "s3"]
+    assert bio.sample_names_from_paths(["/a/s1.bam", "/b/s1.bam"]) == ["/a/s1.bam", "/b/s1.bam"]  # not unique
+
+
+def test_odd_group_names(tmp_path, bundled):
+    """Any group name: kept as given (groups.csv name, summary), slug for files, decision recorded."""
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("group,sample\nDay 0,ctrl_1\nDay 0,ctrl_2\nIFN-b/6h,stim_1\nIFN-b/6h,stim_2\n")
+    s = prepare(tmp_path, TEST_DATA / "bulk_counts.tsv.gz", sheet=sheet)
+    groups = pd.read_csv(tmp_path / "out" / "groups.csv")
+    assert groups.drop_duplicates("group")[["group", "name"]].values.tolist() == \
+        [["Day_0", "Day 0"], ["IFN-b_6h", "IFN-b/6h"]]
+    assert s["groups"]["names"] == {"Day_0": "Day 0", "IFN-b_6h": "IFN-b/6h"}
+    assert decisions(s)["group_slugs"]["value"] == {"Day 0": "Day_0", "IFN-b/6h": "IFN-b_6h"}
+
+
+def test_slug_collision_names_both(tmp_path):
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("group,sample\nIFN-b/6h,ctrl_1\nIFN-b 6h,stim_1\n")
+    with pytest.raises(InputError, match="groups 'IFN-b/6h' and 'IFN-b 6h' both become the file name 'IFN-b_6h'"):
+        prepare(tmp_path, TEST_DATA / "bulk_counts.tsv.gz", sheet=sheet)
