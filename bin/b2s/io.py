@@ -261,7 +261,7 @@ def choose_gene_column(counts: pd.DataFrame, targets: Iterable[str] | None, targ
     out = counts.copy()
     out.index = pd.Index(options[best], name="gene")
     out.attrs = {k: v for k, v in counts.attrs.items() if k != "gene_columns"}
-    if len(options) > 1 or best != first:
+    if len(columns) > 1 or best != first:
         scores = ", ".join(f"{k}: {v}" for k, v in hits.items())
         line = (f"{what}: gene column '{best}' used ({best_hits} of {len(out)} genes match {target_name}; {scores})"
                 if tset is not None else f"{what}: gene column '{best}' used (first of {', '.join(columns)})")
