@@ -180,3 +180,52 @@ def test_slug_collision_names_both(tmp_path):
     sheet.write_text("group,sample\nIFN-b/6h,ctrl_1\nIFN-b 6h,stim_1\n")
     with pytest.raises(InputError, match="groups 'IFN-b/6h' and 'IFN-b 6h' both become the file name 'IFN-b_6h'"):
         prepare(tmp_path, TEST_DATA / "bulk_counts.tsv.gz", sheet=sheet)
+
+
+# ------------------------------------------------------------------- TPM downstream of PREPARE_INPUTS
+def _tiny_reference(n_per_type=(30, 20)):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n = sum(n_per_type)
+    a = ad.AnnData(sp.csr_matrix(rng.poisson(5, (n, 8)).astype(np.float32)))
+    a.var_names = [f"g{i}" for i in range(8)]
+    a.obs["celltype"] = pd.Categorical(np.repeat(["A", "B"], n_per_type))
+    return a
+
+
+def test_cell_number_rules():
+    """counts: library size (omicverse); TPM/FPKM: the reference's cell number; --cells_per_group: that."""
+    from b2s import fractions as F
+
+    ref = _tiny_reference()
+    groups = pd.DataFrame({"group": ["G", "G"], "sample": ["s1", "s2"]})
+    fr = pd.DataFrame({"A": [0.25], "B": [0.75]}, index=pd.Index(["G"], name="group"))
+    counts = pd.DataFrame({"s1": [100] * 8, "s2": [300] * 8}, index=ref.var_names)
+    counts.attrs["units"] = "counts"
+    lib_total = ref.n_obs * 1600 / float(ref.X.sum())
+    assert F.total_cells(counts, groups, ref) == {"G": pytest.approx(lib_total)}
+    tpm = counts / counts.sum() * 1e6
+    tpm.attrs["units"] = "tpm"
+    assert F.cell_number_rule(tpm) == "reference_cells"
+    t = F.cell_targets(tpm, groups, ref, fr, scale_size=2)
+    assert t["n_cells"].tolist() == [25, 75]  # 50 reference cells x 2 x fraction
+    t = F.cell_targets(tpm, groups, ref, fr, scale_size=2, cells_per_group=200)
+    assert t["n_cells"].tolist() == [50, 150] and F.cell_number_rule(tpm, 200) == "cells_per_group"
+    assert F.cell_targets(counts, groups, ref, fr, cells_per_group=200)["n_cells"].tolist() == [50, 150]
+
+
+def test_preprocess_scales_tpm_per_sample_and_keeps_deseq2_for_counts():
+    from b2s import preprocess as pp
+
+    groups = pd.DataFrame({"group": ["G", "G"], "sample": ["s1", "s2"]})
+    fpkm = pd.DataFrame({"s1": [10.0, 30.0, 60.0], "s2": [1.0, 3.0, 6.0]}, index=["a", "b", "c"])
+    fpkm.attrs["units"] = "fpkm"
+    prof = pp.bulk_group_profiles(fpkm, groups)
+    want = np.log10(np.array([1e5, 3e5, 6e5]) + 1)  # both samples scale to the same TPM
+    np.testing.assert_allclose(prof["G"].to_numpy(), want)
+    counts = fpkm.astype(int)
+    counts.attrs["units"] = "counts"
+    np.testing.assert_allclose(pp.bulk_group_profiles(counts, groups)["G"].to_numpy(),
+                               np.log10(pp.deseq2_normalize(counts) + 1).mean(axis=1).to_numpy())
