@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     res = {"machine": machine_info(), "length_sigma": args.length_sigma, "splits": args.splits, "seeds": args.seeds,
            "table": table.to_dict(orient="records"), "runs": rows}
-    Path(args.out).write_text(json.dumps(res, indent=1, default=float) + "\n")
+    Path(args.out).write_text(json.dumps(res, default=float) + "\n")
     print(f"machine: {res['machine']['cpu']}; wrote {args.out}")
     return res
 

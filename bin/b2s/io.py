@@ -259,7 +259,9 @@ def choose_gene_column(counts: pd.DataFrame, targets: Iterable[str] | None, targ
     if tset is None:
         best = first
     out = counts.copy()
-    out.index = pd.Index(options[best], name="gene")
+    # a gene without a name (salmon writes '' where the annotation has none) keeps its first-column ID
+    chosen = [v if v else f for v, f in zip(options[best], columns[first])]
+    out.index = pd.Index(chosen, name="gene")
     out.attrs = {k: v for k, v in counts.attrs.items() if k != "gene_columns"}
     if len(columns) > 1 or best != first:
         scores = ", ".join(f"{k}: {v}" for k, v in hits.items())
@@ -629,11 +631,6 @@ def _slugs(names: Iterable[str], what: str) -> dict[str, str]:
     return out
 
 
-def _sanitise(name: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
-    return clean or "sample"
-
-
 def _missing_samples(wanted: list[str], counts: pd.DataFrame, what: str) -> None:
     have = set(counts.columns)
     missing = [s for s in wanted if s not in have]
@@ -649,7 +646,8 @@ def _missing_samples(wanted: list[str], counts: pd.DataFrame, what: str) -> None
 
 def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = None,
                 bulk_group: str | None = None) -> pd.DataFrame:
-    """The bulk groups as a DataFrame with columns ``group,sample`` (str).
+    """The bulk groups as a DataFrame with columns ``group,sample,name`` (str; ``group`` is the
+    file-name-safe ID, ``name`` the name as given).
 
     * ``samplesheet``: CSV/TSV with columns ``group`` and ``sample`` (extra columns ignored);
       each sample at most once; any group name (``Day 0``, ``IFN-b/6h``): column ``name`` keeps
@@ -657,7 +655,7 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
       every stage as the group's ID; two names with one slug are an error.
     * ``bulk_group`` ``"a,b,c"``: one group named :data:`BULK_GROUP_NAME` (``bulk_group``)
       holding those samples (as the seed's ``bulk_group`` list).
-    * neither: every bulk column is its own group (group name = sample name made file-name safe).
+    * neither: every bulk column is its own group (name = sample name, ID its slug made unique).
 
     Every sample must be a column of ``counts``.
     """
@@ -712,7 +710,7 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
     else:
         names, seen = [], set()
         for s in counts.columns:
-            base = name = _sanitise(s)
+            base = name = group_slug(s)
             k = 1
             while name in seen:
                 k += 1

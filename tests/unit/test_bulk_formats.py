@@ -229,3 +229,10 @@ def test_preprocess_scales_tpm_per_sample_and_keeps_deseq2_for_counts():
     counts.attrs["units"] = "counts"
     np.testing.assert_allclose(pp.bulk_group_profiles(counts, groups)["G"].to_numpy(),
                                np.log10(pp.deseq2_normalize(counts) + 1).mean(axis=1).to_numpy())
+
+
+def test_gene_without_name_keeps_its_id(tmp_path):
+    path = tmp_path / "salmon.merged.gene_counts.tsv"
+    path.write_text("gene_id\tgene_name\ts1\ts2\nENSG01\tCD3E\t1.2\t3\nENSG02\t\t4\t5.7\nENSG03\tLYZ\t7\t8\n")
+    df = bio.read_counts(path, targets=["CD3E", "LYZ"])
+    assert list(df.index) == ["CD3E", "ENSG02", "LYZ"] and df.loc["ENSG02"].tolist() == [4, 6]
