@@ -20,14 +20,6 @@ from b2s.io import params_from_args, read_prepared, warn, write_json
 from b2s.plots import plot_fractions
 
 
-#: The report and the console say which rule set the cell numbers (b2s.fractions.total_cells).
-RULE_TEXT = {
-    "library_size": "total = reference cells x group library size / reference counts, x --scale_size",
-    "reference_cells": "TPM/FPKM carry no library size: total = the reference's cell number, x --scale_size",
-    "cells_per_group": "--cells_per_group cells per group, split by the fractions",
-}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = fr.cell_targets(bulk, groups, reference, group_fr, scale_size=args.scale_size,
                               cells_per_group=args.cells_per_group)
     rule = fr.cell_number_rule(bulk, args.cells_per_group)
-    print(f"cell numbers: rule {rule} ({RULE_TEXT[rule]}; bulk units {bulk.attrs['units']})", flush=True)
+    print(f"cell numbers: rule {rule} ({fr.CELL_RULES[rule]}; bulk units {bulk.attrs['units']})", flush=True)
 
     sample_fr.to_csv(out / "sample_fractions.csv")
     group_fr.to_csv(out / "fractions.csv")
@@ -115,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             "n_unexplained": int((~fit["explained"]).sum()),
         },
         "bulk_units": bulk.attrs["units"],
-        "cell_number_rule": {"rule": rule, "description": RULE_TEXT[rule]},
+        "cell_number_rule": {"rule": rule, "description": fr.CELL_RULES[rule]},
         "groups": {
             g: {"n_samples": int((groups["group"] == g).sum()),
                 "estimated_total_cells": round(totals[g], 3),

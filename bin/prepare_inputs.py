@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
             f"(counts from {stats['counts_source']})")
 
     bio.log(f"reading bulk {args.bulk}")
-    if args.gene_map:
-        targets, target_name = bio.read_gene_map(args.gene_map).index, f"--gene_map {args.gene_map} IDs"
+    mapping = bio.read_gene_map(args.gene_map) if args.gene_map else None
+    if mapping is not None:
+        targets, target_name = mapping.index, f"--gene_map {args.gene_map} IDs"
     else:
         targets, target_name = ref.var_names, f"--reference {args.reference} genes"
     counts = bio.read_counts(args.bulk, units=args.bulk_units, targets=targets, target_name=target_name)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     n_genes_input = counts.shape[0] + counts.attrs.get("duplicate_genes_dropped", 0)
     gene_map_stats = None
     if args.gene_map:
-        counts = bio.apply_gene_map(counts, args.gene_map)
+        counts = bio.apply_gene_map(counts, args.gene_map, mapping=mapping)
         gene_map_stats = counts.attrs.get("gene_map")
     bio.log(f"bulk: {counts.shape[0]} genes x {counts.shape[1]} samples ({units})")
 

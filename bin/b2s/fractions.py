@@ -525,8 +525,12 @@ def group_fractions(sample_fractions: pd.DataFrame, groups: pd.DataFrame) -> pd.
     return out
 
 
-#: How the number of cells per group is set (:func:`cell_number_rule`).
-CELL_RULES = ("library_size", "reference_cells", "cells_per_group")
+#: How the number of cells per group is set (:func:`cell_number_rule`), as the console and the report say it.
+CELL_RULES = {
+    "library_size": "total = reference cells x group library size / reference counts, x --scale_size",
+    "reference_cells": "TPM/FPKM carry no library size: total = the reference's cell number, x --scale_size",
+    "cells_per_group": "--cells_per_group cells per group, split by the fractions",
+}
 
 
 def cell_number_rule(bulk: pd.DataFrame, cells_per_group: int | None = None) -> str:

@@ -566,14 +566,16 @@ def _strip_version(ids: Iterable[str]) -> list[str]:
     return [_ENSEMBL_VERSION.sub(r"\1", i) for i in ids]
 
 
-def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name: str = "--bulk") -> pd.DataFrame:
+def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name: str = "--bulk",
+                   mapping: pd.Series | None = None) -> pd.DataFrame:
     """Rename bulk genes from IDs to symbols with the map at ``map_path``.
 
     Unmapped IDs are dropped; several IDs with the same symbol are collapsed to the row with
     the largest total count (as for duplicate genes). Version suffixes of Ensembl-style IDs are
     ignored when the exact ID is not in the map. Stats go to ``result.attrs['gene_map']``.
+    ``mapping``: the map already read (:func:`read_gene_map`), to read it once.
     """
-    mapping = read_gene_map(map_path)
+    mapping = read_gene_map(map_path) if mapping is None else mapping
     ids = counts.index.to_numpy(dtype=str)
     symbols = mapping.reindex(ids)
     missing = symbols.isna().to_numpy()

@@ -236,3 +236,28 @@ def test_gene_without_name_keeps_its_id(tmp_path):
     path.write_text("gene_id\tgene_name\ts1\ts2\nENSG01\tCD3E\t1.2\t3\nENSG02\t\t4\t5.7\nENSG03\tLYZ\t7\t8\n")
     df = bio.read_counts(path, targets=["CD3E", "LYZ"])
     assert list(df.index) == ["CD3E", "ENSG02", "LYZ"] and df.loc["ENSG02"].tolist() == [4, 6]
+
+
+def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled):
+    """FPKM from a GEO-like table through PREPARE_INPUTS, ESTIMATE_FRACTIONS and PREPROCESS (the stages
+    that read the units; GENERATE/FILTER/QC read the same files as for TPM, run in tests/pipeline)."""
+    length = np.random.default_rng(2).lognormal(0, 0.7, len(bundled))[:, None] * 1e3  # bp
+    full_length = bundled * length  # a full-length library: reads grow with gene length
+    fpkm = full_length / (length / 1e3) / (full_length.sum() / 1e6)
+    path = tmp_path / "GSE0000_fpkm.txt"
+    fpkm.to_csv(path, sep="\t", float_format="%.5f")
+    prepare(tmp_path, path)
+    out = tmp_path / "out"
+    args = ["--bulk", str(out / "bulk_counts.tsv"), "--groups", str(out / "groups.csv"),
+            "--reference", str(out / "reference.h5ad")]
+    load_script("bin/estimate_fractions.py").main(args + ["--outdir", str(tmp_path / "fr")])
+    load_script("bin/preprocess.py").main(args + ["--outdir", str(tmp_path / "pp")])
+    fs = json.loads((tmp_path / "fr" / "fractions_summary.json").read_text())
+    assert fs["bulk_units"] == "fpkm" and fs["cell_number_rule"]["rule"] == "reference_cells"
+    targets = pd.read_csv(tmp_path / "fr" / "cell_targets.csv")
+    assert targets.groupby("group")["n_cells"].sum().between(2 * 200 - 10, 2 * 200 + 10).all()
+    fracs = pd.read_csv(tmp_path / "fr" / "fractions.csv", index_col=0)
+    truth = pd.read_csv(TEST_DATA / "truth_group_fractions.csv", index_col=0).loc[fracs.index, fracs.columns]
+    assert np.corrcoef(fracs.to_numpy().ravel(), truth.to_numpy().ravel())[0, 1] > 0.8
+    ps = json.loads((tmp_path / "pp" / "preprocess_summary.json").read_text())
+    assert ps["bulk_normalisation"] == "scaled_per_sample_to_1e6" and ps["size_factors"] is None
