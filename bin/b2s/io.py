@@ -417,7 +417,8 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk", units: str = "aut
         if renamed != list(df.columns):
             pairs = [f"'{a}' -> '{b}'" for a, b in zip(df.columns, renamed) if a != b]
             decide(attrs, "sample_names", dict(zip(df.columns, renamed)),
-                   f"{what} {path}: sample columns named by alignment files; renamed {len(pairs)}: {examples(pairs, 3)}")
+                   f"{what} {path}: sample columns named by alignment files; renamed {len(pairs)}: "
+                   f"{examples(pairs, 3)}")
             df.columns = renamed
 
     # Non-numeric cells: pandas leaves such columns as object dtype.

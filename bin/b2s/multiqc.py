@@ -81,9 +81,10 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path) -> list[Path]:
                     f"{html.escape(text)}</li>" for stage, g, text in warnings)
     body = f"<ul>{items}</ul>" if warnings else "<p>No warnings.</p>"
     path = out / "bulk2single_warnings_mqc.yaml"
+    description = f"{len(warnings)} warning(s) printed by the run's tasks."
     path.write_text("\n".join([f"id: {json.dumps(SECTIONS['warnings'])}",
                                'section_name: "nf-bulk2single: warnings"',
-                               f"description: {json.dumps(f'{len(warnings)} warning(s) printed by the run' + chr(39) + 's tasks.')}",
+                               f"description: {json.dumps(description)}",
                                'plot_type: "html"', f"data: {json.dumps(body)}", ""]))
     written.append(path)
     return written

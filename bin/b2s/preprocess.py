@@ -1,5 +1,6 @@
-"""PREPROCESS: bulk DESeq2 median-of-ratios (counts; TPM/FPKM: scaled per sample to 1e6) + log10 group profiles; single-cell normalize_total +
-log1p; the model input (reference cells x genes shared with the bulk).
+"""PREPROCESS: bulk DESeq2 median-of-ratios (counts; TPM/FPKM: scaled per sample to 1e6) + log10
+group profiles; single-cell normalize_total + log1p; the model input (reference cells x genes
+shared with the bulk).
 
 Matches omicverse 2.3.2's ``bulk_preprocess_lazy`` / ``single_preprocess_lazy`` / ``prepare_input``
 in behaviour: the whole bulk matrix is normalised together, then averaged per group; the
