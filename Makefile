@@ -22,7 +22,8 @@ env: $(VENV)/.installed
 # pip's cache is kept on purpose: the CUDA torch wheel is several GB.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-dev.txt
 	touch $@
 
 nextflow: $(NXF_JAR)

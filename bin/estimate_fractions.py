@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markers", default=None,
                    help="celltype,gene CSV of curated marker genes replacing automatic selection (native engine)")
     p.add_argument("--scale_size", type=float, default=2.0, help="multiplier of the estimated total cell number")
+    p.add_argument("--cells_per_group", type=int, default=None,
+                   help="cells generated per group, split by the fractions (replaces the estimated total x "
+                        "--scale_size); unset: from library sizes (counts) or the reference's cell number (TPM/FPKM)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--engine", default="native", choices=("native", "omicverse"))
     p.add_argument("--outdir", default=".")
@@ -41,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.markers and args.engine == "omicverse":
         raise InputError(f"--markers {args.markers}: curated markers work with --engine native only "
                          "(omicverse selects its own genes); drop --markers or use --engine native")
+    if args.cells_per_group is not None and args.cells_per_group < 1:
+        raise InputError(f"--cells_per_group {args.cells_per_group} must be >= 1; use e.g. 2000, or leave it unset")
     if args.scale_size <= 0:
         raise InputError(f"--scale_size {args.scale_size} must be > 0; use e.g. 2 (omicverse's default)")
     return args
@@ -74,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     sample_fr = sample_fr[sorted(sample_fr.columns)]
     sample_fr.index.name = "sample"
     group_fr = fr.group_fractions(sample_fr, groups)
-    targets = fr.cell_targets(bulk, groups, reference, group_fr, scale_size=args.scale_size)
+    targets = fr.cell_targets(bulk, groups, reference, group_fr, scale_size=args.scale_size,
+                              cells_per_group=args.cells_per_group)
+    rule = fr.cell_number_rule(bulk, args.cells_per_group)
+    print(f"cell numbers: rule {rule} ({fr.CELL_RULES[rule]}; bulk units {bulk.attrs['units']})", flush=True)
 
     sample_fr.to_csv(out / "sample_fractions.csv")
     group_fr.to_csv(out / "fractions.csv")
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         warn(line)
     plot_fractions(group_fr, str(out / "fractions_barplot.png"),
                    title=f"Estimated cell-type fractions ({args.method}, {args.engine})")
-    totals = fr.total_cells(bulk, groups, reference)
+    totals = fr.total_cells(bulk, groups, reference, args.cells_per_group)
     write_json(out / "fractions_summary.json", {
         "method": args.method,
         "engine": args.engine,
@@ -98,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "explained": bool(r.explained)} for s, r in fit.iterrows()},
             "n_unexplained": int((~fit["explained"]).sum()),
         },
+        "bulk_units": bulk.attrs["units"],
+        "cell_number_rule": {"rule": rule, "description": fr.CELL_RULES[rule]},
         "groups": {
             g: {"n_samples": int((groups["group"] == g).sum()),
                 "estimated_total_cells": round(totals[g], 3),

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """PREPARE_INPUTS: validate the bulk counts, groups and scRNA-seq reference; write standardised copies.
 
-Outputs in --outdir: bulk_counts.tsv (genes x samples integer counts, first column `gene`,
-unique symbols), groups.csv (`group,sample`), reference.h5ad (raw counts CSR float32,
+Outputs in --outdir: bulk_counts.tsv (genes x samples integer counts, first column `gene`; TPM/FPKM
+as given, first column `gene:tpm`/`gene:fpkm`; unique symbols), groups.csv (`group,sample,name`:
+group = file-name-safe slug, name = as given), reference.h5ad (raw counts CSR float32,
 obs['celltype'] categorical, seeded subsample, unique genes) and prepare_summary.json.
 Inputs are never modified.
 """
@@ -27,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samplesheet", default=None, help="CSV with columns group,sample")
     p.add_argument("--bulk_group", default=None,
                    help=f"comma-separated bulk samples forming ONE group (named '{bio.BULK_GROUP_NAME}')")
+    p.add_argument("--bulk_units", default="auto", choices=bio.UNIT_CHOICES,
+                   help="units of --bulk: counts, tpm, fpkm or auto (detected, one console line)")
     p.add_argument("--max_single_cells", type=int, default=5000, help="subsample the reference to this many cells")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--outdir", default=".")
@@ -50,29 +53,38 @@ def main(argv: list[str] | None = None) -> None:
                                                  "prepare_summary.json")}
     bio.guard_inputs(outputs.values(), [args.bulk, args.reference, args.gene_map, args.samplesheet])
 
-    bio.log(f"reading bulk counts {args.bulk}")
-    counts = bio.read_counts(args.bulk)
+    # The reference first: its genes decide which gene column of the bulk is used.
+    bio.log(f"reading reference {args.reference}")
+    ref = refio.read_reference(args.reference, args.celltype_key, args.max_single_cells, args.seed)
+    stats = ref.uns.pop("prepare")
+    bio.log(f"reference: {ref.n_obs} cells x {ref.n_vars} genes, {len(stats['celltype_counts'])} cell types "
+            f"(counts from {stats['counts_source']})")
+
+    bio.log(f"reading bulk {args.bulk}")
+    mapping = bio.read_gene_map(args.gene_map) if args.gene_map else None
+    if mapping is not None:
+        targets, target_name = mapping.index, f"--gene_map {args.gene_map} IDs"
+    else:
+        targets, target_name = ref.var_names, f"--reference {args.reference} genes"
+    counts = bio.read_counts(args.bulk, units=args.bulk_units, targets=targets, target_name=target_name)
+    decisions = list(counts.attrs.get("decisions", []))
+    units = counts.attrs["units"]
     n_genes_input = counts.shape[0] + counts.attrs.get("duplicate_genes_dropped", 0)
     gene_map_stats = None
     if args.gene_map:
-        counts = bio.apply_gene_map(counts, args.gene_map)
+        counts = bio.apply_gene_map(counts, args.gene_map, mapping=mapping)
         gene_map_stats = counts.attrs.get("gene_map")
-    bio.log(f"bulk: {counts.shape[0]} genes x {counts.shape[1]} samples")
+    bio.log(f"bulk: {counts.shape[0]} genes x {counts.shape[1]} samples ({units})")
 
     groups = bio.read_groups(counts, samplesheet=args.samplesheet, bulk_group=args.bulk_group)
+    decisions += groups.attrs.get("decisions", [])
     unused = [s for s in counts.columns if s not in set(groups["sample"])]
     if unused:
         # Kept in bulk_counts.tsv: DESeq2 size factors use every sample, as in the seed.
         bio.log(f"note: {len(unused)} bulk samples are in no group ({bio.examples(unused)}); "
                 "they are kept for normalisation only")
     n_groups = groups["group"].nunique()
-    bio.log(f"groups: {n_groups} ({bio.examples(groups['group'].unique())})")
-
-    bio.log(f"reading reference {args.reference}")
-    ref = refio.read_reference(args.reference, args.celltype_key, args.max_single_cells, args.seed)
-    stats = ref.uns.pop("prepare")
-    bio.log(f"reference: {ref.n_obs} cells x {ref.n_vars} genes, {len(stats['celltype_counts'])} cell types "
-            f"(counts from {stats['counts_source']})")
+    bio.log(f"groups: {n_groups} ({bio.examples(groups['name'].unique())})")
 
     shared = bio.check_shared_genes(counts.index, ref.var_names, f"--bulk {args.bulk}",
                                     f"--reference {args.reference}", bulk_samples=counts.columns,
@@ -91,12 +103,19 @@ def main(argv: list[str] | None = None) -> None:
             "n_samples": int(counts.shape[1]),
             "samples": list(counts.columns),
             "samples_without_group": unused,
-            "library_sizes": {s: int(v) for s, v in counts.sum(axis=0).items()},
+            "units": units,
+            "table_shape": counts.attrs.get("table_shape"),
+            "decisions": decisions,
+            # None for TPM/FPKM: sums of normalised values are no library sizes
+            "library_sizes": {s: int(v) for s, v in counts.sum(axis=0).items()} if units == "counts" else None,
         },
         "groups": {
             "n_groups": int(n_groups),
             "source": "samplesheet" if args.samplesheet else ("bulk_group" if args.bulk_group else "each_sample"),
             "members": {g: list(s) for g, s in groups.groupby("group", sort=False)["sample"]},
+            # display name as given per group ID (the file-name-safe slug); renamed: only those that differ
+            "names": dict(zip(groups["group"], groups["name"])),
+            "renamed_for_files": groups.attrs.get("slugs", {}),
         },
         "reference": {
             "n_cells_before": stats["n_cells_input"],

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PREPROCESS: bulk group profiles (log10 DESeq2) and the log-normalised model input.
+"""PREPROCESS: bulk group profiles (log10 DESeq2 for counts, log10 TPM for TPM/FPKM) and the log-normalised model input.
 
 Writes model_input.h5ad, bulk_profiles.csv and preprocess_summary.json into --outdir
 (see docs/architecture.md).
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"preprocessing: {bulk.shape[0]} bulk genes x {bulk.shape[1]} samples, "
           f"reference {reference.n_obs} cells x {reference.n_vars} genes", flush=True)
     profiles = pp.bulk_group_profiles(bulk, groups)
-    sf = pp.size_factors(bulk)
+    units = bulk.attrs.get("units", "counts")
+    sf = pp.size_factors(bulk) if units == "counts" else None
     model = pp.model_input(reference, bulk.index)
     profiles.to_csv(out / "bulk_profiles.csv")
     write_h5ad(model, out / "model_input.h5ad", params=params)
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         "n_bulk_genes": int(bulk.shape[0]),
         "n_reference_genes": int(reference.n_vars),
         "groups": list(profiles.columns),
-        "size_factors": {k: round(float(v), 6) for k, v in sf.items()},
+        "bulk_units": units,
+        "bulk_normalisation": "deseq2_median_of_ratios" if sf is not None else "scaled_per_sample_to_1e6",
+        "size_factors": {k: round(float(v), 6) for k, v in sf.items()} if sf is not None else None,
         "target_sum": pp.TARGET_SUM,
     }, params=params)
     print(f"model input: {model.n_obs} cells x {model.n_vars} shared genes; "

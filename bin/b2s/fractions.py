@@ -525,35 +525,71 @@ def group_fractions(sample_fractions: pd.DataFrame, groups: pd.DataFrame) -> pd.
     return out
 
 
-def cell_targets(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.AnnData,
-                 group_fracs: pd.DataFrame, scale_size: float = 2) -> pd.DataFrame:
-    """Number of cells to generate per group and type (as omicverse's ``predicted_fraction``).
+#: How the number of cells per group is set (:func:`cell_number_rule`), as the console and the report say it.
+CELL_RULES = {
+    "library_size": "total = reference cells x group library size / reference counts, x --scale_size",
+    "reference_cells": "TPM/FPKM carry no library size: total = the reference's cell number, x --scale_size",
+    "cells_per_group": "--cells_per_group cells per group, split by the fractions",
+}
 
-    total(group) = n_reference_cells * L(group) / total reference counts, where L(group) is the
-    library size of the group-mean bulk profile (sum over all bulk genes of the mean raw count
-    over the group's samples); n_cells = int(fraction * total * scale_size), at least 1.
 
-    Returns columns ``group, celltype, fraction, n_cells`` (groups in ``group_fracs`` order,
-    cell types sorted; every reference type is listed, a type without a fraction gets 0).
+def cell_number_rule(bulk: pd.DataFrame, cells_per_group: int | None = None) -> str:
+    """``cells_per_group`` when given; else ``library_size`` for counts (omicverse's rule) and
+    ``reference_cells`` for TPM/FPKM (``bulk.attrs['units']``), whose sums are no library sizes."""
+    if cells_per_group:
+        return "cells_per_group"
+    return "library_size" if bulk.attrs.get("units", "counts") == "counts" else "reference_cells"
+
+
+def total_cells(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.AnnData,
+                cells_per_group: int | None = None) -> dict[str, float]:
+    """The total cell number per group, by :func:`cell_number_rule`:
+
+    * ``library_size``: n_reference_cells * L(group) / total reference counts, where L(group) is
+      the library size of the group-mean bulk profile (sum over all bulk genes of the mean raw
+      count over the group's samples), as omicverse's ``predicted_fraction``;
+    * ``reference_cells``: the number of reference cells (after ``--max_single_cells``), i.e. as if
+      the group's library equalled the reference's;
+    * ``cells_per_group``: that number.
     """
-    x = reference.X
-    ref_total = float(x.sum())
-    if ref_total <= 0:
-        raise InputError("reference.h5ad: X sums to 0; the reference must hold raw counts")
-    types = sorted(set(_labels(reference).categories) | set(map(str, group_fracs.columns)))
-    fr = group_fracs.copy()
-    fr.columns = fr.columns.astype(str)
-    fr = fr.reindex(columns=types, fill_value=0.0)
     g = groups.astype({"group": str, "sample": str})
     missing = sorted(set(g["sample"]) - set(bulk.columns.astype(str)))
     if missing:
         raise InputError(f"groups.csv: sample(s) {', '.join(missing)} are not columns of bulk_counts.tsv; "
                          "fix the samplesheet or the bulk matrix")
+    names = list(pd.unique(g["group"]))
+    rule = cell_number_rule(bulk, cells_per_group)
+    if rule == "cells_per_group":
+        return {k: float(cells_per_group) for k in names}
+    if rule == "reference_cells":
+        return {k: float(reference.n_obs) for k in names}
+    ref_total = float(reference.X.sum())
+    if ref_total <= 0:
+        raise InputError("reference.h5ad: X sums to 0; the reference must hold raw counts")
     col_totals = bulk.sum(axis=0)
     col_totals.index = col_totals.index.astype(str)
     lib = col_totals.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
-    total = reference.n_obs * lib.reindex(fr.index.astype(str)).to_numpy(dtype=np.float64) / ref_total
-    raw = fr.to_numpy(dtype=np.float64) * total[:, None] * float(scale_size)
+    return {k: float(reference.n_obs * v / ref_total) for k, v in lib.items()}
+
+
+def cell_targets(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.AnnData,
+                 group_fracs: pd.DataFrame, scale_size: float = 2, cells_per_group: int | None = None) -> pd.DataFrame:
+    """Number of cells to generate per group and type (as omicverse's ``predicted_fraction``).
+
+    n_cells = int(fraction * total * scale_size), at least 1, with total from :func:`total_cells`;
+    with ``cells_per_group`` n_cells = int(fraction * cells_per_group) (scale_size not applied).
+
+    Returns columns ``group, celltype, fraction, n_cells`` (groups in ``group_fracs`` order,
+    cell types sorted; every reference type is listed, a type without a fraction gets 0).
+    """
+    types = sorted(set(_labels(reference).categories) | set(map(str, group_fracs.columns)))
+    fr = group_fracs.copy()
+    fr.columns = fr.columns.astype(str)
+    fr = fr.reindex(columns=types, fill_value=0.0)
+    totals = total_cells(bulk, groups, reference, cells_per_group)
+    total = np.array([totals[str(k)] for k in fr.index], dtype=np.float64)
+    factor = 1.0 if cells_per_group else float(scale_size)
+    raw = fr.to_numpy(dtype=np.float64) * total[:, None] * factor
     n = np.maximum(np.floor(raw).astype(np.int64), 1)
     out = pd.DataFrame({
         "group": np.repeat(fr.index.astype(str).to_numpy(), len(types)),
@@ -562,16 +598,6 @@ def cell_targets(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.An
         "n_cells": n.ravel(),
     })
     return out
-
-
-def total_cells(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.AnnData) -> dict[str, float]:
-    """The estimated total cell number per group (before ``scale_size``), for summaries."""
-    g = groups.astype({"group": str, "sample": str})
-    col_totals = bulk.sum(axis=0)
-    col_totals.index = col_totals.index.astype(str)
-    lib = col_totals.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
-    ref_total = float(reference.X.sum())
-    return {k: float(reference.n_obs * v / ref_total) for k, v in lib.items()}
 
 
 def fraction_accuracy(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:

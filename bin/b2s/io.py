@@ -2,7 +2,7 @@
 
 Inputs (PREPARE_INPUTS):
 
-* bulk counts: genes x samples TSV/CSV (optionally ``.gz``), first column gene IDs
+* bulk: genes x samples TSV/CSV (optionally ``.gz``) of counts, TPM or FPKM
   (:func:`read_counts`);
 * an optional gene ID -> symbol map (:func:`apply_gene_map`, like omicverse's
   ``ov.bulk.Matrix_ID_mapping``);
@@ -20,8 +20,15 @@ file or parameter, the problem and the fix. Decisions (documented here because t
 * Gene map: IDs missing from the map (or mapped to an empty symbol) are dropped (they could
   never match reference genes); Ensembl-style version suffixes (``ENSG..1.5``) are ignored
   when the exact ID is not in the map.
-* Counts must be non-negative integers (``12.0`` is accepted). Non-integer values such as
-  RSEM expected counts or TPM are rejected with a hint, rather than silently rounded.
+* Units (``--bulk_units``, :func:`detect_units`): counts stay integers (fractional salmon/RSEM
+  expected counts are rounded, with a log line); TPM/FPKM are kept as given and marked in
+  bulk_counts.tsv's header (:data:`UNIT_HEADERS`) for the later stages.
+* Tables as upstream tools write them (nf-core/rnaseq merged tables, featureCounts output with
+  its comment line and annotation columns, BAM-path sample names) are read without edits; the
+  gene column that matches the reference best is used (:func:`choose_gene_column`).
+* Group names are kept as given for display; files use their slug (:func:`group_slug`).
+
+Every such decision is one console line and an entry of ``attrs['decisions']``.
 """
 
 from __future__ import annotations
@@ -53,8 +60,6 @@ NORMALISED_TOL = 0.01
 MIN_SHARED_GENES = 50
 #: Group name used when ``--bulk_group a,b,c`` defines one group.
 BULK_GROUP_NAME = "bulk_group"
-#: Group names become file names and Nextflow meta ids.
-GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 CELLTYPE_KEY = "celltype"
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d+)\.\d+$")
 _ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
@@ -152,23 +157,189 @@ def drop_duplicate_genes(counts: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return counts.iloc[keep], len(counts) - keep.size
 
 
-def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
-    """Read a genes x samples count table (TSV/CSV, optionally gzipped; first column gene IDs).
+#: Units the bulk table can be given in (``--bulk_units``); ``auto`` detects them (:func:`detect_units`).
+BULK_UNITS = ("counts", "tpm", "fpkm")
+UNIT_CHOICES = BULK_UNITS + ("auto",)
+#: Header of the gene column of PREPARE_INPUTS' bulk_counts.tsv per unit: the file says its units.
+UNIT_HEADERS = {"counts": "gene", "tpm": "gene:tpm", "fpkm": "gene:fpkm"}
+#: Annotation columns (lower case) of featureCounts output and nf-core/rnaseq's merged tables: never samples.
+ANNOTATION_HEADERS = ("chr", "start", "end", "strand", "length", "effective_length", "transcript_id(s)",
+                      "transcript_id", "transcript_ids", "gene_biotype", "gene_type", "biotype", "description")
+_VERSION_SUFFIX = re.compile(r"\.\d+$")
+_FEATURECOUNTS_COLUMNS = ("geneid", "chr", "start", "end", "strand", "length")
+#: Aligner / sorter suffixes of BAM file names (featureCounts names sample columns by BAM path).
+_BAM_SUFFIX = re.compile(r"(\.(bam|sam|cram))$", re.IGNORECASE)
+_BAM_TAIL = re.compile(r"([._](sorted|markdup|markdups|dedup|dedupped|filtered|unique|sortedByCoord|mkdup)"
+                       r"|Aligned\.sortedByCoord\.out|Aligned\.out|Aligned\.toTranscriptome\.out)+$",
+                       re.IGNORECASE)
+
+
+def decide(counts_or_attrs: pd.DataFrame | dict, key: str, value: Any, line: str) -> None:
+    """One automatic decision of the reader: one console line, recorded under ``attrs['decisions']``
+    (PREPARE_INPUTS copies them into prepare_summary.json)."""
+    attrs = counts_or_attrs.attrs if isinstance(counts_or_attrs, pd.DataFrame) else counts_or_attrs
+    attrs.setdefault("decisions", []).append({"decision": key, "value": value, "message": line})
+    log(line)
+
+
+def _leading_comments(path: Path) -> tuple[list[str], int, str]:
+    """The ``#`` lines before the header (featureCounts writes ``# Program:featureCounts ...``),
+    the number of raw lines before the header, and the header line."""
+    out, n = [], 0
+    with _open_text(path) as fh:
+        for line in fh:
+            if line.strip() and not line.startswith("#"):
+                return out, n, line.rstrip("\r\n")
+            if line.strip():
+                out.append(line.rstrip("\r\n"))
+            n += 1
+    return out, n, ""
+
+
+def _mostly_text(col: pd.Series) -> bool:
+    """True when most non-empty values of a column are not numbers (a gene-name or annotation column)."""
+    if pd.api.types.is_numeric_dtype(col):
+        return False
+    v = col.dropna()
+    return bool(len(v)) and float(pd.to_numeric(v, errors="coerce").isna().mean()) > 0.5
+
+
+def sample_names_from_paths(names: list[str]) -> list[str]:
+    """Sample names for columns named by alignment file paths (``/data/s1.sorted.bam`` -> ``s1``).
+
+    The folder, the ``.bam``/``.sam``/``.cram`` extension and aligner suffixes (``.sorted``,
+    ``Aligned.sortedByCoord.out``, ``.markdup``, ...) are dropped. Names are returned unchanged
+    when the cleaned ones would not be unique and non-empty.
+    """
+    base = [_BAM_SUFFIX.sub("", n.replace("\\", "/").rsplit("/", 1)[-1]) for n in names]
+    base = [_BAM_TAIL.sub("", b).rstrip("._-") or b for b in base]
+    if len(set(base)) == len(base) and all(base):
+        return base
+    return list(names)
+
+
+def _table_shape(comments: list[str], fields_lower: list[str], n_annotation: int) -> str:
+    """A name for the table's layout, for messages and prepare_summary.json."""
+    if any("featurecounts" in c.lower() for c in comments) or tuple(fields_lower[:6]) == _FEATURECOUNTS_COLUMNS:
+        return "featureCounts"
+    if fields_lower[:2] == ["gene_id", "gene_name"]:
+        return "nf-core/rnaseq merged (gene_id, gene_name)"
+    if fields_lower[:2] == ["gene_id", "transcript_id(s)"]:
+        return "RSEM merged (gene_id, transcript_id(s))"
+    if n_annotation:
+        return f"gene table with {n_annotation + 1} annotation columns"
+    return "genes x samples"
+
+
+def choose_gene_column(counts: pd.DataFrame, targets: Iterable[str] | None, target_name: str,
+                       what: str) -> pd.DataFrame:
+    """Index ``counts`` by the gene column (of ``attrs['gene_columns']``) that matches ``targets`` best.
+
+    ``targets`` are the names the bulk genes must match (the reference's var_names, or the
+    ``--gene_map`` IDs); an Ensembl version suffix (``.5``) is dropped from a column when that
+    matches more. Without ``targets`` the first column is used. The choice is one console line
+    and a decision in ``attrs``.
+    """
+    columns: dict[str, list[str]] = counts.attrs.get("gene_columns") or {}
+    if not columns:
+        return counts
+    first = next(iter(columns))
+    tset = {str(t) for t in targets} if targets is not None else None
+    best, best_hits, hits = first, -1, {}
+    options: dict[str, list[str]] = {}
+    for name, values in columns.items():
+        unversioned = [_VERSION_SUFFIX.sub("", v) for v in values]
+        for label, vals in ((name, values), (f"{name} (version suffix dropped)", unversioned)):
+            if label != name and vals == values:
+                continue
+            options[label] = vals
+            hits[label] = sum(v in tset for v in vals) if tset is not None else 0
+            if hits[label] > best_hits:
+                best, best_hits = label, hits[label]
+    if tset is None:
+        best = first
+    out = counts.copy()
+    # a gene without a name (salmon writes '' where the annotation has none) keeps its first-column ID
+    chosen = [v if v else f for v, f in zip(options[best], columns[first])]
+    out.index = pd.Index(chosen, name="gene")
+    out.attrs = {k: v for k, v in counts.attrs.items() if k != "gene_columns"}
+    if len(columns) > 1 or best != first:
+        scores = ", ".join(f"{k}: {v}" for k, v in hits.items())
+        line = (f"{what}: gene column '{best}' used ({best_hits} of {len(out)} genes match {target_name}; {scores})"
+                if tset is not None else f"{what}: gene column '{best}' used (first of {', '.join(columns)})")
+        decide(out, "gene_column", best, line)
+    return out
+
+
+def detect_units(values: np.ndarray, path: Path, shape: str) -> tuple[str, str]:
+    """``(units, reason)`` for ``--bulk_units auto``.
+
+    Every sample summing to 1e6 (within :data:`NORMALISED_TOL`) -> ``tpm``; all values integral
+    -> ``counts``; otherwise the file name (``tpm``; ``fpkm``/``rpkm``; ``count``) or an
+    nf-core/RSEM merged layout (expected counts) decides, and other non-integer tables are
+    ``fpkm`` (normalised expression: processed like TPM, which it equals once scaled per sample).
+
+    TPM/FPKM are kept as given, never turned back into pseudo-counts: on Hao (3 splits x 3 seeds,
+    simulated gene-length bias) fractions from TPM of full-length-like libraries reach r 0.969 vs
+    0.857 from their counts, and TPM vs counts of unbiased samples differ by <= 0.0014
+    (benchmarks/README.md, "Bulk units").
+    """
+    totals = values.sum(axis=0)
+    name = path.name.lower()
+    if totals.size and np.all(np.abs(totals - NORMALISED_TOTAL) <= NORMALISED_TOL * NORMALISED_TOTAL):
+        return "tpm", f"every sample sums to about 1e6 (e.g. {totals[0]:.0f})"
+    frac = np.abs(values - np.rint(values)) > INTEGRAL_TOL
+    if not frac.any():
+        return "counts", "all values are integers"
+    share = f"{frac.mean():.0%} of values are not integers"
+    if "tpm" in name:
+        return "tpm", f"{share} and the file name says TPM"
+    if "fpkm" in name or "rpkm" in name:
+        return "fpkm", f"{share} and the file name says FPKM/RPKM"
+    if "count" in name or shape.startswith(("nf-core", "RSEM", "featureCounts")):
+        return "counts", (f"{share} in a {shape} table named '{path.name}': expected counts "
+                          "(salmon/RSEM), rounded")
+    return "fpkm", (f"{share} and samples do not sum to 1e6 (e.g. {totals[0]:.4g}): normalised expression, "
+                    "treated like FPKM (pass --bulk_units counts if these are expected counts)")
+
+
+def read_counts(path: str | os.PathLike, what: str = "--bulk", units: str = "auto",
+                targets: Iterable[str] | None = None, target_name: str = "--reference") -> pd.DataFrame:
+    """Read a genes x samples bulk table as upstream tools write it (TSV/CSV, optionally gzipped).
+
+    Layouts: a gene column then samples; nf-core/rnaseq's merged tables (``gene_id``,
+    ``gene_name`` or ``transcript_id(s)``, then samples); featureCounts output as written (its
+    ``#`` comment line, ``Geneid, Chr, Start, End, Strand, Length``, samples named by BAM paths,
+    which are turned into sample names). Leading annotation columns are dropped; of the gene
+    columns, the one matching ``targets`` best is used (:func:`choose_gene_column`).
+
+    ``units``: ``counts``, ``tpm``, ``fpkm`` or ``auto`` (:func:`detect_units`). Counts with
+    fractional values (salmon/RSEM expected counts) are rounded; TPM/FPKM stay as given.
 
     Validates: readable, non-empty, at least one sample column, unique non-empty sample
-    names, gene IDs present, numeric, no NaN, non-negative, integral (``12.0`` accepted), no
-    all-zero sample. Duplicate gene rows are collapsed (:func:`drop_duplicate_genes`).
+    names, gene IDs present, numeric, no NaN, non-negative, no all-zero sample. Duplicate gene
+    rows are collapsed (:func:`drop_duplicate_genes`). Every automatic decision is one console
+    line and an entry of ``attrs['decisions']``; ``attrs['units']`` and ``attrs['table_shape']``
+    say what was read.
 
-    Returns an int64 DataFrame, index ``gene`` (str), columns = sample names (str).
+    Returns a DataFrame (int64 for counts, float64 otherwise), index ``gene`` (str), columns =
+    sample names (str).
     """
+    if units not in UNIT_CHOICES:
+        raise InputError(f"--bulk_units '{units}' is unknown; use one of {', '.join(UNIT_CHOICES)}")
     p = _check_exists(path, what)
     header = _first_line(p, what)
+    comments, skip = [], 0
+    if header.startswith("#"):
+        comments, skip, header = _leading_comments(p)
+        if not header:
+            raise InputError(f"{what} {path}: only '#' comment lines, no table; provide a genes x samples table")
     sep = _sniff_sep(p, header)
     try:
         head = pd.read_csv(p, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
-                           compression=_compression(p), encoding="utf-8-sig")
+                           compression=_compression(p), encoding="utf-8-sig", skiprows=skip)
         df = pd.read_csv(p, sep=sep, header=0, index_col=0, dtype={0: str}, compression=_compression(p),
-                         encoding="utf-8-sig", skip_blank_lines=True)
+                         encoding="utf-8-sig", skip_blank_lines=True, skiprows=skip)
     except (EOFError, OSError, UnicodeDecodeError) as err:
         raise InputError(f"{what} {path}: cannot be read, the file looks truncated or corrupted ({err}); "
                          "re-create or re-download it") from None
@@ -211,7 +382,44 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
         row = int(np.flatnonzero(genes.isna().to_numpy() | (genes.fillna("").str.strip() == "").to_numpy())[0])
         raise InputError(f"{what} {path}: gene ID missing in data row {row + 1}; the first column must hold a "
                          "gene ID on every row")
+    gene_name = str(df.index.name) if df.index.name is not None and str(df.index.name).strip() else "gene"
     df.index = pd.Index(genes.str.strip().to_numpy(), name="gene")
+
+    # Leading annotation columns (featureCounts' Chr..Length, nf-core's gene_name / transcript_id(s)).
+    gene_headers = set(SYMBOL_HEADERS) | set(ID_HEADERS)
+    n_ann = 0
+    for col in df.columns:
+        low = col.lower()
+        if low in ANNOTATION_HEADERS or low in gene_headers or _mostly_text(df[col]):
+            n_ann += 1
+        else:
+            break
+    shape = _table_shape(comments, [gene_name.lower()] + [c.lower() for c in df.columns], n_ann)
+    attrs: dict[str, Any] = {"table_shape": shape}
+    gene_columns = {gene_name: list(df.index)}
+    for col in df.columns[:n_ann]:
+        if col.lower() in gene_headers or (col.lower() not in ANNOTATION_HEADERS and _mostly_text(df[col])):
+            gene_columns[col] = df[col].fillna("").astype(str).str.strip().tolist()
+    if n_ann:
+        decide(attrs, "table_shape", shape,
+               f"{what} {path}: {shape} table; annotation column(s) {examples(df.columns[:n_ann], 8)} are not samples")
+        df = df.iloc[:, n_ann:]
+        if df.shape[1] == 0:
+            raise InputError(f"{what} {path}: {shape} table without sample columns (columns: "
+                             f"{examples(names, 8)}); the samples' columns must follow the gene annotation columns")
+    text_cols = [c for c in df.columns if _mostly_text(df[c])]
+    if text_cols:
+        raise InputError(f"{what} {path}: column(s) {examples(text_cols)} hold text, not numbers, after the sample "
+                         f"column(s) {examples([c for c in df.columns if c not in text_cols], 3)}; put gene ID/name "
+                         "columns first, then one numeric column per sample")
+    if any(_BAM_SUFFIX.search(c) or "/" in c for c in df.columns):
+        renamed = sample_names_from_paths(list(df.columns))
+        if renamed != list(df.columns):
+            pairs = [f"'{a}' -> '{b}'" for a, b in zip(df.columns, renamed) if a != b]
+            decide(attrs, "sample_names", dict(zip(df.columns, renamed)),
+                   f"{what} {path}: sample columns named by alignment files; renamed {len(pairs)}: "
+                   f"{examples(pairs, 3)}")
+            df.columns = renamed
 
     # Non-numeric cells: pandas leaves such columns as object dtype.
     for col in df.columns[df.dtypes.map(lambda d: not pd.api.types.is_numeric_dtype(d)).to_numpy()]:
@@ -230,29 +438,39 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
         raise InputError(f"{what} {path}: {int(nan.sum())} missing/NaN values (first: gene {df.index[r]}, sample "
                          f"{df.columns[c]}); the file may be truncated, fill or remove them (counts must be complete)")
     if not np.isfinite(values).all():
-        raise InputError(f"{what} {path}: infinite values; provide raw integer counts")
+        raise InputError(f"{what} {path}: infinite values; provide raw counts or TPM/FPKM")
     neg = values < 0
     if neg.any():
         r, c = np.argwhere(neg)[0]
         raise InputError(f"{what} {path}: {int(neg.sum())} negative values (first: {values[r, c]:g} at gene "
-                         f"{df.index[r]}, sample {df.columns[c]}); provide raw counts, not log-ratios or "
-                         "batch-corrected values")
-    frac = np.abs(values - np.rint(values)) > INTEGRAL_TOL
-    if frac.any():
-        r, c = np.argwhere(frac)[0]
-        raise InputError(f"{what} {path}: {int(frac.sum())} non-integer values (first: {values[r, c]:g} at gene "
-                         f"{df.index[r]}, sample {df.columns[c]}); provide raw integer counts (not TPM/FPKM/"
-                         "normalised values; round RSEM/salmon expected counts first)")
-    counts = pd.DataFrame(np.rint(values).astype(np.int64), index=df.index, columns=df.columns)
-
-    zero = counts.columns[(counts.sum(axis=0) == 0).to_numpy()]
+                         f"{df.index[r]}, sample {df.columns[c]}); provide raw counts or TPM/FPKM, not log-ratios "
+                         "or batch-corrected values")
+    zero = df.columns[(values.sum(axis=0) == 0)]
     if len(zero):
         raise InputError(f"{what} {path}: sample(s) {examples(zero)} have no counts at all; remove them")
-    totals = counts.sum(axis=0).to_numpy(dtype=np.float64)
-    if np.all(np.abs(totals - NORMALISED_TOTAL) <= NORMALISED_TOL * NORMALISED_TOTAL):
-        raise InputError(f"{what} {path}: every sample sums to about 1e6 (e.g. {totals[0]:.0f}), as TPM/CPM do: "
-                         "these look like normalised values rounded to integers, not raw counts; provide the raw "
-                         "read counts (e.g. featureCounts/STAR/salmon NumReads)")
+
+    totals = values.sum(axis=0)
+    if units == "auto":
+        units, why = detect_units(values, p, shape)
+        decide(attrs, "units", units, f"{what} {path}: units {units} ({why}; set --bulk_units to override)")
+    elif units == "counts" and np.all(np.abs(totals - NORMALISED_TOTAL) <= NORMALISED_TOL * NORMALISED_TOTAL):
+        raise InputError(f"{what} {path}: every sample sums to about 1e6 (e.g. {totals[0]:.0f}), as TPM/CPM do, "
+                         "but --bulk_units counts was given: these look like normalised values, not raw counts; "
+                         "pass --bulk_units tpm (or auto), or provide the raw read counts")
+    if units == "counts":
+        frac = np.abs(values - np.rint(values)) > INTEGRAL_TOL
+        if frac.any():
+            r, c = np.argwhere(frac)[0]
+            decide(attrs, "rounded", int(frac.sum()),
+                   f"{what} {path}: {int(frac.sum())} non-integer counts rounded to the nearest integer (first: "
+                   f"{values[r, c]:g} at gene {df.index[r]}, sample {df.columns[c]}; salmon/RSEM expected counts)")
+        counts = pd.DataFrame(np.rint(values).astype(np.int64), index=df.index, columns=df.columns)
+    else:
+        counts = pd.DataFrame(values, index=df.index, columns=df.columns)
+    attrs["units"] = units
+    attrs["gene_columns"] = gene_columns
+    counts.attrs = attrs
+    counts = choose_gene_column(counts, targets, target_name, f"{what} {path}")
 
     counts, n_dup = drop_duplicate_genes(counts)
     if n_dup:
@@ -262,9 +480,10 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk") -> pd.DataFrame:
 
 
 def write_counts(counts: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write genes x samples counts as TSV with first column ``gene`` (atomically)."""
+    """Write genes x samples values as TSV (atomically); the first column's name says the units
+    (:data:`UNIT_HEADERS`: ``gene`` for counts, ``gene:tpm``, ``gene:fpkm``; from ``attrs['units']``)."""
     out = counts.copy()
-    out.index.name = "gene"
+    out.index.name = UNIT_HEADERS[counts.attrs.get("units", "counts")]
     _atomic_write(Path(path), lambda tmp: out.to_csv(tmp, sep="\t", lineterminator="\n"))
 
 
@@ -348,14 +567,16 @@ def _strip_version(ids: Iterable[str]) -> list[str]:
     return [_ENSEMBL_VERSION.sub(r"\1", i) for i in ids]
 
 
-def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name: str = "--bulk") -> pd.DataFrame:
+def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name: str = "--bulk",
+                   mapping: pd.Series | None = None) -> pd.DataFrame:
     """Rename bulk genes from IDs to symbols with the map at ``map_path``.
 
     Unmapped IDs are dropped; several IDs with the same symbol are collapsed to the row with
     the largest total count (as for duplicate genes). Version suffixes of Ensembl-style IDs are
     ignored when the exact ID is not in the map. Stats go to ``result.attrs['gene_map']``.
+    ``mapping``: the map already read (:func:`read_gene_map`), to read it once.
     """
-    mapping = read_gene_map(map_path)
+    mapping = read_gene_map(map_path) if mapping is None else mapping
     ids = counts.index.to_numpy(dtype=str)
     symbols = mapping.reindex(ids)
     missing = symbols.isna().to_numpy()
@@ -389,16 +610,28 @@ def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name:
 # --------------------------------------------------------------------------------------------
 # groups
 # --------------------------------------------------------------------------------------------
-def _check_group_names(names: Iterable[str], what: str) -> None:
-    bad = sorted({n for n in names if not GROUP_NAME_RE.match(n)})
-    if bad:
-        raise InputError(f"{what}: group name(s) {examples([repr(b) for b in bad])} are not usable as file names; "
-                         "use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+def group_slug(name: str) -> str:
+    """The file-name-safe form of a group name: runs of characters other than letters, digits,
+    '.', '_' and '-' become '_', leading/trailing '.', '_', '-' are dropped (``Day 0`` -> ``Day_0``,
+    ``IFN-b/6h`` -> ``IFN-b_6h``); empty -> ``group``. Safe names are their own slug."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._-")
+    return clean or "group"
 
 
-def _sanitise(name: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
-    return clean or "sample"
+def _slugs(names: Iterable[str], what: str) -> dict[str, str]:
+    """``{display name: slug}``; InputError naming both groups when two slugs collide (also when
+    they differ only in letter case: one file on case-insensitive file systems)."""
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        slug = group_slug(name)
+        other = seen.get(slug.lower())
+        if other is not None:
+            raise InputError(f"{what}: groups {other!r} and {name!r} both become the file name {slug!r}; rename "
+                             "one of them so they differ in letters or digits")
+        seen[slug.lower()] = name
+        out[name] = slug
+    return out
 
 
 def _missing_samples(wanted: list[str], counts: pd.DataFrame, what: str) -> None:
@@ -416,13 +649,16 @@ def _missing_samples(wanted: list[str], counts: pd.DataFrame, what: str) -> None
 
 def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = None,
                 bulk_group: str | None = None) -> pd.DataFrame:
-    """The bulk groups as a DataFrame with columns ``group,sample`` (str).
+    """The bulk groups as a DataFrame with columns ``group,sample,name`` (str; ``group`` is the
+    file-name-safe ID, ``name`` the name as given).
 
     * ``samplesheet``: CSV/TSV with columns ``group`` and ``sample`` (extra columns ignored);
-      each sample at most once; group names must be file-name safe.
+      each sample at most once; any group name (``Day 0``, ``IFN-b/6h``): column ``name`` keeps
+      it as given, column ``group`` holds its file-name-safe slug (:func:`group_slug`), used by
+      every stage as the group's ID; two names with one slug are an error.
     * ``bulk_group`` ``"a,b,c"``: one group named :data:`BULK_GROUP_NAME` (``bulk_group``)
       holding those samples (as the seed's ``bulk_group`` list).
-    * neither: every bulk column is its own group (group name = sample name made file-name safe).
+    * neither: every bulk column is its own group (name = sample name, ID its slug made unique).
 
     Every sample must be a column of ``counts``.
     """
@@ -454,8 +690,16 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
         if len(dup):
             raise InputError(f"{what}: sample(s) {examples(dup)} listed more than once; "
                              "list each sample in exactly one group")
-        _check_group_names(groups["group"], what)
         _missing_samples(groups["sample"].tolist(), counts, what)
+        slugs = _slugs(groups["group"], what)
+        groups = pd.DataFrame({"group": groups["group"].map(slugs), "sample": groups["sample"],
+                               "name": groups["group"]})
+        renamed = {n: s for n, s in slugs.items() if n != s}
+        if renamed:
+            decide(groups, "group_slugs", renamed,
+                   f"{what}: group names kept as given for display; in file names "
+                   + ", ".join(f"{n!r} -> {s!r}" for n, s in renamed.items()))
+        groups.attrs["slugs"] = renamed
     elif bulk_group:
         what = f"--bulk_group '{bulk_group}'"
         samples = [s.strip() for s in str(bulk_group).split(",") if s.strip()]
@@ -465,24 +709,29 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
         if dup:
             raise InputError(f"{what}: sample(s) {examples(dup)} listed more than once; list each sample once")
         _missing_samples(samples, counts, what)
-        groups = pd.DataFrame({"group": BULK_GROUP_NAME, "sample": samples})
+        groups = pd.DataFrame({"group": BULK_GROUP_NAME, "sample": samples, "name": BULK_GROUP_NAME})
     else:
         names, seen = [], set()
         for s in counts.columns:
-            base = name = _sanitise(s)
+            base = name = group_slug(s)
             k = 1
             while name in seen:
                 k += 1
                 name = f"{base}_{k}"
             seen.add(name)
             names.append(name)
-        groups = pd.DataFrame({"group": names, "sample": list(counts.columns)})
-    return groups.reset_index(drop=True).astype(str)
+        groups = pd.DataFrame({"group": names, "sample": list(counts.columns), "name": list(counts.columns)})
+    attrs = dict(groups.attrs)
+    out = groups.reset_index(drop=True).astype(str)
+    out.attrs = attrs
+    return out
 
 
 def write_groups(groups: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``group,sample`` CSV (atomically)."""
-    _atomic_write(Path(path), lambda tmp: groups[["group", "sample"]].to_csv(tmp, index=False, lineterminator="\n"))
+    """Write ``group,sample,name`` CSV (atomically): ``group`` is the file-name-safe slug every stage
+    uses as the group's ID, ``name`` the display name as given."""
+    cols = ["group", "sample", "name"] if "name" in groups.columns else ["group", "sample"]
+    _atomic_write(Path(path), lambda tmp: groups[cols].to_csv(tmp, index=False, lineterminator="\n"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,14 +824,17 @@ def _atomic_write(path: Path, write) -> None:
 
 def read_prepared(bulk_path: str | os.PathLike, groups_path: str | os.PathLike,
                   reference_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, ad.AnnData]:
-    """Read the files PREPARE_INPUTS wrote (already validated): bulk counts, groups, reference."""
+    """Read the files PREPARE_INPUTS wrote (already validated): bulk (``attrs['units']`` from its
+    header, :data:`UNIT_HEADERS`), groups, reference."""
     bulk = pd.read_csv(bulk_path, sep="\t", index_col=0)
+    units = {v: k for k, v in UNIT_HEADERS.items()}.get(str(bulk.index.name), "counts")
     bulk.index = bulk.index.astype(str)
     bulk.columns = bulk.columns.astype(str)
     groups = pd.read_csv(groups_path, dtype=str)
     if not {"group", "sample"} <= set(groups.columns):
         raise InputError(f"--groups {groups_path}: needs columns group,sample (found: {', '.join(groups.columns)}); "
                          "use the groups.csv written by PREPARE_INPUTS")
+    bulk.attrs["units"] = units
     return bulk, groups, ad.read_h5ad(reference_path)
 
 

@@ -1,5 +1,6 @@
-"""PREPROCESS: bulk DESeq2 median-of-ratios + log10 group profiles; single-cell normalize_total +
-log1p; the model input (reference cells x genes shared with the bulk).
+"""PREPROCESS: bulk DESeq2 median-of-ratios (counts; TPM/FPKM: scaled per sample to 1e6) + log10
+group profiles; single-cell normalize_total + log1p; the model input (reference cells x genes
+shared with the bulk).
 
 Matches omicverse 2.3.2's ``bulk_preprocess_lazy`` / ``single_preprocess_lazy`` / ``prepare_input``
 in behaviour: the whole bulk matrix is normalised together, then averaged per group; the
@@ -43,19 +44,35 @@ def deseq2_normalize(counts: pd.DataFrame) -> pd.DataFrame:
     return counts.astype(np.float64) / size_factors(counts).to_numpy()[None, :]
 
 
-def bulk_group_profiles(bulk: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
-    """Genes x groups: group mean of log10(DESeq2-normalised counts + 1).
+def per_million(values: pd.DataFrame) -> pd.DataFrame:
+    """Each sample (column) scaled to sum 1e6: TPM stay TPM (up to rounding), FPKM become TPM."""
+    x = values.astype(np.float64)
+    tot = x.sum(axis=0).to_numpy()
+    return x / np.where(tot > 0, tot, 1.0)[None, :] * 1e6
+
+
+def normalise_bulk(bulk: pd.DataFrame, units: str = "counts") -> pd.DataFrame:
+    """The bulk on one scale across samples: DESeq2 median-of-ratios for counts (as omicverse);
+    TPM/FPKM as given, scaled per sample to sum 1e6 (:func:`per_million`): gene-length normalised
+    values have no library size left to estimate, and DESeq2's size factors assume counts."""
+    return deseq2_normalize(bulk) if units == "counts" else per_million(bulk)
+
+
+def bulk_group_profiles(bulk: pd.DataFrame, groups: pd.DataFrame, units: str | None = None) -> pd.DataFrame:
+    """Genes x groups: group mean of log10(normalised bulk + 1) (:func:`normalise_bulk`).
 
     All bulk samples are normalised together (as omicverse does), then averaged per group;
     groups are in order of first appearance in ``groups`` (columns ``group, sample``).
+    ``units`` defaults to ``bulk.attrs['units']`` (counts when unset).
     """
+    units = units or bulk.attrs.get("units", "counts")
     g = groups.astype({"group": str, "sample": str})
     cols = pd.Index(bulk.columns.astype(str))
     missing = sorted(set(g["sample"]) - set(cols))
     if missing:
         raise InputError(f"groups.csv: sample(s) {', '.join(missing)} are not columns of bulk_counts.tsv; "
                          "fix the samplesheet or the bulk matrix")
-    logn = np.log10(deseq2_normalize(bulk) + 1.0)
+    logn = np.log10(normalise_bulk(bulk, units) + 1.0)
     logn.columns = cols
     # (samples x genes) grouped by group label -> groups x genes -> transpose
     prof = logn.T.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean().T

@@ -441,6 +441,8 @@ def _section_fractions(files: dict[str, Path]) -> str:
             parts.append(f"<p>Estimated from the bulk profiles with method <b>{_esc(method)}</b>"
                          "; values are fractions of cells (each group sums to 1).</p>")
     frac = _read_csv(files.get("fractions.csv"), index_col=0)
+    if frac is not None:
+        frac = frac.rename(index=group_names(files))  # display names as given
     parts.append("<div class='grid'><div>")
     parts.append(_df_table(frac.T, index_label="cell type") if frac is not None
                  else '<p class="note">fractions.csv not found.</p>')
@@ -457,6 +459,7 @@ def _section_fractions(files: dict[str, Path]) -> str:
                                     aggfunc="sum", sort=False)
         pivot.loc["total"] = pivot.sum()
         pivot.columns.name = None
+        pivot = pivot.rename(columns=group_names(files))
         parts.append("<h3>Target cell numbers (cell_targets.csv)</h3>"
                      "<p class='muted'>Cells to generate per cell type and group.</p>"
                      + _df_table(pivot.astype("Int64"), index_label="cell type",
@@ -574,8 +577,45 @@ def _correlation_table(corr: pd.DataFrame) -> str:
             + (f"<p class='muted'>{_esc(caption.rstrip('; '))}.</p>" if caption else ""))
 
 
+def group_names(files: dict[str, Path]) -> dict[str, str]:
+    """``{group ID (file-name slug): display name as given}`` from prepare_summary.json."""
+    summ = _read_json(files.get("prepare_summary.json")) or {}
+    names = (summ.get("groups") or {}).get("names") or {}
+    return {str(k): str(v) for k, v in names.items()}
+
+
+def group_label(g: str, files: dict[str, Path]) -> str:
+    """The group's display name, with its file name when that differs (HTML-escaped)."""
+    name = group_names(files).get(g, g)
+    return _esc(name) if name == g else f"{_esc(name)} <span class='muted'>(files: {_esc(g)})</span>"
+
+
+def _section_bulk_input(files: dict[str, Path]) -> str:
+    """How the bulk was read (prepare_summary.json decisions), its units, the rule that set the
+    cell numbers (fractions_summary.json) and the group names as given vs in file names."""
+    prep = _read_json(files.get("prepare_summary.json")) or {}
+    bulk = prep.get("bulk") or {}
+    frac = _read_json(files.get("fractions_summary.json")) or {}
+    rule = frac.get("cell_number_rule") or {}
+    if not bulk and not rule:
+        return ""
+    parts = ["<h2 id='bulk-input'>Bulk input</h2>"]
+    info = {"table": bulk.get("table_shape"), "units": bulk.get("units"),
+            "cell numbers": f"{rule.get('rule')}: {rule.get('description')}" if rule else None}
+    parts.append(_kv_table({k: v for k, v in info.items() if v is not None}))
+    decisions = [d.get("message", "") for d in bulk.get("decisions") or []]
+    if decisions:
+        parts.append("<p class='muted'>Decisions made while reading the inputs:</p><ul>"
+                     + "".join(f"<li>{_esc(d)}</li>" for d in decisions) + "</ul>")
+    names = (prep.get("groups") or {}).get("names") or {}
+    if any(str(k) != str(v) for k, v in names.items()):
+        df = pd.DataFrame({"group (as given)": list(names.values()), "file name": list(names.keys())})
+        parts.append(_df_table(df, index=False))
+    return "\n".join(parts)
+
+
 def _section_group(g: str, files: dict[str, Path]) -> str:
-    parts = [f"<h2 id='{_anchor(g)}'>Group {_esc(g)}</h2>"]
+    parts = [f"<h2 id='{_anchor(g)}'>Group {group_label(g, files)}</h2>"]
     m = _read_json(files.get(f"{g}.metrics.json"))
     fs = _read_json(files.get(f"{g}.filter_summary.json"))
     parts.append("<div class='grid'><div>")
@@ -818,13 +858,15 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
            "<a href='#training'>Training</a>"]
     if groups:
         nav.append("<span class='sep'>|</span>")
-        nav += [f"<a href='#{_anchor(g)}'>{_esc(g)}</a>" for g in groups]
+        names = group_names(files)
+        nav += [f"<a href='#{_anchor(g)}'>{_esc(names.get(g, g))}</a>" for g in groups]
         nav.append("<span class='sep'>|</span>")
     nav += ["<a href='#run'>Parameters &amp; versions</a>", "<a href='#files'>Files</a>"]
     # results first (summary, fractions, training, groups); run metadata after them
     body = [
         _section_summary(groups, files, params),
         _section_fractions(files),
+        _section_bulk_input(files),
         _section_fit(files),
         _section_training(files, params),
         *[_section_group(g, files) for g in groups],

@@ -104,6 +104,13 @@ def write_map(header: str, row: Callable[[str, str], str]) -> Callable[[Run], No
     return apply
 
 
+def units(value: str) -> Callable[[Run], None]:
+    """Breaker: ``--bulk_units value``."""
+    def apply(run: Run) -> None:
+        run.args += ["--bulk_units", value]
+    return apply
+
+
 def no_samplesheet(run: Run) -> None:
     run.samplesheet = None
 
@@ -140,8 +147,12 @@ CASES = [
     ("gzip_named_tsv",              copy_bulk_as("bulk.tsv"),                                   "OK"),
     ("plain_text_named_gz",         copy_bulk_as("bulk.tsv.gz", gzip_it=False),                 "OK"),
     ("pandas_to_csv_index_column",  bulk(lambda d: d.reset_index(), "bulk.csv", sep=","),       "OK"),
-    ("tpm_rounded_to_integers",     bulk(_to_tpm),                                              "ERROR: every sample sums to about 1e6"),
-    ("cpm_rounded_one_sample",      bulk(lambda d: _to_tpm(d[["ctrl_1"]])),                     "ERROR: look like normalised values rounded to integers"),
+    ("tpm_rounded_given_as_counts", both(bulk(_to_tpm), units("counts")),                       "ERROR: every sample sums to about 1e6"),
+    ("cpm_rounded_one_sample_counts", both(bulk(lambda d: _to_tpm(d[["ctrl_1"]])), no_samplesheet, units("counts")),
+                                                                                                "ERROR: these look like normalised values"),
+    ("tpm_rounded_auto",            bulk(_to_tpm),                                              "OK",
+                                    lambda s: s["bulk"]["units"] == "tpm" and s["bulk"]["library_sizes"] is None
+                                    and s["bulk"]["decisions"][0]["decision"] == "units"),
     ("normalised_reference",        ref(_normalise),                                            "ERROR: normalised values (e.g. normalize_total) rounded"),
     ("single_cell_type",            ref(lambda a: a.obs.__setitem__("celltype", "T")),          "ERROR: has a single cell type ('T')"),
     ("zero_count_reference_cells",  ref(_zero_cells),                                           "WARNING: 30 of 420 selected cells have zero counts",

@@ -65,7 +65,6 @@ def test_read_counts_formats(tmp_path, name, text):
     ("gene\ts1\ts2\nA\t1\t2\nB\t5\n", "missing/NaN values (first: gene B, sample s2)", "truncated"),
     ("gene\ts1\ts2\nA\t1\tNaN\nB\t5\t3\n", "1 missing/NaN", "fill or remove"),
     ("gene\ts1\ts2\nA\t1\t-2\nB\t5\t3\n", "negative values (first: -2 at gene A, sample s2)", "raw counts"),
-    ("gene\ts1\ts2\nA\t1.5\t2\nB\t5\t3.25\n", "2 non-integer values (first: 1.5 at gene A, sample s1)", "integer counts"),
     ("gene\ts1\ts1\nA\t1\t2\nB\t5\t3\n", "duplicate sample names s1", "unique"),
     ("gene\ts1\t\nA\t1\t2\nB\t5\t3\n", "empty name", "name"),
     ("gene\ts1\ts2\nA\t1\t0\nB\t5\t0\n", "s2 have no counts", "remove"),
@@ -85,7 +84,7 @@ def test_read_counts_keeps_id_strings_and_bom(tmp_path):
     df = bio.read_counts(write(tmp_path / "e.csv", "\ufeffgene,s1\n7157,3\n0012,4\n\"G,1\",5\n"))
     assert list(df.index) == ["7157", "0012", "G,1"] and list(df.columns) == ["s1"]
     sheet = write(tmp_path / "sheet.csv", "\ufeffgroup,sample\nA,s1\n")
-    assert bio.read_groups(df, samplesheet=sheet).values.tolist() == [["A", "s1"]]
+    assert bio.read_groups(df, samplesheet=sheet).values.tolist() == [["A", "s1", "A"]]
 
 
 def test_read_counts_missing_and_truncated_gz(tmp_path):
@@ -156,15 +155,16 @@ def bulk6():
 def test_read_groups_samplesheet(tmp_path, bulk6):
     sheet = write(tmp_path / "s.csv", "sample,group,notes\nctrl_1,ctrl,a\nctrl_2,ctrl,\nstim_1, stim ,b\n")
     g = bio.read_groups(bulk6, samplesheet=sheet)
-    assert list(g.columns) == ["group", "sample"]
-    assert g.values.tolist() == [["ctrl", "ctrl_1"], ["ctrl", "ctrl_2"], ["stim", "stim_1"]]
+    assert list(g.columns) == ["group", "sample", "name"]
+    assert g.values.tolist() == [["ctrl", "ctrl_1", "ctrl"], ["ctrl", "ctrl_2", "ctrl"], ["stim", "stim_1", "stim"]]
 
 
 @pytest.mark.parametrize("text,needle", [
     ("grp,sample\nctrl,ctrl_1\n", "missing column(s) group"),
     ("group,sample\nctrl,ctrl_1\nctrl,nope\nctrl,nada\n", "sample(s) nope, nada not found in the bulk matrix columns (available: ctrl_1"),
     ("group,sample\nctrl,ctrl_1\nstim,ctrl_1\n", "ctrl_1 listed more than once"),
-    ("group,sample\nmy group,ctrl_1\n", "'my group' are not usable as file names"),
+    ("group,sample\nDay 0,ctrl_1\nDay/0,ctrl_2\n", "groups 'Day 0' and 'Day/0' both become the file name 'Day_0'"),
+    ("group,sample\nctrl,ctrl_1\nCTRL,ctrl_2\n", "groups 'ctrl' and 'CTRL' both become the file name 'CTRL'"),
     ("group,sample\nctrl,\n", "empty group or sample in data row 1"),
     ("group,sample\n", "no rows"),
 ])
@@ -177,7 +177,7 @@ def test_read_groups_samplesheet_errors(tmp_path, bulk6, text, needle):
 
 def test_read_groups_bulk_group_and_default(bulk6):
     g = bio.read_groups(bulk6, bulk_group=" ctrl_1, stim_1 ")
-    assert g.values.tolist() == [["bulk_group", "ctrl_1"], ["bulk_group", "stim_1"]]
+    assert g.values.tolist() == [["bulk_group", "ctrl_1", "bulk_group"], ["bulk_group", "stim_1", "bulk_group"]]
     with pytest.raises(InputError, match=r"--bulk_group 'ctrl_1,foo': sample\(s\) foo not found .*available: ctrl_1"):
         bio.read_groups(bulk6, bulk_group="ctrl_1,foo")
     with pytest.raises(InputError, match="pass only one"):
@@ -185,6 +185,7 @@ def test_read_groups_bulk_group_and_default(bulk6):
     own = bio.read_groups(bulk6)
     assert own["sample"].tolist() == list(bulk6.columns)
     assert own["group"].tolist() == ["ctrl_1", "ctrl_2", "ctrl_3", "stim_1", "stim_2", "x_y"]
+    assert own["name"].tolist() == list(bulk6.columns)
 
 
 # -------------------------------------------------------------------------------- reference
@@ -466,7 +467,8 @@ def test_script_end_to_end(tmp_path):
     assert bulk.index.name == "gene"
     pd.testing.assert_frame_equal(bulk, ref_bulk)  # mapped IDs give back the symbol table
     groups = pd.read_csv(out / "groups.csv")
-    pd.testing.assert_frame_equal(groups, pd.read_csv(TEST_DATA / "samplesheet.csv"))
+    pd.testing.assert_frame_equal(groups[["group", "sample"]], pd.read_csv(TEST_DATA / "samplesheet.csv"))
+    assert groups["name"].tolist() == groups["group"].tolist()  # safe names are their own slug
     ref = ad.read_h5ad(out / "reference.h5ad")
     assert ref.n_obs == 300 and sp.isspmatrix_csr(ref.X) and ref.X.dtype == np.float32
     assert json.loads(ref.uns["b2s"])["seed"] == 5

@@ -9,6 +9,7 @@ process REPORT {
 
     output:
     path 'bulk2single_report.html', emit: html
+    path 'multiqc/*_mqc.*'        , emit: multiqc
     path 'versions.yml'           , emit: versions
 
     script:
@@ -26,6 +27,7 @@ process REPORT {
     stub:
     """
     echo '<html></html>' > bulk2single_report.html
+    mkdir -p multiqc && touch multiqc/bulk2single_warnings_mqc.yaml
     b2s_versions.py "${task.process}" matplotlib pandas > versions.yml
     """
 }
