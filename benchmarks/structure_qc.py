@@ -117,7 +117,7 @@ def run(splits: list[int], seeds: list[int]) -> list[dict[str, Any]]:
 
 
 def bundled(settings: list[str]) -> None:
-    """The QC on the bundled data's own generated cells: per ``epochs:learning_rate:batch_size``,
+    """The QC on the bundled data's own generated cells: per ``epochs:learning_rate:batch_size[:vae_genes]``,
     ``b2s.train.train_vae`` on the model input, ``generate_cells`` at the defaults (targets 2x each
     type's reference cells), then the VAE identity and the within-type QC."""
     from b2s.generate import generate_cells
@@ -130,9 +130,11 @@ def bundled(settings: list[str]) -> None:
     mi = model_input(ref, ref.var_names)
     targets = {str(t): 2 * int(n) for t, n in mi.obs["celltype"].value_counts().items()}
     for spec in settings:
-        epochs, lr, batch = spec.split(":")
+        epochs, lr, batch, *genes = spec.split(":")
         t0 = time.perf_counter()
         native = {k: v for k, v in ENGINE_DEFAULTS["native"].items() if k != "epoch_num"}
+        if genes:
+            native["vae_genes"] = int(genes[0])
         cfg = TrainConfig(**{**native, "learning_rate": float(lr), "batch_size": int(batch)},
                           epoch_num=int(epochs), patience=int(epochs), device="cpu", seed=42, log_every=10**6)
         res = train_vae(mi.X, cfg)

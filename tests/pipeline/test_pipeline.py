@@ -122,7 +122,7 @@ def test_resume_reexecutes_no_finished_task(full_run):
 
 
 def test_leftover_checkpoint_of_a_longer_run_never_changes_the_result(full_run):
-    """Issue 12, problem 1: a run asking for fewer epochs where the full run (20 epochs, -profile
+    """Issue 12, problem 1: a run asking for fewer epochs where the full run (300 epochs, -profile
     test) left its checkpoint (the same default <workDir>/b2s_checkpoints) trains from scratch, and
     the console says why; the pre-issue-12 main returned the longer run's model with rc 0.
     -resume only to reuse the stages before training; it runs after the -resume test above."""

@@ -55,6 +55,7 @@ def plain_run(tmp_path_factory):
         "--bulk_group", "ctrl_1,ctrl_2,ctrl_3",  # one group: 8 tasks
         "--celltype_key", "celltype",
         "--epoch_num", "5", "--leiden_size", "10",
+        "--vae_genes", "300",  # a VAE over some of the genes: GENERATE follows its sidecar
         "--bulk_shift", "weighted",  # the bulk-informed opt-in, end to end
         timeout=2400,  # the shared test machine can be very busy
     )
