@@ -77,9 +77,9 @@ def _as_model(state_dict_or_model: object, n_genes: int, hidden_size: int, devic
     elif isinstance(state_dict_or_model, BetaVAE):
         model = state_dict_or_model
         if reparam is not None and reparam != model.reparam:
-            copy = BetaVAE(model.n_genes, model.hidden_size, reparam)
-            copy.load_state_dict(model.state_dict())
-            model = copy
+            other = BetaVAE(model.n_genes, model.hidden_size, reparam)
+            other.load_state_dict(model.state_dict())
+            model = other
     elif isinstance(state_dict_or_model, (str, bytes)) or hasattr(state_dict_or_model, "__fspath__"):
         model = load_weights(state_dict_or_model, n_genes, hidden_size, "cpu", reparam or "standard")
     else:
