@@ -106,6 +106,8 @@ def bulk_shifts(args: argparse.Namespace, model_input, cohort: dict | None = Non
     print(f"[generate] {args.group}: bulk shifts ({args.bulk_shift}) genes up/down per type: "
           f"{', '.join(f'{k} {v}' for k, v in n.items())}; wrote {path}", flush=True)
     if args.bulk_shift == "contrast":
+        ident = pd.DataFrame.from_dict(res["summary"], orient="index").rename_axis("celltype")
+        ident.to_csv(os.path.join(args.outdir, f"{args.group}.celltype_identifiability.csv"), float_format="%.6g")
         off = {t: v["reason"] for t, v in res["summary"].items() if not v["identifiable"]}
         print(f"[generate] {args.group}: vs {res['centre']}; not identifiable (left unshifted): "
               f"{'; '.join(f'{t}: {r}' for t, r in off.items()) or 'none'}", flush=True)
