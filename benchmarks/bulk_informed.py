@@ -354,8 +354,50 @@ def _coverage(d: dict[str, Any], seed: int) -> dict[str, Any]:
             "median_width": float((cc["ci_high"] - cc["ci_low"]).median())}
 
 
+def bayesprism_lfc(d: dict[str, Any], seed: int, chain: int, burn: int) -> tuple[dict[str, np.ndarray], float]:
+    """BayesPrism's (PyPI ``bayesprism``, benchmark only) per-type expression of every sample (Z of the
+    initial Gibbs run, the per-type expression BayesPrism reports), as the same kind of group contrast:
+    per type, log2 of the group's mean CPM (+ 1) minus the median over the groups. Returns types x
+    model genes per group and the seconds it took. The package is imported from ``$B2S_BAYESPRISM_PATH``
+    (e.g. ``pip install --no-deps --target DIR bayesprism returns``); its plotting module's
+    altair / vl_convert are stubbed (not used here)."""
+    import types as _types
+
+    for m in ("altair", "vl_convert"):
+        sys.modules.setdefault(m, _types.ModuleType(m))
+    sys.path[:0] = [p for p in os.environ.get("B2S_BAYESPRISM_PATH", "").split(os.pathsep) if p]
+    import torch
+    from bayesprism import GibbsControl, get_exp, new_prism, run_prism
+    from returns.maybe import Some
+
+    torch.set_num_threads(1)
+    mi = d["mi"]
+    genes = list(map(str, mi.var_names))
+    ref = sp.csr_matrix(mi.layers["counts"]).toarray().astype(np.float32)
+    mix = d["bulk"].loc[genes].to_numpy(np.float32).T
+    t0 = time.perf_counter()
+    prism = new_prism(ref, tuple(mi.obs["celltype"].astype(str)), Some(tuple(mi.obs["celltype"].astype(str))), mix,
+                      gene_names=Some(tuple(genes)), bulk_names=Some(tuple(d["bulk"].columns))).unwrap()
+    bp = run_prism(prism, update_gibbs=False, gibbs_control=Some(GibbsControl(
+        chain_length=chain, burn_in=burn, thinning=2, seed=Some(int(seed)), num_threads=1))).unwrap()
+    seconds = time.perf_counter() - t0
+    groups = d["sheet"].set_index("sample")["group"]
+    names = list(pd.unique(d["sheet"]["group"]))
+    out = {g: np.zeros((len(d["types"]), mi.n_vars)) for g in names}
+    for i, t in enumerate(d["types"]):
+        z = get_exp(bp, "type", t).unwrap().to_pandas().set_index("bulk_id")
+        pos = pd.Index(genes).get_indexer(z.columns)
+        c = z.to_numpy(np.float64)
+        c = c / np.maximum(c.sum(axis=1, keepdims=True), 1e-12) * 1e6
+        lg = np.vstack([np.log2(c[(groups.reindex(z.index) == g).to_numpy()].mean(axis=0) + 1.0) for g in names])
+        lg = lg - np.median(lg, axis=0)
+        for k, g in enumerate(names):
+            out[g][i, pos] = lg[k]
+    return out, seconds
+
+
 def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[float], epochs: int,
-                  gen_sigma: float | None) -> list[dict[str, Any]]:
+                  gen_sigma: float | None, bayesprism: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Between-group shifts on the perturbed cohort: shifts alone for every (split, concentration, bias
     sigma), and on generated cells (modes none / weighted / contrast) where sigma == ``gen_sigma``."""
     from b2s import bulkqc, bulkshift
@@ -384,15 +426,19 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
                 ctrl_d = {g: float(np.median(model["d"][k][pd.Index(model["genes"]).get_indexer(
                     mi.var_names[d["controls"]])])) for k, g in enumerate(model["groups"])}
                 cov = _coverage(d, seed=split)
+                if bayesprism is not None:
+                    est["bayesprism"], bp_seconds = bayesprism_lfc(d, split, *bayesprism)
                 base = {"split": split, "concentration": conc, "sigma": sigma, "coverage": cov,
                         "contrast_seconds": t_contrast, "ctrl_gene_contrast": ctrl_d}
-                for mode in ("none", "weighted", "contrast"):
-                    lfcs = {g: (np.zeros((len(types), mi.n_vars)) if mode == "none"
-                                else est[mode][g]["lfc"].reindex(index=types, columns=mi.var_names).to_numpy())
+                for mode in ("none", "weighted", "contrast") + (("bayesprism",) if bayesprism else ()):
+                    lfcs = {g: (np.zeros((len(types), mi.n_vars)) if mode == "none" else est[mode][g]
+                                if mode == "bayesprism" else
+                                est[mode][g]["lfc"].reindex(index=types, columns=mi.var_names).to_numpy())
                             for g in fr}
                     rows.append({**base, "eval": "shifts", "mode": mode,
                                  **_score_types(lfcs[PERTURBED_GROUP], d, shares, ident if mode == "contrast" else None),
-                                 "false": _false(lfcs, d)})
+                                 "false": _false(lfcs, d),
+                                 **({"seconds": bp_seconds} if mode == "bayesprism" else {})})
                     r = rows[-1]
                     print(f"[split {split} c{conc:g} s{sigma:g}] shifts {mode}: " + "; ".join(
                         f"{t} ({r[t]['share']:.0%}) r {r[t]['r']:.2f} up {r[t]['up']:.2f}/{r[t]['up_true']:.2f} "
@@ -459,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concentrations", default="20,200")
     p.add_argument("--sigmas", default="0,0.3,0.5,0.6")
     p.add_argument("--gen_sigma", type=float, default=0.5, help="--contrast: bias sigma scored on generated cells")
+    p.add_argument("--bayesprism", default=None, metavar="CHAIN,BURN",
+                   help="--contrast: add BayesPrism's per-type expression (Gibbs chain length, burn-in), shifts alone")
     p.add_argument("--out", help="write the rows as JSON here too")
     args = p.parse_args(argv)
     if args.contrast:
@@ -467,7 +515,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         rows = contrast_grid([int(s) for s in args.splits.split(",")], [float(c) for c in args.concentrations.split(",")],
                              [float(x) for x in args.sigmas.split(",")], 5 if args.quick else args.epochs,
-                             args.gen_sigma)
+                             args.gen_sigma,
+                             tuple(int(x) for x in args.bayesprism.split(",")) if args.bayesprism else None)
         info = machine_info()
         print(f"CPU: {info['cpu']} ({' '.join(info['simd'])}), {info['cores']} cores; {time.perf_counter() - t0:.0f} s")
         with pd.option_context("display.width", 250, "display.max_columns", 30):
