@@ -135,6 +135,8 @@ def test_generate_auto_is_contrast_with_groups_and_none_with_one(tmp_path, refer
     shifts = pd.read_csv(tmp_path / "auto" / "treated.celltype_shifts.csv")
     assert set(shifts.loc[shifts["celltype"] == "A", "gene"]) >= {f"g{g}" for g in UP[:15]}
     assert "C" not in set(shifts["celltype"])
+    ident = pd.read_csv(tmp_path / "auto" / "treated.celltype_identifiability.csv", index_col="celltype")
+    assert not ident.loc["C", "identifiable"] and ident.loc["A", "identifiable"]
     # one group: no contrast; shifts vs the reference stay opt-in, and the reason is recorded
     one = groups[groups["group"] == "ctrl"]
     one.to_csv(tmp_path / "one.csv", index=False)
