@@ -285,9 +285,9 @@ def plot_composition_contrast(table: pd.DataFrame, path: str, title: str = "") -
             ax.scatter([r["change"]], [i], color=pal[t] if bool(r["excludes_0"]) else "white",
                        edgecolor=pal[t], zorder=3, s=30)
         ax.set_yticks(y, types, fontsize=8)
-        ax.invert_yaxis()
         ax.set_title(f"{g} vs {rows['versus'].dropna().iloc[0] if rows['versus'].notna().any() else ''}", fontsize=9)
         ax.set_xlabel("change of fraction")
+    axes[0][0].invert_yaxis()  # shared: first type on top
     if title:
         fig.suptitle(title, fontsize=10)
     _save(fig, path)

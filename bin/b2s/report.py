@@ -747,7 +747,8 @@ def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
     """Composition change between groups (composition_contrast.csv) and, per group, the per-type
     expression changes from the bulk (``--bulk_shift contrast``): DE tables and what was not identifiable."""
     parts = ["<h2 id='between'>Between groups</h2>"]
-    if len(groups) < 2:
+    frac = _read_csv(files.get("fractions.csv"), index_col=0)  # the cohort's groups, whatever QC ran
+    if (len(frac) if frac is not None else len(groups)) < 2:
         parts.append("<p class='muted'>One group: nothing to compare. Per-type shifts against the reference "
                      "(<code>--bulk_shift weighted</code>) stay opt-in: they also absorb the platform "
                      "differences every sample shares with the reference.</p>")

@@ -79,6 +79,10 @@ def test_contrast_recovers_a_group_change_and_cancels_a_shared_bias(reference): 
     assert summ["A"]["identifiable"] and summ["B"]["identifiable"]
     assert (lfc.loc["C"] == 0).all()
     assert summ["C"]["n_up"] == 0 and summ["A"]["n_up"] >= 15
+    # the evidence rule: a type whose median gene needs a larger change than max_mde to be seen is not identifiable
+    strict = bulkshift.contrast_shifts(model, "treated", max_mde=0.05)
+    assert not strict["summary"]["A"]["identifiable"] and "median detectable" in strict["summary"]["A"]["reason"]
+    assert (strict["lfc"].to_numpy() == 0).all()
     table = res["treated"]["table"]
     assert list(table.columns) == ["celltype", "gene", "log2fc", "se", "z", "pvalue", "padj",
                                    "gene_log2contrast", "share"]
