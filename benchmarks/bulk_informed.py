@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bulk_informed.py --quick          # 1 split, 10 epochs (~10 min on 2 shared cores)
     .venv/bin/python benchmarks/bulk_informed.py                  # splits 0,1,2, 30 epochs
     .venv/bin/python benchmarks/bulk_informed.py --shifts_only   # shrinkage variants, shifts alone (~1 min)
+    .venv/bin/python benchmarks/bulk_informed.py --contrast --epochs 5   # between-group shifts (issue #25)
     # options: --splits 0,1,2 --epochs 30 --modes none,allocate,weighted --omicverse --out FILE.json
 
 Data: the Hao et al. PBMC counts (benchmarks/realdata.py, 11,180 genes), split per seed into a
@@ -33,6 +34,11 @@ type + 0.1)):
   cells) on all 280 benchmark genes; ``n_shift``: mean number of (type, gene) shifts per
   unperturbed group;
 - realism on the unperturbed groups (``b2s.qc``): kNN typing accuracy, marker r, types told apart.
+
+``--contrast`` (issue #25, :func:`contrast_grid`): one perturbed group (four types, one per share
+bin), replicate concentration x a per-gene platform bias shared by every sample, ``contrast`` vs
+``weighted`` vs ``none`` vs BayesPrism's expectation (``--bayesprism``: the PyPI package itself),
+and the coverage of the composition intervals; benchmarks/README.md "Between-group shifts".
 
 ``--omicverse`` adds omicverse 2.3.2's generation (``b2s.omicverse_engine.generate_cells``,
 the same weights): it ignores the bulk, so it should score ~0. The last line printed is JSON.
@@ -154,7 +160,7 @@ def prepare(split: int, concentration: float = 200.0, bias_sigma: float = 0.0,
     controls = np.array([to_mi[g] for g in genes["controls"] if g in to_mi])
     mi_means = cp10k_means(mi.layers["counts"], mi.obs["total_counts"].to_numpy(), mi.obs["celltype"].astype(str).to_numpy(), types)
     return {"mi": mi, "bulk": bulk, "sheet": sheet, "targets": targets, "types": types,
-            "truth": truth, "controls": controls, "ref_means": mi_means, "ref": ref,
+            "truth": truth, "controls": controls, "ref_means": mi_means,
             "true_fractions": true_fractions, "sample_fractions": sf}
 
 
