@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(contrast):
         plot_composition_contrast(contrast, str(out / "composition_contrast.png"),
                                   title="Composition change between groups (95 % intervals, bootstrap over samples)")
+        if contrast["se"].isna().all():
+            print("composition change between groups: a group has one sample, so no intervals "
+                  "(composition_contrast.csv has the changes only)", flush=True)
         flagged = contrast[contrast["excludes_0"]]
         print(f"composition change between groups: {len(flagged)} of {len(contrast)} (group, type) intervals "
               f"exclude 0" + (": " + ", ".join(f"{r.group} {r.celltype} {r.change:+.3f}" for r in flagged.itertuples())

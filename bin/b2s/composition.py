@@ -6,7 +6,8 @@ samples within every group (seeded). With a handful of samples per group a perce
 bootstrap is too narrow (it sees the plug-in variance, ``(n-1)/n`` of the unbiased one, and few
 distinct resamples), so the interval is ``change +- t(0.975, df) * se``: ``se`` the bootstrap
 standard deviation with each group's share of it scaled by ``n/(n-1)``, ``df`` the smallest
-group's samples - 1. ``excludes_0`` flags intervals that exclude 0. Coverage of the true change is
+group's samples - 1 (a group with one sample: no intervals, NaN). ``excludes_0`` flags intervals
+that exclude 0. Coverage of the true change is
 measured in benchmarks/bulk_informed.py (``--contrast``).
 """
 
@@ -75,7 +76,8 @@ def composition_contrast(sample_fractions: pd.DataFrame, groups: pd.DataFrame, r
             continue
         change = _change(means, k, ref)
         bc = np.stack([_change(b, k, ref) for b in boot])
-        se = bc.std(axis=0, ddof=1)
+        # a group with one sample has no replicate variance: no interval can be given
+        se = bc.std(axis=0, ddof=1) if n_s.min() >= 2 else np.full(len(types), np.nan)
         lo, hi = change - q * se, change + q * se
         centre = means[ref] if ref is not None else np.delete(means, k, axis=0).mean(axis=0)
         for i, t in enumerate(types):

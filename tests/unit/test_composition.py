@@ -54,6 +54,9 @@ def test_table_flags_and_reference_group():
     ref = composition_contrast(sf, sheet, reference_group="g1", seed=1)
     assert set(ref["group"]) == {"g2", "g3"} and set(ref["versus"]) == {"g1"}
     assert composition_contrast(sf, sheet[sheet["group"] == "g1"]).empty  # one group: nothing to compare
+    single = sheet[~sheet["sample"].isin(["g2_1", "g2_2", "g2_3", "g2_4", "g2_5"])]  # g2 with one sample
+    one = composition_contrast(sf, single, seed=1)
+    assert one["se"].isna().all() and not one["excludes_0"].any() and one["change"].notna().all()
     with pytest.raises(InputError, match="--reference_group 'zz'"):
         composition_contrast(sf, sheet, reference_group="zz")
     with pytest.raises(InputError, match="lack sample"):
