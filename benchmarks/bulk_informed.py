@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bulk_informed.py --quick          # 1 split, 10 epochs (~10 min on 2 shared cores)
     .venv/bin/python benchmarks/bulk_informed.py                  # splits 0,1,2, 30 epochs
     .venv/bin/python benchmarks/bulk_informed.py --shifts_only   # shrinkage variants, shifts alone (~1 min)
+    .venv/bin/python benchmarks/bulk_informed.py --contrast --epochs 5   # between-group shifts (issue #25)
     # options: --splits 0,1,2 --epochs 30 --modes none,allocate,weighted --omicverse --out FILE.json
 
 Data: the Hao et al. PBMC counts (benchmarks/realdata.py, 11,180 genes), split per seed into a
@@ -33,6 +34,11 @@ type + 0.1)):
   cells) on all 280 benchmark genes; ``n_shift``: mean number of (type, gene) shifts per
   unperturbed group;
 - realism on the unperturbed groups (``b2s.qc``): kNN typing accuracy, marker r, types told apart.
+
+``--contrast`` (issue #25, :func:`contrast_grid`): one perturbed group (four types, one per share
+bin), replicate concentration x a per-gene platform bias shared by every sample, ``contrast`` vs
+``weighted`` vs ``none`` vs BayesPrism's expectation (``--bayesprism``: the PyPI package itself),
+and the coverage of the composition intervals; benchmarks/README.md "Between-group shifts".
 
 ``--omicverse`` adds omicverse 2.3.2's generation (``b2s.omicverse_engine.generate_cells``,
 the same weights): it ignores the bulk, so it should score ~0. The last line printed is JSON.
@@ -76,12 +82,13 @@ def cp10k_means(x: sp.csr_matrix, lib: np.ndarray, labels: np.ndarray, types: li
     return sums / np.maximum(np.asarray(ind.sum(axis=1)).ravel(), 1)[:, None]
 
 
-def choose_genes(ref_means: np.ndarray, types: list[str], rng: np.random.Generator) -> dict[str, Any]:
+def choose_genes(ref_means: np.ndarray, types: list[str], rng: np.random.Generator,
+                 perturbed: tuple[str, ...] = PERTURBED_TYPES) -> dict[str, Any]:
     """Perturbed genes (with true log2 FC) per perturbed type, and the control genes (gene positions)."""
     taken: set[int] = set()
     truth: dict[str, dict[int, float]] = {}
     logm = np.log2(ref_means + PSEUDO)
-    for t in PERTURBED_TYPES:
+    for t in perturbed:
         i = types.index(t)
         others = np.delete(logm, i, axis=0).max(axis=0)
         markers = set(np.argsort(-(logm[i] - others), kind="stable")[:TOP_MARKERS])
@@ -91,9 +98,10 @@ def choose_genes(ref_means: np.ndarray, types: list[str], rng: np.random.Generat
         sign = np.r_[np.ones(N_UP), -np.ones(N_DOWN)]
         truth[t] = {int(g): float(s * m) for g, s, m in zip(pick, sign, mag)}
         taken |= set(map(int, pick))
-    expressed = np.flatnonzero((ref_means[[types.index(t) for t in PERTURBED_TYPES]] >= MIN_CP10K).all(axis=0))
+    # controls: expressed in the first two perturbed types (the large ones)
+    expressed = np.flatnonzero((ref_means[[types.index(t) for t in perturbed[:2]]] >= MIN_CP10K).all(axis=0))
     cand = [g for g in expressed if g not in taken]
-    controls = np.sort(rng.choice(cand, size=N_CONTROL, replace=False)).astype(int)
+    controls = np.sort(rng.choice(cand, size=min(N_CONTROL, len(cand)), replace=False)).astype(int)
     return {"truth": truth, "controls": controls}
 
 
@@ -113,8 +121,12 @@ def perturb(heldout, truth: dict[str, dict[int, float]]):
     return out
 
 
-def prepare(split: int) -> dict[str, Any]:
-    """Reference, bulk with the perturbation in one group, truth, fractions, model input."""
+def prepare(split: int, concentration: float = 200.0, bias_sigma: float = 0.0,
+            perturbed: tuple[str, ...] = PERTURBED_TYPES) -> dict[str, Any]:
+    """Reference, bulk with the perturbation in one group, truth, fractions, model input.
+
+    ``concentration``: Dirichlet concentration of the replicates' fractions; ``bias_sigma``: a
+    per-gene factor, log-normal, shared by every sample (a platform difference from the reference)."""
     import realdata
     from b2s import fractions, preprocess
 
@@ -124,13 +136,19 @@ def prepare(split: int) -> dict[str, Any]:
     design = realdata.pseudobulk_design(types)
     ref_lib = np.asarray(ref.X.sum(axis=1)).ravel()
     ref_means = cp10k_means(ref.X, ref_lib, ref.obs["celltype"].astype(str).to_numpy(), types)
-    genes = choose_genes(ref_means, types, np.random.default_rng(1000 + split))
+    genes = choose_genes(ref_means, types, np.random.default_rng(1000 + split), perturbed)
     held_p = perturb(held, genes["truth"])
     plain = {g: d for g, d in design.items() if g != PERTURBED_GROUP}
-    b0, _, s0 = realdata.make_pseudobulks(held, plain, seed=split)
-    b1, _, s1 = realdata.make_pseudobulks(held_p, {PERTURBED_GROUP: design[PERTURBED_GROUP]}, seed=split + 500)
+    b0, t0, s0 = realdata.make_pseudobulks(held, plain, seed=split, concentration=concentration)
+    b1, t1, s1 = realdata.make_pseudobulks(held_p, {PERTURBED_GROUP: design[PERTURBED_GROUP]}, seed=split + 500,
+                                           concentration=concentration)
     bulk = pd.concat([b1, b0], axis=1)
+    if bias_sigma > 0:
+        bias = np.random.default_rng(2000 + split).lognormal(0.0, bias_sigma, bulk.shape[0])
+        bulk = pd.DataFrame(np.rint(bulk.to_numpy(np.float64) * bias[:, None]).astype(np.int64),
+                            index=bulk.index, columns=bulk.columns)
     sheet = pd.concat([s1, s0], ignore_index=True)
+    true_fractions = pd.concat([t1, t0])
     sf = fractions.estimate_sample_fractions(bulk, ref, seed=split)
     gf = fractions.group_fractions(sf, sheet)
     targets = fractions.cell_targets(bulk, sheet, ref, gf, scale_size=SCALE_SIZE)
@@ -142,7 +160,8 @@ def prepare(split: int) -> dict[str, Any]:
     controls = np.array([to_mi[g] for g in genes["controls"] if g in to_mi])
     mi_means = cp10k_means(mi.layers["counts"], mi.obs["total_counts"].to_numpy(), mi.obs["celltype"].astype(str).to_numpy(), types)
     return {"mi": mi, "bulk": bulk, "sheet": sheet, "targets": targets, "types": types,
-            "truth": truth, "controls": controls, "ref_means": mi_means}
+            "truth": truth, "controls": controls, "ref_means": mi_means,
+            "true_fractions": true_fractions, "sample_fractions": sf}
 
 
 def recovered_lfc(gen, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -287,6 +306,226 @@ def shift_variants(splits: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+#: --contrast: perturbed types of the tcell group, one per share bin (design shares 40 %, 25 %, 10 %, ~3 %)
+CONTRAST_TYPES = ("T cells CD4 conv", "Tregs", "T cells CD8", "B cells")
+
+
+def share_bin(share: float) -> str:
+    """Share bin of a type in its group."""
+    return ">=20%" if share >= 0.2 else "5-20%" if share >= 0.05 else "<5%"
+
+
+def _score_types(lfc: np.ndarray, d: dict[str, Any], shares: dict[str, float],
+                 ident: dict[str, bool] | None) -> dict[str, Any]:
+    """r, median recovered up / down and control median (signed) of each perturbed type (types x genes ``lfc``)."""
+    out = {}
+    for t, truth in d["truth"].items():
+        i, g = d["types"].index(t), np.array(list(truth))
+        true = np.array(list(truth.values()))
+        rec, ctl = lfc[i, g], lfc[i, d["controls"]]
+        y = np.r_[rec, ctl]
+        out[t] = {"share": shares[t], "bin": share_bin(shares[t]),
+                  "r": float(np.corrcoef(np.r_[true, np.zeros(len(ctl))], y)[0, 1]) if np.ptp(y) > 0 else 0.0,
+                  "up": float(np.median(rec[true > 0])), "up_true": float(np.median(true[true > 0])),
+                  "down": float(np.median(rec[true < 0])), "down_true": float(np.median(true[true < 0])),
+                  "ctrl": float(np.median(ctl)),
+                  "identifiable": None if ident is None else bool(ident[t])}
+    return out
+
+
+def _false(lfcs: dict[str, np.ndarray], d: dict[str, Any], n: dict[str, np.ndarray] | None = None) -> float:
+    """Unperturbed groups: median |log2 FC| of each type (>= 20 generated cells) on the genes it expresses
+    (reference >= MIN_CP10K), the median over types, then the mean over groups."""
+    per_group = []
+    for grp, lfc in lfcs.items():
+        if grp == PERTURBED_GROUP:
+            continue
+        meds = [float(np.median(np.abs(lfc[i, d["ref_means"][i] >= MIN_CP10K])))
+                for i in range(len(d["types"])) if n is None or n[grp][i] >= 20]
+        per_group.append(float(np.median(meds)))
+    return float(np.mean(per_group))
+
+
+def _coverage(d: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Composition contrast (b2s.composition) of the estimated sample fractions vs the design's true change."""
+    import realdata
+    from b2s.composition import composition_contrast
+
+    design = pd.DataFrame(realdata.pseudobulk_design(d["types"])).T  # groups x types
+    cc = composition_contrast(d["sample_fractions"][d["types"]], d["sheet"], seed=seed)
+    names = list(design.index)
+    truth = {(k, t): design.loc[k, t] - design.drop(index=k)[t].mean() for k in names for t in d["types"]}
+    hit = [(r.ci_low <= truth[(r.group, r.celltype)] <= r.ci_high) for r in cc.itertuples()]
+    return {"coverage": float(np.mean(hit)), "n": len(hit), "flagged": int(cc["excludes_0"].sum()),
+            "median_width": float((cc["ci_high"] - cc["ci_low"]).median())}
+
+
+def bayesprism_lfc(d: dict[str, Any], seed: int, chain: int, burn: int,
+                   n_top: int = 1000) -> tuple[dict[str, np.ndarray], float]:
+    """BayesPrism's (PyPI ``bayesprism``, benchmark only) per-type expression of every sample (Z of the
+    initial Gibbs run, the per-type expression BayesPrism reports), as the same kind of group contrast:
+    per type, log2 of the group's mean CPM (+ 1) minus the median over the groups. Returns types x
+    model genes per group and the seconds it took. The package is imported from ``$B2S_BAYESPRISM_PATH``
+    (e.g. ``pip install --no-deps --target DIR bayesprism returns``); its plotting module's
+    altair / vl_convert are stubbed (not used here). Its Gibbs sampler loops over genes in Python
+    (~0.8 ms per gene, sample and iteration here), so it runs on the benchmark's perturbed and
+    control genes plus the ``n_top`` genes with the most bulk reads, with a short chain."""
+    import types as _types
+
+    for m in ("altair", "vl_convert"):
+        stub = sys.modules.setdefault(m, _types.ModuleType(m))
+        stub.Chart = object  # a type annotation of its plotting module
+    sys.path[:0] = [p for p in os.environ.get("B2S_BAYESPRISM_PATH", "").split(os.pathsep) if p]
+    import torch
+    from bayesprism import GibbsControl, get_exp, new_prism, run_prism
+    from returns.maybe import Some
+
+    torch.set_num_threads(1)
+    mi = d["mi"]
+    all_genes = pd.Index(mi.var_names.astype(str))
+    bench = np.unique(np.r_[d["controls"], *[list(v) for v in d["truth"].values()]]).astype(int)
+    reads = d["bulk"].loc[all_genes].to_numpy(np.float64).sum(axis=1)
+    cols = np.unique(np.r_[bench, np.argsort(-reads)[:n_top]])
+    genes = list(all_genes[cols])
+    ref = sp.csr_matrix(mi.layers["counts"])[:, cols].toarray().astype(np.float32)
+    mix = d["bulk"].loc[genes].to_numpy(np.float32).T
+    t0 = time.perf_counter()
+    prism = new_prism(ref, tuple(mi.obs["celltype"].astype(str)), Some(tuple(mi.obs["celltype"].astype(str))), mix,
+                      gene_names=Some(tuple(genes)), bulk_names=Some(tuple(d["bulk"].columns))).unwrap()
+    bp = run_prism(prism, update_gibbs=False, gibbs_control=Some(GibbsControl(
+        chain_length=chain, burn_in=burn, thinning=2, seed=Some(int(seed)), num_threads=1))).unwrap()
+    seconds = time.perf_counter() - t0
+    groups = d["sheet"].set_index("sample")["group"]
+    names = list(pd.unique(d["sheet"]["group"]))
+    out = {g: np.zeros((len(d["types"]), mi.n_vars)) for g in names}
+    for i, t in enumerate(d["types"]):
+        z = get_exp(bp, "type", t).unwrap().to_pandas().set_index("bulk_id")
+        pos = all_genes.get_indexer(z.columns)
+        c = z.to_numpy(np.float64)
+        c = c / np.maximum(c.sum(axis=1, keepdims=True), 1e-12) * 1e6
+        lg = np.vstack([np.log2(c[(groups.reindex(z.index) == g).to_numpy()].mean(axis=0) + 1.0) for g in names])
+        lg = lg - np.median(lg, axis=0)
+        for k, g in enumerate(names):
+            out[g][i, pos] = lg[k]
+    return out, seconds
+
+
+def expected_z_lfc(d: dict[str, Any]) -> dict[str, np.ndarray]:
+    """BayesPrism's per-type expression in expectation: given fractions theta, its Gibbs sampler's Z
+    converges to ``X_sg theta_sk m_kg / sum_k theta_sk m_kg`` (each gene's reads split over the types
+    in proportion to their expected share). With the pipeline's per-sample fractions as theta, the
+    same group contrast as :func:`bayesprism_lfc` (per type, log2 of the group's mean CPM + 1 minus
+    the median over the groups). Types x model genes per group."""
+    from b2s import bulkqc
+
+    mi = d["mi"]
+    genes = pd.Index(mi.var_names.astype(str))
+    prof = bulkqc.type_mean_counts(mi, d["types"], genes)  # types x genes
+    x = d["bulk"].loc[genes].to_numpy(np.float64).T  # samples x genes
+    theta = d["sample_fractions"].reindex(index=d["bulk"].columns, columns=d["types"]).fillna(0.0).to_numpy()
+    w = theta[:, :, None] * prof[None, :, :]  # samples x types x genes
+    z = x[:, None, :] * w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
+    z = z / np.maximum(z.sum(axis=2, keepdims=True), 1e-300) * 1e6
+    groups = d["sheet"].set_index("sample")["group"].reindex(d["bulk"].columns).to_numpy()
+    names = list(pd.unique(d["sheet"]["group"]))
+    lg = np.stack([np.log2(z[groups == g].mean(axis=0) + 1.0) for g in names])  # groups x types x genes
+    lg = lg - np.median(lg, axis=0, keepdims=True)
+    return {g: lg[k] for k, g in enumerate(names)}
+
+
+def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[float], epochs: int,
+                  gen_sigma: float | None, bayesprism: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Between-group shifts on the perturbed cohort: shifts alone for every (split, concentration, bias
+    sigma), and on generated cells (modes none / weighted / contrast) where sigma == ``gen_sigma``."""
+    from b2s import bulkqc, bulkshift
+    from b2s.generate import generate_cells, group_seed, rate_model
+    from b2s.train import TrainConfig, train_vae
+
+    rows = []
+    for split in splits:
+        trained = None
+        for conc in concentrations:
+            for sigma in sigmas:
+                t0 = time.perf_counter()
+                d = prepare(split, concentration=conc, bias_sigma=sigma, perturbed=CONTRAST_TYPES)
+                mi, types = d["mi"], d["types"]
+                mi_types = list(pd.unique(mi.obs["celltype"].astype(str)))
+                tf = d["true_fractions"].groupby(d["sheet"].set_index("sample")["group"]).mean()
+                shares = {t: float(tf.loc[PERTURBED_GROUP, t]) for t in CONTRAST_TYPES}
+                fr = {g: bulkqc.fractions_of(tg, mi_types) for g, tg in d["targets"].groupby("group", sort=False)}
+                t1 = time.perf_counter()
+                model = bulkshift.contrast_model(d["bulk"], d["sheet"], mi, mi_types, fr)
+                est = {"contrast": {g: bulkshift.contrast_shifts(model, g) for g in fr}}
+                t_contrast = time.perf_counter() - t1
+                est["weighted"] = {g: bulkshift.estimate_shifts(bulkqc.group_bulk(d["bulk"], d["sheet"], g), mi,
+                                                               mi_types, fr[g], mode="weighted") for g in fr}
+                ident = {t: est["contrast"][PERTURBED_GROUP]["summary"][t]["identifiable"] for t in CONTRAST_TYPES}
+                ctrl_d = {g: float(np.median(model["d"][k][pd.Index(model["genes"]).get_indexer(
+                    mi.var_names[d["controls"]])])) for k, g in enumerate(model["groups"])}
+                cov = _coverage(d, seed=split)
+                est["expected_z"] = expected_z_lfc(d)
+                if bayesprism is not None:
+                    est["bayesprism"], bp_seconds = bayesprism_lfc(d, split, *bayesprism)
+                base = {"split": split, "concentration": conc, "sigma": sigma, "coverage": cov,
+                        "contrast_seconds": t_contrast, "ctrl_gene_contrast": ctrl_d}
+                for mode in ("none", "weighted", "contrast", "expected_z") + (("bayesprism",) if bayesprism else ()):
+                    lfcs = {g: (np.zeros((len(types), mi.n_vars)) if mode == "none" else est[mode][g]
+                                if mode in ("bayesprism", "expected_z") else
+                                est[mode][g]["lfc"].reindex(index=types, columns=mi.var_names).to_numpy())
+                            for g in fr}
+                    rows.append({**base, "eval": "shifts", "mode": mode,
+                                 **_score_types(lfcs[PERTURBED_GROUP], d, shares, ident if mode == "contrast" else None),
+                                 "false": _false(lfcs, d),
+                                 **({"seconds": bp_seconds} if mode == "bayesprism" else {})})
+                    r = rows[-1]
+                    print(f"[split {split} c{conc:g} s{sigma:g}] shifts {mode}: " + "; ".join(
+                        f"{t} ({r[t]['share']:.0%}) r {r[t]['r']:.2f} up {r[t]['up']:.2f}/{r[t]['up_true']:.2f} "
+                        f"down {r[t]['down']:.2f}/{r[t]['down_true']:.2f} ctrl {r[t]['ctrl']:+.3f}"
+                        + ("" if r[t]["identifiable"] is None else f" id {int(r[t]['identifiable'])}")
+                        for t in CONTRAST_TYPES) + f"; false {r['false']:.3f}", flush=True)
+                print(f"[split {split} c{conc:g} s{sigma:g}] composition coverage {cov['coverage']:.2f} of "
+                      f"{cov['n']} (flagged {cov['flagged']}); control-gene contrast "
+                      + ", ".join(f"{g} {v:+.3f}" for g, v in ctrl_d.items())
+                      + f"; contrast {t_contrast:.1f} s; prepared {t1 - t0:.0f} s", flush=True)
+                if gen_sigma is None or sigma != gen_sigma:
+                    continue
+                if trained is None:
+                    res = train_vae(mi.X, TrainConfig(epoch_num=epochs, patience=epochs, seed=split, device="cpu",
+                                                      log_every=max(1, epochs), checkpoint_every=10_000))
+                    trained = (res.state_dict, rate_model(res.state_dict, mi, device="cpu"))
+                for mode in ("none", "weighted", "contrast"):
+                    lfcs, ns = {}, {}
+                    for grp, tg in d["targets"].groupby("group", sort=False):
+                        target = dict(zip(tg["celltype"], tg["n_cells"].astype(int)))
+                        shift = None if mode == "none" else est[mode][grp]["lfc"]
+                        gen = generate_cells(trained[0], mi, target, seed=group_seed(split, grp), device="cpu",
+                                             shift=shift, rates=trained[1])
+                        lfcs[grp], ns[grp] = recovered_lfc(gen, d)
+                    rows.append({**base, "eval": "generated", "mode": mode,
+                                 **_score_types(lfcs[PERTURBED_GROUP], d, shares, ident if mode == "contrast" else None),
+                                 "false": _false(lfcs, d, ns)})
+                    r = rows[-1]
+                    print(f"[split {split} c{conc:g} s{sigma:g}] generated {mode}: " + "; ".join(
+                        f"{t} r {r[t]['r']:.2f} up {r[t]['up']:.2f} down {r[t]['down']:.2f} ctrl {r[t]['ctrl']:+.3f}"
+                        for t in CONTRAST_TYPES) + f"; false {r['false']:.3f}", flush=True)
+    return rows
+
+
+def contrast_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Mean over splits per (eval, mode, concentration, sigma, share bin)."""
+    flat = []
+    for r in rows:
+        for t in CONTRAST_TYPES:
+            v = r[t]
+            flat.append({"eval": r["eval"], "mode": r["mode"], "conc": r["concentration"], "sigma": r["sigma"],
+                         "type": t, "bin": v["bin"], "share": v["share"], "r": v["r"], "up": v["up"],
+                         "up_true": v["up_true"], "down": v["down"], "down_true": v["down_true"], "ctrl": v["ctrl"],
+                         "identifiable": np.nan if v["identifiable"] is None else float(v["identifiable"]),
+                         "false": r["false"], "coverage": r["coverage"]["coverage"]})
+    df = pd.DataFrame(flat)
+    return df.groupby(["eval", "mode", "conc", "sigma", "type"], sort=False).mean(numeric_only=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the table and one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -298,8 +537,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no_realism", action="store_true", help="skip kNN typing / marker r on unperturbed groups")
     p.add_argument("--shifts_only", action="store_true",
                    help="score the shifts alone for each allocation x shrinkage variant (no training; seconds)")
+    p.add_argument("--contrast", action="store_true",
+                   help="between-group shifts: concentrations x bias sigmas x splits (shifts alone; generated cells "
+                        "at --gen_sigma), composition interval coverage")
+    p.add_argument("--concentrations", default="20,200")
+    p.add_argument("--sigmas", default="0,0.3,0.5,0.6")
+    p.add_argument("--gen_sigma", type=float, default=0.5, help="--contrast: bias sigma scored on generated cells")
+    p.add_argument("--bayesprism", default=None, metavar="CHAIN,BURN",
+                   help="--contrast: add BayesPrism's per-type expression (Gibbs chain length, burn-in), shifts alone")
     p.add_argument("--out", help="write the rows as JSON here too")
     args = p.parse_args(argv)
+    if args.contrast:
+        from realism import machine_info
+
+        t0 = time.perf_counter()
+        rows = contrast_grid([int(s) for s in args.splits.split(",")], [float(c) for c in args.concentrations.split(",")],
+                             [float(x) for x in args.sigmas.split(",")], 5 if args.quick else args.epochs,
+                             args.gen_sigma,
+                             tuple(int(x) for x in args.bayesprism.split(",")) if args.bayesprism else None)
+        info = machine_info()
+        print(f"CPU: {info['cpu']} ({' '.join(info['simd'])}), {info['cores']} cores; {time.perf_counter() - t0:.0f} s")
+        with pd.option_context("display.width", 250, "display.max_columns", 30):
+            print(contrast_table(rows).round(3).to_string())
+        if args.out:
+            Path(args.out).write_text(json.dumps({"rows": rows, "machine": info}, indent=1, default=float))
+        print(json.dumps({"rows": rows, "machine": info}, default=float))
+        return
     if args.shifts_only:
         rows = shift_variants([0] if args.quick else [int(s) for s in args.splits.split(",")])
         print(json.dumps({"rows": rows}, default=float))

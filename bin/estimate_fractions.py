@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 from b2s import fractions as fr
+from b2s.composition import composition_contrast
 from b2s.errors import InputError, run_cli
 from b2s.fraction_fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
 from b2s.fraction_markers import read_markers
 from b2s.io import params_from_args, read_prepared, warn, write_json
-from b2s.plots import plot_fractions
+from b2s.plots import plot_composition_contrast, plot_fractions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cells generated per group, split by the fractions (replaces the estimated total x "
                         "--scale_size); unset: from library sizes (counts) or the reference's cell number (TPM/FPKM)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--reference_group", default=None,
+                   help="composition_contrast.csv: compare each group with this one (default: the other groups' mean)")
     p.add_argument("--engine", default="native", choices=("native", "omicverse"))
     p.add_argument("--outdir", default=".")
     args = p.parse_args(argv)
@@ -92,6 +95,18 @@ def main(argv: list[str] | None = None) -> None:
         warn(line)
     plot_fractions(group_fr, str(out / "fractions_barplot.png"),
                    title=f"Estimated cell-type fractions ({args.method}, {args.engine})")
+    contrast = composition_contrast(sample_fr, groups, reference_group=args.reference_group, seed=args.seed)
+    contrast.to_csv(out / "composition_contrast.csv", index=False, float_format="%.6g")
+    if len(contrast):
+        plot_composition_contrast(contrast, str(out / "composition_contrast.png"),
+                                  title="Composition change between groups (95 % intervals, bootstrap over samples)")
+        if contrast["se"].isna().all():
+            print("composition change between groups: a group has one sample, so no intervals "
+                  "(composition_contrast.csv has the changes only)", flush=True)
+        flagged = contrast[contrast["excludes_0"]]
+        print(f"composition change between groups: {len(flagged)} of {len(contrast)} (group, type) intervals "
+              f"exclude 0" + (": " + ", ".join(f"{r.group} {r.celltype} {r.change:+.3f}" for r in flagged.itertuples())
+                               if len(flagged) else ""), flush=True)
     totals = fr.total_cells(bulk, groups, reference, args.cells_per_group)
     write_json(out / "fractions_summary.json", {
         "method": args.method,
@@ -99,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(seconds, 3),
         "n_samples": int(sample_fr.shape[0]),
         "cell_types": list(sample_fr.columns),
+        "composition_contrast": {"versus": args.reference_group or "other groups",
+                                 "n_excluding_0": int(contrast["excludes_0"].sum()) if len(contrast) else 0},
         "markers": {"source": args.markers or "automatic", "n_genes": len(marker_genes) if marker_genes else None},
         "goodness_of_fit": {
             "thresholds": {"min_fit_r": MIN_FIT_R, "max_residual": MAX_RESIDUAL},

@@ -49,10 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reparam", choices=REPARAM_CHOICES, default="standard",
                    help="latent sampling form the weights were trained with (TRAIN_VAE --reparam)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
-    p.add_argument("--bulk_shift", choices=SHIFT_CHOICES, default=None,
-                   help="bulk-informed generation: per-type fold changes of the group's bulk vs its composition "
-                        f"expectation applied to the cells (allocate | weighted; b2s.bulkshift), or none (default: "
-                        f"{DEFAULT_SHIFT} with --bulk and --groups and the native engine, else none)")
+    p.add_argument("--bulk_shift", choices=("auto", *SHIFT_CHOICES), default="auto",
+                   help="bulk-informed generation (b2s.bulkshift): contrast (each group vs the cohort, per type), "
+                        "allocate | weighted (vs the reference), none; auto: "
+                        f"{DEFAULT_SHIFT} with >= 2 groups and the native engine, else none")
+    p.add_argument("--reference_group", help="--bulk_shift contrast: the group the others are compared "
+                                             "with (default: the cohort)")
     p.add_argument("--bulk", help="bulk_counts.tsv from PREPARE_INPUTS (needed by --bulk_shift)")
     p.add_argument("--groups", help="groups.csv from PREPARE_INPUTS (needed by --bulk_shift)")
     p.add_argument("--outdir", default=".")
@@ -86,22 +88,71 @@ def read_targets(path: str, group: str) -> dict[str, int]:
     return dict(zip(rows["celltype"], n.astype(int)))
 
 
-def bulk_shifts(args: argparse.Namespace, model_input) -> dict:
-    """Per-type shifts of ``args.group`` (b2s.bulkshift), written to ``<group>.celltype_shifts.csv``."""
+def bulk_shifts(args: argparse.Namespace, model_input, cohort: dict | None = None) -> dict:
+    """Per-type shifts of ``args.group`` (b2s.bulkshift), written to ``<group>.celltype_shifts.csv``
+    (``cohort``: :func:`contrast_cohort` of the task, for ``--bulk_shift contrast``)."""
     from b2s import bulkqc, bulkshift
-    bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
-    rows = pd.read_csv(args.targets, dtype={"group": str, "celltype": str})
-    rows = rows[rows["group"] == args.group]
-    types = list(pd.unique(model_input.obs["celltype"].astype(str)))
-    fractions = bulkqc.fractions_of(rows, types)
-    res = bulkshift.estimate_shifts(bulkqc.group_bulk(bulk, groups, args.group), model_input, types, fractions,
-                                    mode=args.bulk_shift)
+    if args.bulk_shift == "contrast":
+        res = bulkshift.contrast_shifts(cohort or contrast_cohort(args, model_input), args.group)
+    else:
+        bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
+        rows = pd.read_csv(args.targets, dtype={"group": str, "celltype": str})
+        rows = rows[rows["group"] == args.group]
+        types = list(pd.unique(model_input.obs["celltype"].astype(str)))
+        fractions = bulkqc.fractions_of(rows, types)
+        res = bulkshift.estimate_shifts(bulkqc.group_bulk(bulk, groups, args.group), model_input, types, fractions,
+                                        mode=args.bulk_shift)
     path = os.path.join(args.outdir, f"{args.group}.celltype_shifts.csv")
     res["table"].to_csv(path, index=False, float_format="%.6g")
     n = {t: f"+{v['n_up']}/-{v['n_down']}" for t, v in res["summary"].items()}
     print(f"[generate] {args.group}: bulk shifts ({args.bulk_shift}) genes up/down per type: "
           f"{', '.join(f'{k} {v}' for k, v in n.items())}; wrote {path}", flush=True)
+    if args.bulk_shift == "contrast":
+        ident = pd.DataFrame.from_dict(res["summary"], orient="index").rename_axis("celltype")
+        ident.to_csv(os.path.join(args.outdir, f"{args.group}.celltype_identifiability.csv"), float_format="%.6g")
+        off = {t: v["reason"] for t, v in res["summary"].items() if not v["identifiable"]}
+        print(f"[generate] {args.group}: vs {res['centre']}; not identifiable (left unshifted): "
+              f"{'; '.join(f'{t}: {r}' for t, r in off.items()) or 'none'}", flush=True)
     return res
+
+
+def resolve_shift(args: argparse.Namespace) -> str:
+    """``--bulk_shift auto`` -> the mode (one console line, recorded in ``uns['bulk_shift']``); returns why."""
+    from b2s import bulkqc
+
+    if args.bulk_shift != "auto":
+        if args.bulk_shift != "none" and args.engine == "omicverse":
+            raise InputError(f"--bulk_shift {args.bulk_shift} needs --engine native (omicverse ignores the bulk); "
+                             "pass --bulk_shift none with --engine omicverse")
+        if args.bulk_shift != "none" and (not args.bulk or not args.groups):
+            raise InputError(f"--bulk_shift {args.bulk_shift} needs --bulk and --groups (PREPARE_INPUTS' "
+                             "bulk_counts.tsv and groups.csv); pass them or --bulk_shift none")
+        return f"--bulk_shift {args.bulk_shift} given"
+    if args.engine != "native":
+        args.bulk_shift, why = "none", "auto: --engine omicverse ignores the bulk"
+    elif not args.bulk or not args.groups:
+        args.bulk_shift, why = "none", "auto: no --bulk/--groups"
+    else:
+        n = len(pd.unique(bulkqc.read_bulk_inputs(args.bulk, args.groups)[1]["group"]))
+        if n >= 2:
+            args.bulk_shift, why = DEFAULT_SHIFT, f"auto: {n} groups, each compared with the cohort per cell type"
+        else:
+            args.bulk_shift = "none"
+            why = ("auto: one group, so no between-group contrast; shifts against the reference (--bulk_shift "
+                   "weighted) stay opt-in because they also absorb platform differences every sample shares")
+    print(f"[generate] --bulk_shift {args.bulk_shift} ({why})", flush=True)
+    return why
+
+
+def contrast_cohort(args: argparse.Namespace, model_input) -> dict:
+    """:func:`b2s.bulkshift.contrast_model` of the whole cohort (every group's bulk and fractions), once per task."""
+    from b2s import bulkqc, bulkshift
+
+    bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
+    rows = pd.read_csv(args.targets, dtype={"group": str, "celltype": str})
+    types = list(pd.unique(model_input.obs["celltype"].astype(str)))
+    fractions = {str(g): bulkqc.fractions_of(r, types) for g, r in rows.groupby("group", sort=False)}
+    return bulkshift.contrast_model(bulk, groups, model_input, types, fractions, reference_group=args.reference_group)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,11 +181,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"the VAE models {len(subset)} of the {model_input.n_vars} model genes (its sidecar); the others "
               "take their cell type's mean rate", flush=True)
     rates = shared_rates(args, model, model_input, device) if len(groups) > 1 else None
+    args.shift_decision = resolve_shift(args)
+    cohort = contrast_cohort(args, model_input) if args.bulk_shift == "contrast" else None
     for g in groups:
         # the recorded params are those of a one-group run: outputs do not depend on batching
         with warning_group(g if len(groups) > 1 else None):
             generate_group(argparse.Namespace(**{**vars(args), "group": g}), targets[g], model, model_input, device,
-                           rates=rates)
+                           rates=rates, cohort=cohort)
 
 
 def shared_rates(args: argparse.Namespace, model, model_input, device):
@@ -150,9 +203,10 @@ def shared_rates(args: argparse.Namespace, model, model_input, device):
 
 
 def generate_group(args: argparse.Namespace, targets: dict[str, int], model, model_input, device,
-                   rates=None) -> None:
+                   rates=None, cohort: dict | None = None) -> None:
     """Generate the cells of ``args.group`` (one group) and write ``<group>.generated.h5ad``
-    (``rates``: :func:`shared_rates` of the batch, or None to compute them for this group)."""
+    (``rates``: :func:`shared_rates` of the batch, or None to compute them for this group;
+    ``cohort``: :func:`contrast_cohort` of the task, or None)."""
     from b2s.generate import generate_cells, group_seed
     from b2s.io import write_h5ad
 
@@ -165,17 +219,10 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
         )
     seed = group_seed(args.seed, args.group)
     kwargs = dict(hidden_size=args.hidden_size, seed=seed, device=str(device), batch_size=args.batch_size)
-    if args.bulk_shift is None:
-        args.bulk_shift = DEFAULT_SHIFT if args.bulk and args.groups and args.engine == "native" else "none"
+    decision = getattr(args, "shift_decision", None) or resolve_shift(args)
     shift = None
     if args.bulk_shift != "none":
-        if args.engine == "omicverse":
-            raise InputError(f"--bulk_shift {args.bulk_shift} needs --engine native (omicverse ignores the bulk); "
-                             "pass --bulk_shift none with --engine omicverse")
-        if not args.bulk or not args.groups:
-            raise InputError(f"--bulk_shift {args.bulk_shift} needs --bulk and --groups (PREPARE_INPUTS' "
-                             "bulk_counts.tsv and groups.csv); pass them or --bulk_shift none")
-        shift = bulk_shifts(args, model_input)
+        shift = bulk_shifts(args, model_input, cohort)
     if args.engine == "omicverse":
         from b2s import omicverse_engine  # lazy: omicverse takes long to import
 
@@ -185,8 +232,13 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
                                calibrate=args.calibrate, reparam=args.reparam, dispersion=args.dispersion,
                                shift=None if shift is None else shift["lfc"], rates=rates, **kwargs)
     # a JSON string: cell-type names may hold '/', which h5ad group keys may not
-    adata.uns["bulk_shift"] = json.dumps({"mode": args.bulk_shift} if shift is None else {
-        "mode": args.bulk_shift, "fractions_refit": shift["fractions_refit"], "n_shifted": shift["summary"]})
+    record = {"mode": args.bulk_shift, "decision": decision}
+    if shift is not None:
+        record.update(fractions_refit=shift["fractions_refit"], n_shifted=shift["summary"])
+        if "centre" in shift:
+            record["centre"] = shift["centre"]
+            record["not_identifiable"] = {t: v["reason"] for t, v in shift["summary"].items() if not v["identifiable"]}
+    adata.uns["bulk_shift"] = json.dumps(record)
     adata.obs_names = [f"{args.group}_{name}" for name in adata.obs_names]
     out = os.path.join(args.outdir, f"{args.group}.generated.h5ad")
     write_h5ad(adata, out, params=dict(vars(args), generation_seed=seed))

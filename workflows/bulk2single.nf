@@ -111,6 +111,7 @@ workflow BULK2SINGLE {
         .mix(
             ESTIMATE_FRACTIONS.out.fractions, ESTIMATE_FRACTIONS.out.sample_fractions,
             ESTIMATE_FRACTIONS.out.targets, ESTIMATE_FRACTIONS.out.plot, ESTIMATE_FRACTIONS.out.summary,
+            ESTIMATE_FRACTIONS.out.contrast, ESTIMATE_FRACTIONS.out.contrast_plot,
             PREPARE_INPUTS.out.summary, PREPROCESS.out.summary, ch_train_files,
             FILTER.out.summary.map { meta, f -> f },
             QC.out.files.map { meta, files -> files }.flatten(),

@@ -323,7 +323,7 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
     if values.get("samplesheet") and values.get("bulk_group"):
         res.errors.append("--samplesheet and --bulk_group were both given: pass only one "
                           f"(the samplesheet can hold many groups) {SEE_HELP}")
-    if values.get("engine") == "omicverse" and values.get("bulk_shift", "none") != "none":
+    if values.get("engine") == "omicverse" and values.get("bulk_shift", "none") not in ("none", "auto"):
         res.warnings.append(f"--bulk_shift {values['bulk_shift']} is ignored with --engine omicverse (its generation "
                             "never reads the bulk: the cells carry composition only); use --engine native for it")
     if values.get("engine") == "omicverse" and values.get("fraction_method") in ("nnls", "wls"):

@@ -263,3 +263,31 @@ def plot_bulk_scatter(log_cpm: pd.DataFrame, path: str, title: str = "",
     axes[0][0].set_ylabel("pseudo-bulk, log2(CPM + 1)")
     fig.suptitle(title or "Pseudo-bulk vs bulk", y=1.0)
     _save(fig, path)
+
+
+def plot_composition_contrast(table: pd.DataFrame, path: str, title: str = "") -> None:
+    """Change of each type's fraction per group (b2s.composition): points with 95 % intervals,
+    one panel per group; filled where the interval excludes 0."""
+    groups = list(pd.unique(table["group"]))
+    types = sorted(pd.unique(table["celltype"]), key=_sort_key)
+    pal = celltype_palette(types)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1.5, 0.32 * len(types) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        rows = table[table["group"] == g].set_index("celltype").reindex(types)
+        y = np.arange(len(types))
+        ax.axvline(0.0, color="#777777", lw=0.8)
+        for i, t in enumerate(types):
+            r = rows.loc[t]
+            if pd.isna(r["change"]):
+                continue
+            ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=pal[t], lw=2)
+            ax.scatter([r["change"]], [i], color=pal[t] if bool(r["excludes_0"]) else "white",
+                       edgecolor=pal[t], zorder=3, s=30)
+        ax.set_yticks(y, types, fontsize=8)
+        ax.set_title(f"{g} vs {rows['versus'].dropna().iloc[0] if rows['versus'].notna().any() else ''}", fontsize=9)
+        ax.set_xlabel("change of fraction")
+    axes[0][0].invert_yaxis()  # shared: first type on top
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)

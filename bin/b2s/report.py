@@ -834,6 +834,49 @@ def _human(n: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
+def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
+    """Composition change between groups (composition_contrast.csv) and, per group, the per-type
+    expression changes from the bulk (``--bulk_shift contrast``): DE tables and what was not identifiable."""
+    parts = ["<h2 id='between'>Between groups</h2>"]
+    frac = _read_csv(files.get("fractions.csv"), index_col=0)  # the cohort's groups, whatever QC ran
+    if (len(frac) if frac is not None else len(groups)) < 2:
+        parts.append("<p class='muted'>One group: nothing to compare. Per-type shifts against the reference "
+                     "(<code>--bulk_shift weighted</code>) stay opt-in: they also absorb the platform "
+                     "differences every sample shares with the reference.</p>")
+        return "\n".join(parts)
+    cc = _read_csv(files.get("composition_contrast.csv"), dtype={"group": str, "celltype": str})
+    if cc is not None and len(cc):
+        flagged = cc[cc["excludes_0"].astype(str).str.lower() == "true"]
+        parts.append("<h3>Composition change</h3><p class='muted'>Change of each cell type's fraction in a group "
+                     f"vs {_esc(cc['versus'].iloc[0])}, 95 % interval from a bootstrap over samples "
+                     f"(composition_contrast.csv); {len(flagged)} of {len(cc)} intervals exclude 0 "
+                     "(filled points).</p><div class='grid'><div>")
+        parts.append(_img(files.get("composition_contrast.png"), "Composition change between groups"))
+        parts.append("</div><div>")
+        if len(flagged):
+            parts.append(_df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False))
+        parts.append("</div></div>")
+    rows = []
+    for g in groups:
+        ident = _read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={"celltype": str})
+        if ident is None:
+            continue
+        for r in ident.itertuples():
+            rows.append({"group": g, "cell type": r.celltype, "share": r.share,
+                         "genes up": r.n_up, "genes down": r.n_down,
+                         "identifiable": "yes" if str(r.identifiable).lower() == "true" else
+                         f"no: {r.reason}"})
+    if rows:
+        parts.append("<h3>Per-type expression changes</h3><p class='muted'>Each group vs the cohort per cell "
+                     "type (<code>--bulk_shift contrast</code>): the genes whose bulk contrast passes the "
+                     "evidence threshold, split over the types that make them and applied to the group's "
+                     "generated cells. The DE tables (log2 FC, SE, z, p, BH-adjusted p) are "
+                     "<code>qc/&lt;group&gt;/&lt;group&gt;.celltype_shifts.csv</code>; types too rare in a group "
+                     "are not identifiable from its bulk and left unshifted.</p>")
+        parts.append(_df_table(pd.DataFrame(rows), index=False, digits=3))
+    return "\n".join(parts)
+
+
 def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
                  versions_yaml: str | None = None) -> None:
     """Write the self-contained HTML report of a run.
@@ -855,7 +898,7 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     files = _index_files(root) if root.is_dir() else {}
     groups = discover_groups(files)
     nav = ["<a href='#summary'>Summary</a>", "<a href='#fractions'>Fractions</a>",
-           "<a href='#training'>Training</a>"]
+           "<a href='#between'>Between groups</a>", "<a href='#training'>Training</a>"]
     if groups:
         nav.append("<span class='sep'>|</span>")
         names = group_names(files)
@@ -868,6 +911,7 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
         _section_fractions(files),
         _section_bulk_input(files),
         _section_fit(files),
+        _section_between_groups(groups, files),
         _section_training(files, params),
         *[_section_group(g, files) for g in groups],
         _section_run(params, versions_yaml),

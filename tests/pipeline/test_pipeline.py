@@ -94,7 +94,8 @@ def test_qc_outputs_per_group(full_run):
         bulk_qc = pd.read_csv(qc / f"{group}.bulk_qc.csv").set_index("profile")
         assert list(bulk_qc.index) == ["generated", "filtered", "composition_expected"]
         assert (bulk_qc["pearson_r"] > 0.8).all(), bulk_qc.to_string()
-        assert metrics["bulk_qc"]["bulk_shift"] == "none"  # the default (weighted: tests/pipeline/test_resources.py)
+        # the default with the test profile's 2 groups (weighted: tests/pipeline/test_resources.py)
+        assert metrics["bulk_qc"]["bulk_shift"] == "contrast"
         assert len(pd.read_csv(qc / f"{group}.bulk_residuals.csv")) == 50
 
 

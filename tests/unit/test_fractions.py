@@ -207,6 +207,14 @@ def test_estimate_fractions_script(tmp_path, mixture):
     summary = json.loads((out / "fractions_summary.json").read_text())
     assert summary["method"] == "nnls" and summary["params"]["seed"] == 5
     assert summary["groups"]["g1"]["target_cells"] == int(t.loc[t.group == "g1", "n_cells"].sum())
+    # composition change between the two groups, with intervals and its plot
+    cc = pd.read_csv(out / "composition_contrast.csv")
+    assert set(cc["group"]) == {"g1", "g2"} and len(cc) == 2 * len(TYPES)
+    np.testing.assert_allclose(cc.loc[cc.group == "g1", "change"].to_numpy(),
+                               (sf.iloc[:4].mean() - sf.iloc[4:].mean()).reindex(cc.loc[cc.group == "g1", "celltype"]),
+                               atol=1e-5)
+    assert (out / "composition_contrast.png").stat().st_size > 1000
+    assert "composition change between groups" in res.stdout
 
     # a sample missing from the bulk is one clear line, exit 2
     pd.DataFrame({"group": ["g1"], "sample": ["nope"]}).to_csv(tmp_path / "bad.csv", index=False)

@@ -215,3 +215,35 @@ def test_report_shows_cell_type_identity_and_its_warning(tmp_path):
     second = text[text.index("id='g-treated_v2'"):]
     assert "title='n_celltypes_identified'>cell types told apart</th>" in second
     assert warning in second
+
+
+def test_report_between_groups_section(tmp_path):
+    """Composition change (flagged intervals) and per-type identifiability per group (issue 25)."""
+    import json as _json
+
+    import pandas as _pd
+
+    from b2s.report import build_report
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for g in ("ctrl", "stim"):
+        (d / f"{g}.metrics.json").write_text(_json.dumps({"group": g, "bulk_qc": {"bulk_shift": "contrast"}}))
+        _pd.DataFrame({"celltype": ["B", "T"], "share": [0.03, 0.6], "identifiable": [False, True],
+                       "reason": ["3.0% of the group's cells (< 5%)", ""], "median_detectable_log2fc": [3.1, 0.8],
+                       "n_up": [0, 12], "n_down": [0, 4]}).to_csv(d / f"{g}.celltype_identifiability.csv", index=False)
+    _pd.DataFrame({"group": ["ctrl", "ctrl"], "versus": "other groups", "celltype": ["B", "T"],
+                   "fraction": [0.03, 0.6], "fraction_versus": [0.1, 0.5], "change": [-0.07, 0.1], "se": [0.01, 0.2],
+                   "ci_low": [-0.09, -0.3], "ci_high": [-0.05, 0.5], "excludes_0": [True, False], "n_samples": 3}
+                  ).to_csv(d / "composition_contrast.csv", index=False)
+    out = tmp_path / "report.html"
+    build_report(str(d), str(out), {})
+    html = out.read_text()
+    sec = html[html.index("id='between'"):html.index("id='training'") if "id='training'" in html else None]
+    assert "1 of 2 intervals exclude 0" in sec and "-0.07" in sec
+    assert "no: 3.0% of the group" in sec and "celltype_shifts.csv" in sec
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "ctrl.metrics.json").write_text(_json.dumps({"group": "ctrl"}))
+    build_report(str(one), str(tmp_path / "one.html"), {})
+    assert "stay opt-in" in (tmp_path / "one.html").read_text()

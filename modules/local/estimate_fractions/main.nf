@@ -15,6 +15,8 @@ process ESTIMATE_FRACTIONS {
     path 'fractions_barplot.png' , emit: plot
     path 'fractions_summary.json', emit: summary
     path 'fractions_fit.csv'     , emit: fit
+    path 'composition_contrast.csv', emit: contrast                  // change between groups, 95 % intervals
+    path 'composition_contrast.png', emit: contrast_plot, optional: true  // >= 2 groups
     path 'versions.yml'          , emit: versions
 
     script:
@@ -32,7 +34,7 @@ process ESTIMATE_FRACTIONS {
 
     stub:
     """
-    touch fractions.csv sample_fractions.csv cell_targets.csv fractions_barplot.png fractions_fit.csv
+    touch fractions.csv sample_fractions.csv cell_targets.csv fractions_barplot.png fractions_fit.csv composition_contrast.csv
     echo '{}' > fractions_summary.json
     b2s_versions.py "${task.process}" torch scikit-learn scipy omicverse > versions.yml
     """

@@ -16,7 +16,7 @@ process GENERATE {
 
     output:
     tuple val(meta), path("*.generated.h5ad")                       , emit: generated
-    tuple val(meta), path("*.celltype_shifts.csv"), optional: true , emit: shifts
+    tuple val(meta), path("*.celltype_*.csv")     , optional: true , emit: shifts  // shifts (+ identifiability with contrast)
     path 'versions.yml'                                , emit: versions
 
     script:
