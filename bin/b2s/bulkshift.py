@@ -54,6 +54,7 @@ import pandas as pd
 
 from b2s.bulkqc import cpm
 from b2s.errors import InputError
+from b2s.io import group_id
 
 SHIFT_CHOICES = ("none", "allocate", "weighted", "contrast")
 #: GENERATE's mode with >= 2 groups (``--bulk_shift auto``; one group: none). Shifts against the
@@ -247,6 +248,7 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
     """
     g = groups.astype({"group": str, "sample": str})
     names = list(pd.unique(g["group"]))
+    reference_group = group_id(reference_group, names)
     if len(names) < 2:
         raise InputError("--bulk_shift contrast needs >= 2 bulk groups in the samplesheet (found "
                          f"{len(names)}); add groups or pass --bulk_shift none|weighted")

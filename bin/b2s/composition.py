@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from b2s.errors import InputError
+from b2s.io import group_id
 
 N_BOOT = 2000
 COLUMNS = ["group", "versus", "celltype", "fraction", "fraction_versus", "change", "se", "ci_low",
@@ -44,6 +45,7 @@ def composition_contrast(sample_fractions: pd.DataFrame, groups: pd.DataFrame, r
     """
     g = groups.astype({"group": str, "sample": str})
     names = list(pd.unique(g["group"]))
+    reference_group = group_id(reference_group, names)
     if len(names) < 2:
         return pd.DataFrame(columns=COLUMNS)
     if reference_group is not None and str(reference_group) not in names:

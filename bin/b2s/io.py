@@ -618,6 +618,15 @@ def group_slug(name: str) -> str:
     return clean or "group"
 
 
+def group_id(name: str | None, ids: Iterable[str]) -> str | None:
+    """The group ID (file name) that ``name`` refers to, whether given as the samplesheet shows it
+    (``Day 0``) or as its file name (``Day_0``); unchanged when it is neither (the caller says so)."""
+    ids = {str(i) for i in ids}
+    if name is None or str(name) in ids:
+        return name
+    return group_slug(name) if group_slug(name) in ids else name
+
+
 def _slugs(names: Iterable[str], what: str) -> dict[str, str]:
     """``{display name: slug}``; InputError naming both groups when two slugs collide (also when
     they differ only in letter case: one file on case-insensitive file systems)."""

@@ -61,3 +61,15 @@ def test_table_flags_and_reference_group():
         composition_contrast(sf, sheet, reference_group="zz")
     with pytest.raises(InputError, match="lack sample"):
         composition_contrast(sf.drop(index="g1_0"), sheet)
+
+
+def test_reference_group_may_be_given_as_the_samplesheet_shows_it():
+    """--reference_group 'Day 0' names the group whose file name (ID) is Day_0."""
+    sf, sheet = _sample(0)
+    sheet["group"] = sheet["group"].replace({"g1": "Day_0"})
+    by_name = composition_contrast(sf, sheet, reference_group="Day 0", n_boot=50, seed=1)
+    by_id = composition_contrast(sf, sheet, reference_group="Day_0", n_boot=50, seed=1)
+    pd.testing.assert_frame_equal(by_name, by_id)
+    assert "Day_0" not in set(by_name["group"])
+    with pytest.raises(InputError, match="Day 9"):
+        composition_contrast(sf, sheet, reference_group="Day 9", n_boot=50, seed=1)
