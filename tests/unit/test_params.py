@@ -294,8 +294,8 @@ def test_help_text_lists_every_param_with_description_and_default(schema):
             assert line.endswith("required]")
         else:
             assert f"default: {bp.format_value(prop.get('default')) if 'default' in prop else 'none'}" in line
-    assert ("--epoch_num          [integer] Maximum training epochs; unset: 10 (native engine), 3500 "
-            "(omicverse engine, the seed's). [default: none]") in text
+    assert ("--epoch_num          [integer] Maximum training epochs; unset: about 2,400 optimizer steps (native "
+            "engine), 3500 (omicverse engine, the seed's). [default: none]") in text
     for grp in schema["$defs"].values():
         assert f"{grp['title']}:" in text
     res = run_cli("--schema", str(SCHEMA_PATH), "--print-help")
@@ -311,4 +311,5 @@ def test_nextflow_run_help_prints_the_schema_help(schema, tmp_path):
     py_lines = [ln for ln in bp.help_text(schema).splitlines() if ln.strip().startswith("--")]
     assert nf_lines == py_lines
     assert len(nf_lines) == len(bp.schema_properties(schema))
-    assert "--learning_rate      [number] AdamW learning rate. [default: 0.0001]" in proc.stdout
+    assert ("--learning_rate      [number] AdamW learning rate; unset: 0.001 (native engine), 0.0001 (omicverse "
+            "engine, the seed's). [default: none]") in proc.stdout
