@@ -120,6 +120,9 @@ class GeneSubsetVAE(BetaVAE):
     """
 
     def __init__(self, inner: BetaVAE, genes: np.ndarray, n_model_genes: int) -> None:
+        if len(genes) != inner.n_genes or (len(genes) and not 0 <= min(genes) <= max(genes) < n_model_genes):
+            raise ValueError(f"GeneSubsetVAE: {len(genes)} gene positions for a VAE of {inner.n_genes} genes "
+                             f"within {n_model_genes} model genes")
         nn.Module.__init__(self)
         self.inner = inner
         self.reparam, self.hidden_size, self.n_genes = inner.reparam, inner.hidden_size, int(n_model_genes)
