@@ -102,15 +102,6 @@ def variant_settings(variant: str) -> dict[str, Any]:
     return {**base, **VARIANTS[variant]}
 
 
-def trained_model(res: Any, cfg: Any, n_model_genes: int) -> Any:
-    """The trained VAE as GENERATE sees it (a GeneSubsetVAE when it models some genes only)."""
-    from b2s.vae import BetaVAE, GeneSubsetVAE
-
-    model = BetaVAE(len(res.genes) if res.genes is not None else n_model_genes, cfg.hidden_size, cfg.reparam)
-    model.load_state_dict(res.state_dict)
-    return model if res.genes is None else GeneSubsetVAE(model, res.genes, n_model_genes)
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -303,9 +294,7 @@ def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str],
               patience: int) -> dict[str, Any]:
     """Train one variant in chunks to each epoch count; generate and evaluate after each chunk."""
     from b2s.generate import DEFAULTS, generate_cells, group_seed
-    from b2s.train import TrainConfig, train_vae
-
-    from b2s.train import default_epochs
+    from b2s.train import TrainConfig, default_epochs, train_vae, trained_model
 
     threads = _threads()
     data = prepare_split(split)
@@ -386,33 +375,19 @@ def unit_floor(split: int) -> dict[str, Any]:
     return {"rows": [row], "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": 1}
 
 
-def constant_vae(n_genes: int, hidden_size: int = 256) -> Any:
-    """A VAE whose decoder gives every cell the same output: through GENERATE's per-type calibration
-    and NB sampling, each type's mean profile with count noise (the null that learned nothing inside a type)."""
-    import torch
-
-    from b2s.vae import BetaVAE
-
-    model = BetaVAE(n_genes, hidden_size)
-    with torch.no_grad():
-        for layer in model.decoder:
-            layer.weight.zero_()
-            layer.bias.fill_(1.0)
-    return model
-
-
 def unit_null(split: int, kind: str, seed: int) -> dict[str, Any]:
     """The two nulls of every table: ``nb`` (per-type mean profile x the source cell's library, NB
     counts: GENERATE's own sampler behind a constant decoder) and ``bootstrap`` (the reference
     cells themselves, cycled to the same targets: copying the reference)."""
     from b2s.generate import generate_cells, group_seed
+    from b2s.vae import constant_decoder_vae
 
     data = prepare_split(split)
     ev = Evaluator(data)
     mi = data["mi"]
     t0 = time.perf_counter()
     if kind == "nb":
-        model = constant_vae(mi.n_vars)
+        model = constant_decoder_vae(mi.n_vars)
         gen = {g: generate_cells(model, mi, tg, seed=group_seed(seed, g), device="cpu")
                for g, tg in data["targets"].items()}
     else:

@@ -123,8 +123,7 @@ def bundled(settings: list[str]) -> None:
     from b2s.generate import generate_cells
     from b2s.qc import vae_identity_of
     from b2s.structure import summary_line, within_type_qc
-    from b2s.train import ENGINE_DEFAULTS, TrainConfig, train_vae
-    from b2s.vae import BetaVAE, GeneSubsetVAE
+    from b2s.train import ENGINE_DEFAULTS, TrainConfig, train_vae, trained_model
 
     ref = ad.read_h5ad(ROOT / "assets" / "test_data" / "reference.h5ad")
     mi = model_input(ref, ref.var_names)
@@ -137,11 +136,7 @@ def bundled(settings: list[str]) -> None:
             native["vae_genes"] = int(genes[0])
         cfg = TrainConfig(**{**native, "learning_rate": float(lr), "batch_size": int(batch)},
                           epoch_num=int(epochs), patience=int(epochs), device="cpu", seed=42, log_every=10**6)
-        res = train_vae(mi.X, cfg)
-        model = BetaVAE(len(res.genes) if res.genes is not None else mi.n_vars, cfg.hidden_size)
-        model.load_state_dict(res.state_dict)
-        if res.genes is not None:
-            model = GeneSubsetVAE(model, res.genes, mi.n_vars)
+        model = trained_model(train_vae(mi.X, cfg), cfg, mi.n_vars)
         gen = generate_cells(model, mi, targets, seed=1, device="cpu")
         q = within_type_qc(mi, gen, vae=vae_identity_of(gen), seed=42)
         per = {t: (r["structure"], r["floor"]) for t, r in q["within_type"]["per_celltype"].items()}

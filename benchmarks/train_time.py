@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     import realism
     from b2s.generate import generate_cells, group_seed
-    from b2s.train import TrainConfig, cpu_threads, default_epochs, train_vae
+    from b2s.train import TrainConfig, cpu_threads, default_epochs, train_vae, trained_model
 
     data = realism.prepare_split(a.split)
     ev = realism.Evaluator(data)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         res = train_vae(mi.X, cfg)
         train_s = time.perf_counter() - t0
-        model = realism.trained_model(res, cfg, mi.n_vars)
+        model = trained_model(res, cfg, mi.n_vars)
         gen = {g: generate_cells(model, mi, tg, seed=group_seed(a.seed, g), device="cpu")
                for g, tg in data["targets"].items()}
         m = ev.evaluate(gen)

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import InputError, warn
-from b2s.vae import REPARAM_CHOICES, BetaVAE, vae_loss, variable_genes
+from b2s.vae import REPARAM_CHOICES, BetaVAE, GeneSubsetVAE, vae_loss, variable_genes
 
 if TYPE_CHECKING:
     import anndata
@@ -576,6 +576,15 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
             "config": asdict(config),
         },
     )
+
+
+def trained_model(result: TrainResult, config: TrainConfig, n_model_genes: int) -> BetaVAE:
+    """The trained VAE as GENERATE sees it: a :class:`~b2s.vae.GeneSubsetVAE` over the model input
+    when it was trained on some genes only (``--vae_genes``), else a plain BetaVAE."""
+    n = len(result.genes) if result.genes is not None else n_model_genes
+    model = BetaVAE(n, config.hidden_size, config.reparam)
+    model.load_state_dict(result.state_dict)
+    return model if result.genes is None else GeneSubsetVAE(model, result.genes, n_model_genes)
 
 
 def read_model_input(path: str, need_celltype: bool = False) -> anndata.AnnData:

@@ -141,6 +141,18 @@ class GeneSubsetVAE(BetaVAE):
         return out
 
 
+def constant_decoder_vae(n_genes: int, hidden_size: int = 256) -> BetaVAE:
+    """A VAE whose decoder gives every cell the same output. Through GENERATE's per-type calibration
+    and NB sampling it yields each type's mean profile with count noise: the null that learned
+    nothing inside a type (the realism benchmark's null row, and tests)."""
+    model = BetaVAE(n_genes, hidden_size)
+    with torch.no_grad():
+        for layer in model.decoder:
+            layer.weight.zero_()
+            layer.bias.fill_(1.0)
+    return model
+
+
 def kl_term(mu: torch.Tensor, logvar: torch.Tensor, n_genes: int) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)) summed over the batch, divided by ``batch * genes`` (as Bulk2Space)."""
     return 0.5 * torch.sum(torch.exp(logvar) + mu.pow(2) - 1.0 - logvar) / (mu.shape[0] * n_genes)

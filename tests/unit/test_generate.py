@@ -13,7 +13,7 @@ import torch
 
 from b2s.errors import InputError
 from b2s.generate import generate_cells
-from b2s.vae import BetaVAE
+from b2s.vae import BetaVAE, constant_decoder_vae
 
 from tests.helpers import load_script
 
@@ -304,16 +304,6 @@ def test_a_rate_model_computed_once_gives_each_group_the_same_cells(model, model
         generate_cells(model, mi, {"T": 3}, calibrate="gene", rates=rates, **kw)
 
 
-def _constant_decoder(n_genes: int) -> BetaVAE:
-    """A VAE whose decoder returns the same output for every cell (it learned nothing)."""
-    m = BetaVAE(n_genes, LATENT)
-    with torch.no_grad():
-        for layer in m.decoder:
-            layer.weight.zero_()
-            layer.bias.fill_(1.0)
-    return m
-
-
 def test_residual_dispersion_is_measured_around_each_cells_own_rate(model_input):
     """The residual NB dispersion equals the moment estimate around each reference cell's own
     calibrated rate (brute force), is close to the pooled per-type one for a decoder that learned
@@ -341,13 +331,13 @@ def test_residual_dispersion_is_measured_around_each_cells_own_rate(model_input)
         def decode(self, z):
             return z
 
-    flat = brute(_constant_decoder(N_GENES))
+    flat = brute(constant_decoder_vae(N_GENES, LATENT))
     pooled = type_dispersion(cts, lib, flat.codes, int(flat.codes.max()) + 1)
     expressed = pooled > 1e-3
     assert np.median(np.abs(np.log(flat.phi[expressed] / pooled[expressed]))) < 0.2
     own = brute(Identity(N_GENES, N_GENES)).phi
     assert expressed.any() and np.median(own[expressed]) < 0.5 * np.median(pooled[expressed])
-    assert rate_model(_constant_decoder(N_GENES), mi, dispersion="type").phi == pytest.approx(pooled)
+    assert rate_model(constant_decoder_vae(N_GENES, LATENT), mi, dispersion="type").phi == pytest.approx(pooled)
 
 
 def test_a_vae_over_some_genes_generates_every_model_gene(model_input):
