@@ -122,11 +122,15 @@ def perturb(heldout, truth: dict[str, dict[int, float]]):
 
 
 def prepare(split: int, concentration: float = 200.0, bias_sigma: float = 0.0,
-            perturbed: tuple[str, ...] = PERTURBED_TYPES) -> dict[str, Any]:
+            perturbed: tuple[str, ...] = PERTURBED_TYPES, cells_per_sample: int = 400,
+            samples_per_group: int = 3) -> dict[str, Any]:
     """Reference, bulk with the perturbation in one group, truth, fractions, model input.
 
     ``concentration``: Dirichlet concentration of the replicates' fractions; ``bias_sigma``: a
-    per-gene factor, log-normal, shared by every sample (a platform difference from the reference)."""
+    per-gene factor, log-normal, shared by every sample (a platform difference from the reference).
+    ``clean_bulk``: the noise-free bulk of the same samples (for the oracles of ``--oracle``): each
+    sample's true cell counts per type times the held-out cells' mean counts of the type (with the
+    perturbation in the perturbed group), times the same platform factor; no cell sampling, no rounding."""
     import realdata
     from b2s import fractions, preprocess
 
@@ -139,14 +143,24 @@ def prepare(split: int, concentration: float = 200.0, bias_sigma: float = 0.0,
     genes = choose_genes(ref_means, types, np.random.default_rng(1000 + split), perturbed)
     held_p = perturb(held, genes["truth"])
     plain = {g: d for g, d in design.items() if g != PERTURBED_GROUP}
-    b0, t0, s0 = realdata.make_pseudobulks(held, plain, seed=split, concentration=concentration)
+    size = {"samples_per_group": samples_per_group, "cells_per_sample": cells_per_sample}
+    b0, t0, s0 = realdata.make_pseudobulks(held, plain, seed=split, concentration=concentration, **size)
     b1, t1, s1 = realdata.make_pseudobulks(held_p, {PERTURBED_GROUP: design[PERTURBED_GROUP]}, seed=split + 500,
-                                           concentration=concentration)
+                                           concentration=concentration, **size)
     bulk = pd.concat([b1, b0], axis=1)
+    # noise-free bulk: true cell counts x the held-out type means (perturbed ones in the perturbed group)
+    held_labels = held.obs["celltype"].astype(str).to_numpy()
+    mu = {PERTURBED_GROUP: counts_means(held_p.X, held_labels, types)}
+    mu_plain = counts_means(held.X, held_labels, types)
+    clean = pd.concat([t1, t0])[types] * cells_per_sample  # samples x types, true cell counts
+    sample_group = pd.concat([s1, s0]).set_index("sample")["group"]
+    clean_bulk = pd.DataFrame(np.column_stack([clean.loc[s].to_numpy() @ mu.get(sample_group[s], mu_plain)
+                                               for s in bulk.columns]), index=bulk.index, columns=bulk.columns)
     if bias_sigma > 0:
         bias = np.random.default_rng(2000 + split).lognormal(0.0, bias_sigma, bulk.shape[0])
         bulk = pd.DataFrame(np.rint(bulk.to_numpy(np.float64) * bias[:, None]).astype(np.int64),
                             index=bulk.index, columns=bulk.columns)
+        clean_bulk = clean_bulk * bias[:, None]
     sheet = pd.concat([s1, s0], ignore_index=True)
     true_fractions = pd.concat([t1, t0])
     sf = fractions.estimate_sample_fractions(bulk, ref, seed=split)
@@ -159,9 +173,14 @@ def prepare(split: int, concentration: float = 200.0, bias_sigma: float = 0.0,
     truth = {t: {to_mi[g]: v for g, v in d.items() if g in to_mi} for t, d in genes["truth"].items()}
     controls = np.array([to_mi[g] for g in genes["controls"] if g in to_mi])
     mi_means = cp10k_means(mi.layers["counts"], mi.obs["total_counts"].to_numpy(), mi.obs["celltype"].astype(str).to_numpy(), types)
-    return {"mi": mi, "bulk": bulk, "sheet": sheet, "targets": targets, "types": types,
+    return {"mi": mi, "bulk": bulk, "clean_bulk": clean_bulk, "sheet": sheet, "targets": targets, "types": types,
             "truth": truth, "controls": controls, "ref_means": mi_means,
             "true_fractions": true_fractions, "sample_fractions": sf}
+
+
+def counts_means(x, labels: np.ndarray, types: list[str]) -> np.ndarray:
+    """Types x genes mean raw count per cell."""
+    return cp10k_means(x, np.full(len(labels), 1e4), labels, types)
 
 
 def recovered_lfc(gen, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -324,13 +343,148 @@ def _score_types(lfc: np.ndarray, d: dict[str, Any], shares: dict[str, float],
         true = np.array(list(truth.values()))
         rec, ctl = lfc[i, g], lfc[i, d["controls"]]
         y = np.r_[rec, ctl]
+        other = np.array([h for u, tr in d["truth"].items() if u != t for h in tr], dtype=int)
         out[t] = {"share": shares[t], "bin": share_bin(shares[t]),
+                  "cross": float(np.median(np.abs(lfc[i, other]))) if len(other) else 0.0,
                   "r": float(np.corrcoef(np.r_[true, np.zeros(len(ctl))], y)[0, 1]) if np.ptp(y) > 0 else 0.0,
                   "up": float(np.median(rec[true > 0])), "up_true": float(np.median(true[true > 0])),
                   "down": float(np.median(rec[true < 0])), "down_true": float(np.median(true[true < 0])),
                   "ctrl": float(np.median(ctl)),
                   "identifiable": None if ident is None else bool(ident[t])}
     return out
+
+
+def true_attribution(model: dict[str, Any], lfc: np.ndarray, d: dict[str, Any], z: float = 2.0,
+                     max_lfc: float = 4.0) -> np.ndarray:
+    """Oracle allocation (``--oracle``): the perturbed group's gene contrasts of ``model`` (kept where
+    ``|d| > z se``, as the method) handed whole to the type that truly changed the gene,
+    ``log2(1 + (2^d - 1) / s_tg)`` (its share ``s_tg``), 0 for the other perturbed types; every other
+    gene keeps the method's ``lfc`` (types x model-input genes, ``d['types']`` order)."""
+    k = model["groups"].index(PERTURBED_GROUP)
+    genes = pd.Index(model["genes"])
+    pos = genes.get_indexer(d["mi"].var_names)
+    dk, se = model["d"][k], model["se"][k]
+    w = model["fractions"][k][:, None] * model["profiles"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(w.sum(axis=0) > 0, w / w.sum(axis=0), 0.0)  # model types x model genes
+    mtypes = list(model["types"])
+    out = lfc.copy()
+    perturbed = {h for tr in d["truth"].values() for h in tr}
+    for t, tr in d["truth"].items():
+        i = d["types"].index(t)
+        for g in perturbed:
+            out[i, g] = 0.0
+        for g in tr:
+            j = pos[g]
+            if j < 0 or not (np.isfinite(se[j]) and abs(dk[j]) > z * se[j]) or share[mtypes.index(t), j] <= 0:
+                continue
+            x = (2.0 ** np.clip(dk[j], -max_lfc, max_lfc) - 1.0) / share[mtypes.index(t), j]
+            out[i, g] = float(np.log2(np.clip(1.0 + x, 2.0 ** -max_lfc, 2.0 ** max_lfc)))
+    return out
+
+
+#: ``posterior`` candidate: prior sd (log2 FC) of a changed gene in the type that changed it, fitted per
+#: group by marginal likelihood over this grid (:func:`posterior_attribution`)
+TAU_GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def posterior_attribution(d: np.ndarray, se: np.ndarray, share: np.ndarray, candidate: np.ndarray,
+                          max_lfc: float = 4.0, tau_grid: tuple[float, ...] = TAU_GRID,
+                          n_grid: int = 121) -> tuple[np.ndarray, float]:
+    """Posterior mean log2 FC of each type, given a gene's contrast ``d`` (genes) changed in ONE type
+    (``--candidates NAME:allocation=posterior``, tried as an alternative to the least-norm split).
+
+    Hypothesis ``H_t``: only type t changed the gene, by ``l ~ N(0, tau^2)`` (log2), so the bulk moves
+    by ``h_t(l) = log2(1 + s_t (2^l - 1))`` (``s_t`` its share of the gene), observed with error
+    ``se``; ``P(H_t)`` uniform over the ``candidate`` types (types x genes). Returns types x genes
+    ``P(H_t | d) E[l | d, H_t]`` (0 where not a candidate) and ``tau`` (the grid value of the largest
+    marginal likelihood). Numerical integration over ``n_grid`` values of ``l`` in +-``max_lfc``.
+    """
+    T, G = share.shape
+    out = np.zeros((T, G))
+    ok = candidate.any(axis=0) & np.isfinite(se) & (se > 0)
+    if not ok.any():
+        return out, float("nan")
+    grid = np.linspace(-max_lfc, max_lfc, n_grid)
+    s = np.where(candidate[:, ok], share[:, ok], 0.0)  # types x genes
+    h = np.log2(np.clip(1.0 + s[:, :, None] * (np.exp2(grid) - 1.0)[None, None, :], 1e-300, None))
+    zz = (d[ok][None, :, None] - h) / se[ok][None, :, None]
+    lik = np.exp(-0.5 * zz ** 2)  # types x genes x grid (the 1/se factor is common to all hypotheses)
+    n_cand = candidate[:, ok].sum(axis=0)
+    best = None
+    for tau in tau_grid:
+        w = np.exp(-0.5 * (grid / tau) ** 2)
+        w /= w.sum()
+        m = (lik * w).sum(axis=2) * candidate[:, ok]  # p(d | H_t)
+        marg = m.sum(axis=0) / n_cand
+        ll = float(np.log(np.maximum(marg, 1e-300)).sum())
+        if best is None or ll > best[0]:
+            best = (ll, tau, w, m, marg)
+    _, tau, w, m, marg = best
+    post = m / n_cand / np.maximum(marg, 1e-300)  # P(H_t | d)
+    mean = (lik * w * grid).sum(axis=2) / np.maximum((lik * w).sum(axis=2), 1e-300)
+    out[:, ok] = np.where(candidate[:, ok], post * mean, 0.0)
+    return out, float(tau)
+
+
+def posterior_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: float = 4.0) -> pd.DataFrame:
+    """``contrast_shifts`` with the same evidence gate and identifiable types, but each kept gene's
+    contrast split over the types by :func:`posterior_attribution` instead of the least-norm split."""
+    from b2s import bulkshift
+
+    res = bulkshift.contrast_shifts(model, group, z=z, max_lfc=max_lfc)
+    k = model["groups"].index(str(group))
+    d, se, f, prof = model["d"][k], model["se"][k], model["fractions"][k], model["profiles"]
+    w = f[:, None] * prof
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(w.sum(axis=0) > 0, w / w.sum(axis=0), 0.0)
+    ident = np.array([res["summary"][t]["identifiable"] for t in model["types"]])
+    kept = np.isfinite(se) & (np.abs(d) > z * se)
+    cand = ident[:, None] & (prof > 0) & (share > 0) & kept[None, :]
+    lfc, _ = posterior_attribution(np.where(kept, d, 0.0), se, share, cand, max_lfc)
+    out = pd.DataFrame(0.0, index=pd.Index(model["types"], name="celltype"), columns=model["ref_genes"])
+    out.loc[:, model["genes"]] = lfc
+    return out
+
+
+def persample_attribution(model: dict[str, Any], d: dict[str, Any], z: float = 2.0) -> dict[str, float]:
+    """Does the variation of the type shares across the perturbed group's samples tell which type
+    changed a gene? For each perturbed gene of the identifiable perturbed types whose contrast passes
+    the evidence gate: the samples' excess over the cohort centre, ``y_s = 2^(r_s - c) - 1``, fitted
+    by each candidate type alone (``y_s = s_st x``, least squares; candidates: the identifiable types,
+    >= :data:`b2s.bulkshift.MIN_SHARE` of the group, that make the gene); the share of genes whose
+    best-fitting type is the true one, and what picking at random would score."""
+    from b2s import bulkshift
+
+    k = model["groups"].index(PERTURBED_GROUP)
+    genes = pd.Index(model["genes"])
+    pos = genes.get_indexer(d["mi"].var_names)
+    own = model["sample_group"] == k
+    centre = model["d"][k] - model["sample_log2ratio"][own].mean(axis=0)  # d = mean_k(r) - c  =>  -c
+    y = np.exp2(model["sample_log2ratio"][own] + centre) - 1.0  # samples x genes
+    w = model["sample_fractions"][own][:, :, None] * model["profiles"][None]
+    share = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)  # samples x types x genes
+    mtypes = list(model["types"])
+    cand_types = np.flatnonzero(model["fractions"][k] >= bulkshift.MIN_SHARE)
+    kept = np.abs(model["d"][k]) > z * model["se"][k]
+    hits, chance, n = 0, 0.0, 0
+    for t, tr in d["truth"].items():
+        if mtypes.index(t) not in cand_types:
+            continue
+        for g in tr:
+            j = pos[g]
+            if j < 0 or not kept[j]:
+                continue
+            cands = [c for c in cand_types if model["profiles"][c, j] > 0]
+            rss = []
+            for c in cands:
+                sc = share[:, c, j]
+                rss.append(float(((y[:, j] - sc * (sc @ y[:, j]) / (sc @ sc)) ** 2).sum()))
+            n += 1
+            hits += int(cands[int(np.argmin(rss))] == mtypes.index(t))
+            chance += 1.0 / len(cands)
+    return {"persample_true_type": hits / n if n else float("nan"), "persample_chance": chance / n if n else float("nan"),
+            "persample_n": n}
 
 
 def _false(lfcs: dict[str, np.ndarray], d: dict[str, Any], n: dict[str, np.ndarray] | None = None) -> float:
@@ -344,6 +498,15 @@ def _false(lfcs: dict[str, np.ndarray], d: dict[str, Any], n: dict[str, np.ndarr
                 for i in range(len(d["types"])) if n is None or n[grp][i] >= 20]
         per_group.append(float(np.median(meds)))
     return float(np.mean(per_group))
+
+
+def _false_detail(lfcs: dict[str, np.ndarray], d: dict[str, Any]) -> dict[str, float]:
+    """Unperturbed groups, shifts alone: share of the (type, expressed gene) pairs shifted and their
+    mean |log2 FC| (more sensitive than ``false``, the median, which is 0 while < half are shifted)."""
+    on = d["ref_means"] >= MIN_CP10K
+    other = [lfc for g, lfc in lfcs.items() if g != PERTURBED_GROUP]
+    return {"false_shifted": float(np.mean([(lfc[on] != 0).mean() for lfc in other])),
+            "false_mean_abs": float(np.mean([np.abs(lfc[on]).mean() for lfc in other]))}
 
 
 def _coverage(d: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -434,9 +597,18 @@ def expected_z_lfc(d: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[float], epochs: int,
-                  gen_sigma: float | None, bayesprism: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+                  gen_sigma: float | None, bayesprism: tuple[int, int] | None = None, oracle: bool = False,
+                  cells_per_sample: int = 400, samples_per_group: int = 3,
+                  candidates: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Between-group shifts on the perturbed cohort: shifts alone for every (split, concentration, bias
-    sigma), and on generated cells (modes none / weighted / contrast) where sigma == ``gen_sigma``."""
+    sigma), and on generated cells (modes none / weighted / contrast) where sigma == ``gen_sigma``.
+
+    ``oracle`` adds the information ceiling, shifts alone: ``oracle_clean`` = the same contrast on the
+    noise-free bulk (``prepare``'s ``clean_bulk``) with the true fractions; ``oracle_attr`` = the
+    contrast of the real bulk with each perturbed gene's change handed to the type that truly made it
+    (:func:`true_attribution`); ``oracle_both`` = both. ``candidates``: name -> keyword arguments of
+    ``contrast_shifts``, scored as further modes (shifts alone)."""
+    candidates = candidates or {}
     from b2s import bulkqc, bulkshift
     from b2s.generate import generate_cells, group_seed, rate_model
     from b2s.train import TrainConfig, train_vae
@@ -447,7 +619,8 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
         for conc in concentrations:
             for sigma in sigmas:
                 t0 = time.perf_counter()
-                d = prepare(split, concentration=conc, bias_sigma=sigma, perturbed=CONTRAST_TYPES)
+                d = prepare(split, concentration=conc, bias_sigma=sigma, perturbed=CONTRAST_TYPES,
+                            cells_per_sample=cells_per_sample, samples_per_group=samples_per_group)
                 mi, types = d["mi"], d["types"]
                 mi_types = list(pd.unique(mi.obs["celltype"].astype(str)))
                 tf = d["true_fractions"].groupby(d["sheet"].set_index("sample")["group"]).mean()
@@ -466,16 +639,50 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
                 est["expected_z"] = expected_z_lfc(d)
                 if bayesprism is not None:
                     est["bayesprism"], bp_seconds = bayesprism_lfc(d, split, *bayesprism)
-                base = {"split": split, "concentration": conc, "sigma": sigma, "coverage": cov,
+                extra: tuple[str, ...] = ()
+                if oracle:
+                    tfr = d["true_fractions"].groupby(d["sheet"].set_index("sample")["group"]).mean()
+                    clean = bulkshift.contrast_model(d["clean_bulk"], d["sheet"], mi, mi_types,
+                                                     {g: tfr.loc[g, mi_types].to_numpy() for g in fr})
+                    as_arr = {m: {g: est_g["lfc"].reindex(index=types, columns=mi.var_names).to_numpy()
+                                  for g, est_g in e.items()}
+                              for m, e in (("contrast", est["contrast"]),
+                                           ("oracle_clean", {g: bulkshift.contrast_shifts(clean, g) for g in fr}))}
+                    est["oracle_clean"] = as_arr["oracle_clean"]
+                    est["oracle_attr"] = {**as_arr["contrast"], PERTURBED_GROUP: true_attribution(
+                        model, as_arr["contrast"][PERTURBED_GROUP], d)}
+                    est["oracle_both"] = {**as_arr["oracle_clean"], PERTURBED_GROUP: true_attribution(
+                        clean, as_arr["oracle_clean"][PERTURBED_GROUP], d)}
+                    extra = ("oracle_clean", "oracle_attr", "oracle_both")
+                for name, kw in candidates.items():
+                    kw = dict(kw)
+                    m_kw = {"refit": bool(kw.pop("refit"))} if "refit" in kw else {}
+                    if kw.pop("true_fractions", 0):
+                        tfr = d["true_fractions"].groupby(d["sheet"].set_index("sample")["group"]).mean()
+                        frc = {g: tfr.loc[g, mi_types].to_numpy() for g in fr}
+                    else:
+                        frc = fr
+                    cm = bulkshift.contrast_model(d["bulk"], d["sheet"], mi, mi_types, frc, **m_kw) if m_kw or frc is not fr \
+                        else model
+                    posterior = kw.pop("allocation", "") == "posterior"
+                    est[name] = {g: (posterior_shifts(cm, g, **kw) if posterior else bulkshift.contrast_shifts(
+                        cm, g, **kw)["lfc"]).reindex(index=types, columns=mi.var_names).to_numpy() for g in fr}
+                    extra += (name,)
+                ps = persample_attribution(model, d) if oracle else {}
+                if ps:
+                    print(f"[split {split} c{conc:g} s{sigma:g}] per-sample fits pick the true type of "
+                          f"{ps['persample_true_type']:.0%} of {ps['persample_n']} changed genes (chance "
+                          f"{ps['persample_chance']:.0%})", flush=True)
+                base = {"split": split, "concentration": conc, "sigma": sigma, "coverage": cov, **ps,
                         "contrast_seconds": t_contrast, "ctrl_gene_contrast": ctrl_d}
-                for mode in ("none", "weighted", "contrast", "expected_z") + (("bayesprism",) if bayesprism else ()):
+                for mode in ("none", "weighted", "contrast", "expected_z") + (("bayesprism",) if bayesprism else ()) + extra:
                     lfcs = {g: (np.zeros((len(types), mi.n_vars)) if mode == "none" else est[mode][g]
-                                if mode in ("bayesprism", "expected_z") else
+                                if mode in ("bayesprism", "expected_z") + extra else
                                 est[mode][g]["lfc"].reindex(index=types, columns=mi.var_names).to_numpy())
                             for g in fr}
                     rows.append({**base, "eval": "shifts", "mode": mode,
                                  **_score_types(lfcs[PERTURBED_GROUP], d, shares, ident if mode == "contrast" else None),
-                                 "false": _false(lfcs, d),
+                                 "false": _false(lfcs, d), **_false_detail(lfcs, d),
                                  **({"seconds": bp_seconds} if mode == "bayesprism" else {})})
                     r = rows[-1]
                     print(f"[split {split} c{conc:g} s{sigma:g}] shifts {mode}: " + "; ".join(
@@ -520,10 +727,27 @@ def contrast_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
             flat.append({"eval": r["eval"], "mode": r["mode"], "conc": r["concentration"], "sigma": r["sigma"],
                          "type": t, "bin": v["bin"], "share": v["share"], "r": v["r"], "up": v["up"],
                          "up_true": v["up_true"], "down": v["down"], "down_true": v["down_true"], "ctrl": v["ctrl"],
+                         "cross": v.get("cross", np.nan),
                          "identifiable": np.nan if v["identifiable"] is None else float(v["identifiable"]),
                          "false": r["false"], "coverage": r["coverage"]["coverage"]})
     df = pd.DataFrame(flat)
     return df.groupby(["eval", "mode", "conc", "sigma", "type"], sort=False).mean(numeric_only=True)
+
+
+def _candidates(text: str) -> dict[str, dict[str, Any]]:
+    """``NAME:key=value;key=value,NAME2:...`` -> {NAME: {key: value}} (numbers parsed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in filter(None, text.split(",")):
+        name, _, kws = item.partition(":")
+        kw: dict[str, Any] = {}
+        for pair in filter(None, kws.split(";")):
+            k, _, v = pair.partition("=")
+            try:
+                kw[k] = float(v)
+            except ValueError:
+                kw[k] = v
+        out[name] = kw
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -545,6 +769,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gen_sigma", type=float, default=0.5, help="--contrast: bias sigma scored on generated cells")
     p.add_argument("--bayesprism", default=None, metavar="CHAIN,BURN",
                    help="--contrast: add BayesPrism's per-type expression (Gibbs chain length, burn-in), shifts alone")
+    p.add_argument("--oracle", action="store_true",
+                   help="--contrast: add the oracles (noise-free bulk; true attribution; both), shifts alone")
+    p.add_argument("--candidates", default="", help="--contrast: extra contrast_shifts variants, NAME:key=value;key=value,...")
+    p.add_argument("--cells_per_sample", type=int, default=400, help="--contrast: cells per pseudo-bulk sample")
+    p.add_argument("--samples_per_group", type=int, default=3, help="--contrast: pseudo-bulk samples per group")
     p.add_argument("--out", help="write the rows as JSON here too")
     args = p.parse_args(argv)
     if args.contrast:
@@ -554,7 +783,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = contrast_grid([int(s) for s in args.splits.split(",")], [float(c) for c in args.concentrations.split(",")],
                              [float(x) for x in args.sigmas.split(",")], 5 if args.quick else args.epochs,
                              args.gen_sigma,
-                             tuple(int(x) for x in args.bayesprism.split(",")) if args.bayesprism else None)
+                             tuple(int(x) for x in args.bayesprism.split(",")) if args.bayesprism else None,
+                             args.oracle, args.cells_per_sample, args.samples_per_group, _candidates(args.candidates))
         info = machine_info()
         print(f"CPU: {info['cpu']} ({' '.join(info['simd'])}), {info['cores']} cores; {time.perf_counter() - t0:.0f} s")
         with pd.option_context("display.width", 250, "display.max_columns", 30):

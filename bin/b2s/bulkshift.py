@@ -218,7 +218,8 @@ def _bh(p: np.ndarray) -> np.ndarray:
 
 
 def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnData, types: list[str],
-                   group_fractions: dict[str, np.ndarray], reference_group: str | None = None) -> dict[str, Any]:
+                   group_fractions: dict[str, np.ndarray], reference_group: str | None = None,
+                   refit: bool = True) -> dict[str, Any]:
     """Per-gene log2 contrast of every group against the cohort (``--bulk_shift contrast``), once per cohort.
 
     Per sample: the group's fractions refitted to the sample's own bulk (:func:`refit_fractions`,
@@ -244,7 +245,8 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
     Returns:
         dict with ``genes``, ``types``, ``groups``, ``d`` and ``se`` (groups x genes, log2),
         ``fractions`` (groups x types, mean refitted), ``profiles`` (types x genes), ``expected_cpm``
-        (groups x genes) and ``centre`` (text).
+        (groups x genes), ``centre`` (text) and per sample ``sample_group`` (group index),
+        ``sample_fractions`` (samples x types, refitted) and ``sample_log2ratio`` (samples x genes).
     """
     g = groups.astype({"group": str, "sample": str})
     names = list(pd.unique(g["group"]))
@@ -274,8 +276,8 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
     counts = b.loc[genes, samples].to_numpy(np.float64).T  # samples x genes
     prof, _ = _type_mean_and_variance(reference, types, genes)
     bulk_cpm = cpm(counts)
-    f_s = np.vstack([refit_fractions(bulk_cpm[i], prof, _norm(group_fractions[names[k]]))
-                     for i, k in enumerate(k_of)])
+    f_s = np.vstack([refit_fractions(bulk_cpm[i], prof, _norm(group_fractions[names[k]])) if refit
+                     else _norm(group_fractions[names[k]]) for i, k in enumerate(k_of)])
     e = cpm(f_s @ prof)
     r = np.log2((bulk_cpm + PSEUDO_CPM) / (e + PSEUDO_CPM))
     K, n_k = len(names), np.bincount(k_of, minlength=len(names)).astype(float)
@@ -310,7 +312,8 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
         d = d - np.median(d[:, expressed], axis=1, keepdims=True)
     return {"genes": genes, "ref_genes": ref_genes, "types": list(types), "groups": names, "d": d,
             "se": np.sqrt(var), "fractions": fr / fr.sum(axis=1, keepdims=True), "profiles": prof,
-            "expected_cpm": cpm(fr @ prof), "centre": centre}
+            "expected_cpm": cpm(fr @ prof), "centre": centre, "sample_group": k_of, "sample_fractions": f_s,
+            "sample_log2ratio": r}
 
 
 def _norm(f: np.ndarray) -> np.ndarray:
@@ -319,7 +322,7 @@ def _norm(f: np.ndarray) -> np.ndarray:
 
 
 def contrast_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: float = 4.0,
-                    min_share: float = MIN_SHARE, max_mde: float = MAX_MDE) -> dict[str, Any]:
+                    min_share: float = MIN_SHARE, max_mde: float = MAX_MDE, fdr: float | None = None) -> dict[str, Any]:
     """Per-type log2 fold changes of ``group`` against the cohort from :func:`contrast_model`.
 
     A gene's contrast ``d`` is kept where ``|d| > z se`` (no evidence, no shift) and split over
@@ -362,7 +365,9 @@ def contrast_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: 
             ident[i] = True
         summary[t] = {"share": round(float(f[i]), 4), "identifiable": bool(ident[i]), "reason": reason,
                       "median_detectable_log2fc": round(med, 3) if np.isfinite(med) else None}
-    kept = np.isfinite(se) & (np.abs(d) > z * se)
+    p = 2.0 * norm.sf(np.abs(zs))
+    padj = _bh(np.where(np.isfinite(se), p, 1.0))
+    kept = np.isfinite(se) & ((np.abs(d) > z * se) if fdr is None else (padj < fdr))
     shrunk = np.where(kept, np.clip(d, -max_lfc, max_lfc), 0.0)
     a = share / np.maximum((share ** 2).sum(axis=0), 1e-300)[None, :]
     x = a * (np.exp2(shrunk) - 1.0)[None, :]
@@ -371,8 +376,6 @@ def contrast_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         slope = a * np.exp2(shrunk)[None, :] / np.maximum(1.0 + x, 2.0 ** -max_lfc)
     lfc_se = np.abs(slope) * se[None, :]
-    p = 2.0 * norm.sf(np.abs(zs))
-    padj = _bh(np.where(np.isfinite(se), p, 1.0))
     lfc_df = pd.DataFrame(0.0, index=pd.Index(types, name="celltype"), columns=model["ref_genes"])
     lfc_df.loc[:, genes] = lfc
     ti, gi = np.nonzero(lfc)

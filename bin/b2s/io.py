@@ -49,6 +49,7 @@ import pandas as pd
 
 from b2s.errors import InputError
 from b2s.errors import warn as _warn
+from b2s.groupnames import group_id, group_slug  # noqa: F401  (re-exported: b2s.io.group_id)
 
 #: Values within this distance of an integer count as integral (float32 storage, "12.0").
 INTEGRAL_TOL = 1e-3
@@ -610,21 +611,7 @@ def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name:
 # --------------------------------------------------------------------------------------------
 # groups
 # --------------------------------------------------------------------------------------------
-def group_slug(name: str) -> str:
-    """The file-name-safe form of a group name: runs of characters other than letters, digits,
-    '.', '_' and '-' become '_', leading/trailing '.', '_', '-' are dropped (``Day 0`` -> ``Day_0``,
-    ``IFN-b/6h`` -> ``IFN-b_6h``); empty -> ``group``. Safe names are their own slug."""
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._-")
-    return clean or "group"
-
-
-def group_id(name: str | None, ids: Iterable[str]) -> str | None:
-    """The group ID (file name) that ``name`` refers to, whether given as the samplesheet shows it
-    (``Day 0``) or as its file name (``Day_0``); unchanged when it is neither (the caller says so)."""
-    ids = {str(i) for i in ids}
-    if name is None or str(name) in ids:
-        return name
-    return group_slug(name) if group_slug(name) in ids else name
+# group_slug / group_id live in b2s.groupnames (standard library only, for the head-node checks)
 
 
 def _slugs(names: Iterable[str], what: str) -> dict[str, str]:

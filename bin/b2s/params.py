@@ -323,6 +323,8 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
     if values.get("samplesheet") and values.get("bulk_group"):
         res.errors.append("--samplesheet and --bulk_group were both given: pass only one "
                           f"(the samplesheet can hold many groups) {SEE_HELP}")
+    if values.get("reference_group") and "reference_group" not in errors:
+        res.errors.extend(validate_reference_group(values, check_samplesheet and "samplesheet" not in errors))
     if values.get("engine") == "omicverse" and values.get("bulk_shift", "none") not in ("none", "auto"):
         res.warnings.append(f"--bulk_shift {values['bulk_shift']} is ignored with --engine omicverse (its generation "
                             "never reads the bulk: the cells carry composition only); use --engine native for it")
@@ -337,6 +339,31 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
         elif isinstance(markers, str) and not _is_remote(markers) and Path(markers).is_file():
             res.errors.extend(validate_markers_file(markers))
     return res
+
+
+def validate_reference_group(values: Mapping[str, Any], read_sheet: bool = True) -> list[str]:
+    """``--reference_group`` names a bulk group: one of the samplesheet's (as shown there or as its file
+    name, :func:`b2s.groupnames.group_id`); with ``--bulk_group`` there is a single group to compare
+    with nothing. Without either, every bulk sample is its own group and GENERATE checks the name."""
+    from b2s.groupnames import group_id
+
+    ref = str(values["reference_group"])
+    if values.get("bulk_group"):
+        return [f"--reference_group {ref!r}: with --bulk_group there is one bulk group, nothing to compare with; "
+                f"give a --samplesheet with >= 2 groups, or drop --reference_group {SEE_HELP}"]
+    sheet = values.get("samplesheet")
+    if not (read_sheet and isinstance(sheet, str) and not _is_remote(sheet) and Path(sheet).is_file()):
+        return []
+    try:
+        names = list(dict.fromkeys(r.get("group", "") for r in read_samplesheet(sheet)))
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError):
+        return []  # validate_samplesheet reports it
+    from b2s.groupnames import group_slug
+
+    if not names or ref in names or group_id(ref, [group_slug(n) for n in names]) in {group_slug(n) for n in names}:
+        return []
+    return [f"--reference_group {ref!r}: not a group of --samplesheet {sheet} (groups: {', '.join(names)}); "
+            f"pass one of them, or leave it unset to compare each group with the cohort {SEE_HELP}"]
 
 
 def validate_markers_file(path: str | Path) -> list[str]:

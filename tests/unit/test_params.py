@@ -209,6 +209,20 @@ def test_samplesheet_and_bulk_group_are_exclusive(schema):
     assert len(res.errors) == 1 and "pass only one" in res.errors[0]
 
 
+def test_reference_group_must_name_a_samplesheet_group(schema, tmp_path):
+    sheet = str(TEST_DATA / "samplesheet.csv")
+    res = bp.validate_params(good_params(samplesheet=sheet, reference_group="ctlr"), schema, schema_dir=REPO)
+    assert res.errors == [f"--reference_group 'ctlr': not a group of --samplesheet {sheet} (groups: ctrl, stim); "
+                          f"pass one of them, or leave it unset to compare each group with the cohort {SEE}"]
+    assert bp.validate_params(good_params(samplesheet=sheet, reference_group="stim"), schema, schema_dir=REPO).ok
+    odd = tmp_path / "odd.csv"
+    odd.write_text("group,sample\nDay 0,s1\nIFN-b/6h,s2\n")
+    for name in ("Day 0", "Day_0", "IFN-b_6h"):  # as shown, or its file name
+        assert bp.validate_params(good_params(samplesheet=str(odd), reference_group=name), schema, schema_dir=REPO).ok
+    one = bp.validate_params(good_params(bulk_group="a,b", reference_group="a"), schema, schema_dir=REPO)
+    assert len(one.errors) == 1 and "with --bulk_group there is one bulk group" in one.errors[0]
+
+
 def test_nnls_is_refused_with_the_omicverse_engine(schema):
     res = bp.validate_params(good_params(engine="omicverse", fraction_method="nnls"), schema, schema_dir=REPO)
     assert len(res.errors) == 1 and "--fraction_method nnls" in res.errors[0] and "scaden" in res.errors[0]
