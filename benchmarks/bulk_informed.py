@@ -487,6 +487,74 @@ def persample_attribution(model: dict[str, Any], d: dict[str, Any], z: float = 2
             "persample_n": n}
 
 
+def sample_split(model: dict[str, Any], k: int, kept: np.ndarray, types_on: np.ndarray,
+                 base: np.ndarray, spread: float = 1.0) -> np.ndarray:
+    """Redistribute each kept gene's change over the types with the group's samples (``--candidates NAME:allocation=samples``, tried).
+
+    Per sample s of group k, the excess over the cohort ``y_s = 2^(r_s - c) - 1`` is modelled as
+    ``sum_t S_st x_t`` (``S_st``: type t's share of the gene in sample s, from the sample's refitted
+    fractions; types outside ``types_on`` hold no part) plus noise of variance ``(ln 2 (1 + mean
+    y))^2 v`` (``v``: the within-group variance of r). ``x = base + w``: the amount along the mean
+    shares stays the one of ``base`` (the least-norm split of the group's contrast), ``w`` (orthogonal
+    to the mean shares) has a normal prior centred on 0 with sd ``spread x |base|``; its posterior
+    mean moves the change toward the types whose share tracks the samples' excess. Without variation
+    of the shares across samples ``w = 0``. Returns types x genes ``x`` (``base`` outside ``kept``).
+    """
+    own = model["sample_group"] == k
+    T = base.shape[0]
+    x_out = base.copy()
+    idx = np.flatnonzero(kept)
+    if own.sum() < 2 or len(idx) == 0 or spread <= 0:
+        return x_out
+    prof = model["profiles"][:, idx]
+    f_all = model["sample_fractions"][own]
+    S = (f_all * types_on[None, :])[:, :, None] * prof[None]
+    S = S / np.maximum((f_all[:, :, None] * prof[None]).sum(axis=1, keepdims=True), 1e-300)  # samples x types x genes
+    c = model["d"][k, idx] - model["sample_log2ratio"][own][:, idx].mean(axis=0)  # -centre
+    y = np.exp2(model["sample_log2ratio"][own][:, idx] + c) - 1.0  # samples x genes
+    noise = (np.log(2.0) * (1.0 + y.mean(axis=0))) ** 2 * model["sample_var"][idx]
+    sbar = S.mean(axis=0)
+    u = sbar / np.maximum(np.linalg.norm(sbar, axis=0, keepdims=True), 1e-300)  # types x genes
+    b0 = base[:, idx]
+    lam2 = np.maximum((spread * np.linalg.norm(b0, axis=0)) ** 2, 1e-300)
+    St = np.transpose(S, (2, 0, 1))  # genes x samples x types
+    uu = np.einsum("tg,ug->gtu", u, u)
+    A = (np.einsum("gst,gsu->gtu", St, St) / noise[:, None, None] + (np.eye(T)[None] - uu) / lam2[:, None, None]
+         + uu * (1e6 / lam2)[:, None, None])  # w along the mean shares: held at 0
+    resid = y.T - np.einsum("gst,tg->gs", St, b0)  # genes x samples
+    rhs = np.einsum("gst,gs->gt", St, resid) / noise[:, None]
+    w = np.linalg.solve(A, rhs[:, :, None])[:, :, 0]
+    x_out[:, idx] = b0 + w.T * types_on[:, None]
+    return x_out
+
+
+def alternative_split(model: dict[str, Any], group: str, allocation: str, spread: float = 1.0,
+                      z: float = 2.0, max_lfc: float = 4.0) -> pd.DataFrame:
+    """``contrast_shifts`` with the same evidence gate and identifiable types, the change split by
+    least norm over the identifiable types only (``allocation="identifiable"``: the types that carry
+    the shift reproduce the whole contrast), then for ``allocation="samples"`` redistributed with the
+    group's samples (:func:`sample_split`)."""
+    from b2s import bulkshift
+
+    res = bulkshift.contrast_shifts(model, group, z=z, max_lfc=max_lfc)
+    k = model["groups"].index(str(group))
+    d, se, f, prof = model["d"][k], model["se"][k], model["fractions"][k], model["profiles"]
+    w = f[:, None] * prof
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(w.sum(axis=0) > 0, w / w.sum(axis=0), 0.0)
+    ident = np.array([res["summary"][t]["identifiable"] for t in model["types"]])
+    kept = np.isfinite(se) & (np.abs(d) > z * se)
+    carriers = share * ident[:, None]
+    x = carriers / np.maximum((carriers ** 2).sum(axis=0), 1e-300) * (np.exp2(np.clip(np.where(kept, d, 0.0), -max_lfc, max_lfc)) - 1.0)
+    if allocation == "samples":
+        x = sample_split(model, k, kept, ident, x, spread)
+    lfc = np.log2(np.clip(1.0 + x, 2.0 ** -max_lfc, 2.0 ** max_lfc))
+    lfc[~(ident[:, None] & (prof > 0) & kept[None, :])] = 0.0
+    out = pd.DataFrame(0.0, index=pd.Index(model["types"], name="celltype"), columns=model["ref_genes"])
+    out.loc[:, model["genes"]] = lfc
+    return out
+
+
 def _false(lfcs: dict[str, np.ndarray], d: dict[str, Any], n: dict[str, np.ndarray] | None = None) -> float:
     """Unperturbed groups: median |log2 FC| of each type (>= 20 generated cells) on the genes it expresses
     (reference >= MIN_CP10K), the median over types, then the mean over groups."""
@@ -664,9 +732,11 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
                         frc = fr
                     cm = bulkshift.contrast_model(d["bulk"], d["sheet"], mi, mi_types, frc, **m_kw) if m_kw or frc is not fr \
                         else model
-                    posterior = kw.pop("allocation", "") == "posterior"
-                    est[name] = {g: (posterior_shifts(cm, g, **kw) if posterior else bulkshift.contrast_shifts(
-                        cm, g, **kw)["lfc"]).reindex(index=types, columns=mi.var_names).to_numpy() for g in fr}
+                    alloc = kw.pop("allocation", "least_norm")
+                    est[name] = {g: (posterior_shifts(cm, g, **kw) if alloc == "posterior" else
+                                     alternative_split(cm, g, alloc, **kw) if alloc in ("identifiable", "samples") else
+                                     bulkshift.contrast_shifts(cm, g, **kw)["lfc"]).reindex(
+                        index=types, columns=mi.var_names).to_numpy() for g in fr}
                     extra += (name,)
                 ps = persample_attribution(model, d) if oracle else {}
                 if ps:

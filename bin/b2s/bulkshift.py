@@ -246,7 +246,8 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
         dict with ``genes``, ``types``, ``groups``, ``d`` and ``se`` (groups x genes, log2),
         ``fractions`` (groups x types, mean refitted), ``profiles`` (types x genes), ``expected_cpm``
         (groups x genes), ``centre`` (text) and per sample ``sample_group`` (group index),
-        ``sample_fractions`` (samples x types, refitted) and ``sample_log2ratio`` (samples x genes).
+        ``sample_fractions`` (samples x types, refitted), ``sample_log2ratio`` (samples x genes) and
+        ``sample_var`` (genes: the moderated within-group variance of a sample's log2 ratio).
     """
     g = groups.astype({"group": str, "sample": str})
     names = list(pd.unique(g["group"]))
@@ -313,7 +314,7 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
     return {"genes": genes, "ref_genes": ref_genes, "types": list(types), "groups": names, "d": d,
             "se": np.sqrt(var), "fractions": fr / fr.sum(axis=1, keepdims=True), "profiles": prof,
             "expected_cpm": cpm(fr @ prof), "centre": centre, "sample_group": k_of, "sample_fractions": f_s,
-            "sample_log2ratio": r}
+            "sample_log2ratio": r, "sample_var": s2}
 
 
 def _norm(f: np.ndarray) -> np.ndarray:
