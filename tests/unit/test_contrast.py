@@ -90,6 +90,20 @@ def test_contrast_recovers_a_group_change_and_cancels_a_shared_bias(reference): 
     assert (table["padj"] >= table["pvalue"] - 1e-12).all() and (np.abs(table["z"]) > 2).all()
 
 
+def test_bh_decision_controls_false_shifts_in_unchanged_groups(reference):  # noqa: F811
+    """``fdr``: the shift decision by BH-adjusted p (the DE table's padj) instead of |z| > 2."""
+    bulk, groups = _cohort(reference)
+    model = bulkshift.contrast_model(bulk, groups, reference, TYPES, _fractions())
+    n_z = n_fdr = 0
+    for g in ("ctrl", "other"):  # unchanged groups: z 2 lets chance genes through, BH 5 % far fewer
+        n_z += int((bulkshift.contrast_shifts(model, g)["lfc"].to_numpy() != 0).sum())
+        n_fdr += int((bulkshift.contrast_shifts(model, g, fdr=0.05)["lfc"].to_numpy() != 0).sum())
+    assert n_z >= 4 and n_fdr <= n_z / 4, (n_z, n_fdr)
+    treated = bulkshift.contrast_shifts(model, "treated", fdr=0.05)
+    up = treated["lfc"].loc["A", [f"g{g}" for g in UP]]
+    assert up.median() > 1.0 and (treated["table"]["padj"] < 0.05).all()
+
+
 def test_contrast_reference_group_and_two_groups(reference):  # noqa: F811
     bulk, groups = _cohort(reference)
     model = bulkshift.contrast_model(bulk, groups, reference, TYPES, _fractions(), reference_group="ctrl")
