@@ -41,7 +41,12 @@ platform bias shared by all samples (benchmarks/README.md "Between-group shifts"
 sigma 0.5): the generated cells of unperturbed groups vs the reference's, median |log2 FC| on
 expressed genes 0.066-0.071 with ``contrast``, 0.065-0.071 without shifts, 0.22-0.23 with
 ``weighted``; perturbed CD4 T cells (40 % of their group) r 0.82-0.84 (``weighted`` 0.28-0.30);
-Tregs (25 %) r 0.55-0.62, down changes < half the truth: a type's share bounds what the bulk shows.
+Tregs (25 %) r 0.55-0.62, down changes < half the truth. The limit is attribution, not noise: on
+the noise-free bulk with the true fractions the same estimator scores the same, told which type
+changed each gene it recovers the up changes in full; a gene's contrast is one number per group
+and which of the types sharing the gene made it is barely in 3 replicates (benchmarks/README.md,
+"Information ceiling"; a split using the replicates, an identifiable-types-only split, a one-type
+posterior split, z 1 and BH decisions were each worse on some view, so the least-norm split stays).
 """
 
 from __future__ import annotations
@@ -326,7 +331,10 @@ def contrast_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: 
                     min_share: float = MIN_SHARE, max_mde: float = MAX_MDE, fdr: float | None = None) -> dict[str, Any]:
     """Per-type log2 fold changes of ``group`` against the cohort from :func:`contrast_model`.
 
-    A gene's contrast ``d`` is kept where ``|d| > z se`` (no evidence, no shift) and split over
+    A gene's contrast ``d`` is kept where ``|d| > z se`` (no evidence, no shift; per gene, without
+    multiple-testing control: ``fdr`` keeps ``padj < fdr`` instead, which on the perturbation
+    benchmark shifts no unperturbed pair but loses the Tregs down changes and 0.06-0.15 of their r,
+    benchmarks/README.md "Information ceiling") and split over
     the types with the least-norm allocation of ``weighted`` (``1 + x_t``, ``x_t = s_t (2^d - 1) /
     sum s^2``; ``s``: the group's type shares of the gene), onto identifiable types only: a type
     holding < ``min_share`` of the group's cells, or whose median gene's smallest detectable change
