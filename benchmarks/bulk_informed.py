@@ -5,6 +5,8 @@
     .venv/bin/python benchmarks/bulk_informed.py                  # splits 0,1,2, 30 epochs
     .venv/bin/python benchmarks/bulk_informed.py --shifts_only   # shrinkage variants, shifts alone (~1 min)
     .venv/bin/python benchmarks/bulk_informed.py --contrast --epochs 5   # between-group shifts (issue #25)
+    .venv/bin/python benchmarks/bulk_informed.py --contrast --gen_sigma -1 --oracle   # + information ceiling
+    # --contrast options: --candidates NAME:key=value;...  --samples_per_group N  --cells_per_sample N
     # options: --splits 0,1,2 --epochs 30 --modes none,allocate,weighted --omicverse --out FILE.json
 
 Data: the Hao et al. PBMC counts (benchmarks/realdata.py, 11,180 genes), split per seed into a
@@ -39,6 +41,9 @@ type + 0.1)):
 bin), replicate concentration x a per-gene platform bias shared by every sample, ``contrast`` vs
 ``weighted`` vs ``none`` vs BayesPrism's expectation (``--bayesprism``: the PyPI package itself),
 and the coverage of the composition intervals; benchmarks/README.md "Between-group shifts".
+``--oracle`` adds estimators that know what the bulk cannot tell (the noise-free bulk; the type
+that changed each gene) and ``--candidates`` alternative estimators: benchmarks/README.md
+"Information ceiling".
 
 ``--omicverse`` adds omicverse 2.3.2's generation (``b2s.omicverse_engine.generate_cells``,
 the same weights): it ignores the bulk, so it should score ~0. The last line printed is JSON.
@@ -689,12 +694,16 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
     ``oracle`` adds the information ceiling, shifts alone: ``oracle_clean`` = the same contrast on the
     noise-free bulk (``prepare``'s ``clean_bulk``) with the true fractions; ``oracle_attr`` = the
     contrast of the real bulk with each perturbed gene's change handed to the type that truly made it
-    (:func:`true_attribution`); ``oracle_both`` = both. ``candidates``: name -> keyword arguments of
-    ``contrast_shifts``, scored as further modes (shifts alone)."""
-    candidates = candidates or {}
+    (:func:`true_attribution`); ``oracle_both`` = both; and :func:`persample_attribution`.
+    ``candidates``: name -> keyword arguments of ``contrast_shifts`` (``z``, ``fdr``), of
+    ``contrast_model`` (``refit``), ``true_fractions`` (1: the true group fractions), ``allocation``
+    (``posterior``: :func:`posterior_shifts`; ``identifiable`` / ``samples`` with ``spread``:
+    :func:`alternative_split`), each scored as a further mode (shifts alone)."""
     from b2s import bulkqc, bulkshift
     from b2s.generate import generate_cells, group_seed, rate_model
     from b2s.train import TrainConfig, train_vae
+
+    candidates = candidates or {}
 
     rows = []
     for split in splits:
