@@ -345,7 +345,7 @@ def validate_reference_group(values: Mapping[str, Any], read_sheet: bool = True)
     """``--reference_group`` names a bulk group: one of the samplesheet's (as shown there or as its file
     name, :func:`b2s.groupnames.group_id`); with ``--bulk_group`` there is a single group to compare
     with nothing. Without either, every bulk sample is its own group and GENERATE checks the name."""
-    from b2s.groupnames import group_id
+    from b2s.groupnames import group_id, group_slug
 
     ref = str(values["reference_group"])
     if values.get("bulk_group"):
@@ -358,9 +358,8 @@ def validate_reference_group(values: Mapping[str, Any], read_sheet: bool = True)
         names = list(dict.fromkeys(r.get("group", "") for r in read_samplesheet(sheet)))
     except (OSError, UnicodeDecodeError, csv.Error, EOFError):
         return []  # validate_samplesheet reports it
-    from b2s.groupnames import group_slug
-
-    if not names or ref in names or group_id(ref, [group_slug(n) for n in names]) in {group_slug(n) for n in names}:
+    slugs = {group_slug(n) for n in names}
+    if not names or ref in names or group_id(ref, slugs) in slugs:
         return []
     return [f"--reference_group {ref!r}: not a group of --samplesheet {sheet} (groups: {', '.join(names)}); "
             f"pass one of them, or leave it unset to compare each group with the cohort {SEE_HELP}"]
