@@ -319,10 +319,16 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
     total = b_raw.sum(axis=1)
     p = 1e6 / np.where(total > 0, total, 1.0)
     b = b_raw[:, genes] * p[:, None]
-    coef = wls_fit(mean.T * q, var.T * q * q, n_ref, b, p, q, n_irls=n_irls, sampling=sampling, huber=huber,
-                    multiplicative=multiplicative, eiv=eiv)
+    # counts: p (CPM per read) sets the counting noise; TPM/FPKM sum to no library size, so p is
+    # fitted per sample from the residuals instead (fraction_wls.fit_bulk_scale)
+    has_library = bulk.attrs.get("units", "counts") == "counts"
+    info: dict = {}
+    coef = wls_fit(mean.T * q, var.T * q * q, n_ref, b, p if has_library else None, q, n_irls=n_irls,
+                   sampling=sampling, huber=huber, multiplicative=multiplicative, eiv=eiv, info=info)
     out = pd.DataFrame(_normalise_rows(coef), index=bulk.columns, columns=list(lab.categories))
     out.attrs["marker_genes"] = list(reference.var_names.astype(str)[ref_pos][genes])
+    if "bulk_scale" in info:
+        out.attrs["noise_library"] = dict(zip(map(str, bulk.columns), map(float, 1e6 / info["bulk_scale"])))
     return out
 
 
