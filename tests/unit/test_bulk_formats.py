@@ -238,7 +238,7 @@ def test_gene_without_name_keeps_its_id(tmp_path):
     assert list(df.index) == ["CD3E", "ENSG02", "LYZ"] and df.loc["ENSG02"].tolist() == [4, 6]
 
 
-def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled):
+def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled, capsys):
     """FPKM from a GEO-like table through PREPARE_INPUTS, ESTIMATE_FRACTIONS and PREPROCESS (the stages
     that read the units; GENERATE/FILTER/QC read the same files as for TPM, run in tests/pipeline)."""
     length = np.random.default_rng(2).lognormal(0, 0.7, len(bundled))[:, None] * 1e3  # bp
@@ -254,6 +254,10 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled):
     load_script("bin/preprocess.py").main(args + ["--outdir", str(tmp_path / "pp")])
     fs = json.loads((tmp_path / "fr" / "fractions_summary.json").read_text())
     assert fs["bulk_units"] == "fpkm" and fs["cell_number_rule"]["rule"] == "reference_cells"
+    # wls fitted each sample's counting noise (FPKM has no library size): one line + the JSON
+    assert fs["counting_noise"]["rule"] == "fitted"
+    assert set(fs["counting_noise"]["effective_library"]) == set(bundled.columns)
+    assert "fpkm carries no library size, so the counting noise of each sample was fitted" in capsys.readouterr().out
     targets = pd.read_csv(tmp_path / "fr" / "cell_targets.csv")
     assert targets.groupby("group")["n_cells"].sum().between(2 * 200 - 10, 2 * 200 + 10).all()
     fracs = pd.read_csv(tmp_path / "fr" / "fractions.csv", index_col=0)

@@ -237,6 +237,7 @@ def test_script_writes_fit_and_uses_markers(tmp_path, data):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "fractions_summary.json").read_text())
     assert summary["method"] == "wls" and summary["markers"]["source"] == "automatic"
+    assert summary["counting_noise"] == {"rule": "library_size"}  # counts: their own library sizes
     gof = summary["goodness_of_fit"]["samples"]
     assert not gof["m1"]["explained"] and not gof["m2"]["explained"]
     assert "sample m1: the reference explains it poorly" in res.stderr
