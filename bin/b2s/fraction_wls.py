@@ -161,8 +161,9 @@ def _floored(v: np.ndarray) -> np.ndarray:
 
 def _quasi_loss(r2: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Per-sample robust Gaussian quasi-likelihood ``mean(log v + rho(r^2 / v) / HUBER_C)``."""
-    z2 = r2 / _floored(v)
-    return np.mean(np.log(_floored(v)) + np.where(z2 <= 1.0, z2, 2.0 * np.sqrt(z2) - 1.0) / HUBER_C, axis=1)
+    v = _floored(v)
+    z2 = r2 / v
+    return np.mean(np.log(v) + np.where(z2 <= 1.0, z2, 2.0 * np.sqrt(z2) - 1.0) / HUBER_C, axis=1)
 
 
 def fit_bulk_scale(bulk: np.ndarray, mu: np.ndarray, fixed: np.ndarray, per_read: np.ndarray,
@@ -179,13 +180,13 @@ def fit_bulk_scale(bulk: np.ndarray, mu: np.ndarray, fixed: np.ndarray, per_read
     scale-free, so this is the same for TPM, FPKM or any multiple of them.
     """
     r2 = (bulk - mu) ** 2
-    s = bulk.shape[0]
-    phi = _phi(r2, fixed, mu, multiplicative if multiplicative != "fit" else 0.0)
-    p = np.ones((s, 1))
-    for _ in range(rounds if multiplicative == "fit" else 1):
+    fit_phi = multiplicative == "fit"
+    phi = _phi(r2, fixed, mu, 0.0 if fit_phi else multiplicative)  # "fit": start from phi = 0
+    p = np.ones((bulk.shape[0], 1))
+    for _ in range(rounds if fit_phi else 1):
         loss = np.stack([_quasi_loss(r2, fixed + g * per_read + phi * mu ** 2) for g in grid])
         p = grid[np.argmin(loss, axis=0)][:, None]
-        if multiplicative == "fit":
+        if fit_phi:
             loss = np.stack([_quasi_loss(r2, fixed + p * per_read + g * mu ** 2) for g in PHI_GRID])
             phi = PHI_GRID[np.argmin(loss, axis=0)][:, None]
     return p[:, 0]
