@@ -258,6 +258,11 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled, capsys):
     assert fs["counting_noise"]["rule"] == "fitted"
     assert set(fs["counting_noise"]["effective_library"]) == set(bundled.columns)
     assert "fpkm carries no library size, so the counting noise of each sample was fitted" in capsys.readouterr().out
+    from b2s.report import _section_bulk_input
+
+    html = _section_bulk_input({"prepare_summary.json": out / "prepare_summary.json",
+                                "fractions_summary.json": tmp_path / "fr" / "fractions_summary.json"})
+    assert "<th>counting noise</th><td>fitted from the residuals: effective library" in html
     targets = pd.read_csv(tmp_path / "fr" / "cell_targets.csv")
     assert targets.groupby("group")["n_cells"].sum().between(2 * 200 - 10, 2 * 200 + 10).all()
     fracs = pd.read_csv(tmp_path / "fr" / "fractions.csv", index_col=0)
