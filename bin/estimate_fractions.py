@@ -54,6 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def counting_noise(noise_library: dict | None, method: str, units: str) -> dict:
+    """fractions_summary.json's record of how ``wls`` set each sample's counting noise: from the
+    library size (counts), fitted from the residuals (TPM/FPKM), or not modelled (other methods)."""
+    if noise_library:
+        return {"rule": "fitted", "effective_library": {k: round(v, 1) for k, v in noise_library.items()}}
+    return {"rule": "library_size" if method == "wls" and units == "counts" else "not_modelled"}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Estimate fractions, average per group, derive target cell numbers, write outputs."""
     args = parse_args(argv)
@@ -78,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         sample_fr = fr.estimate_sample_fractions(bulk, reference, method=args.method, seed=args.seed, **kwargs)
     seconds = time.perf_counter() - t0
     marker_genes = sample_fr.attrs.get("marker_genes")
+    noise_library = sample_fr.attrs.get("noise_library")
+    if noise_library:
+        libs = sorted(noise_library.values())
+        print(f"fractions: {bulk.attrs['units']} carries no library size, so the counting noise of each sample "
+              f"was fitted from its residuals: effective library {libs[0]:.3g}-{libs[-1]:.3g} reads "
+              f"(median {libs[len(libs) // 2]:.3g}; fractions_summary.json counting_noise)", flush=True)
     fit = goodness_of_fit(bulk, reference, sample_fr)
     sample_fr = sample_fr[sorted(sample_fr.columns)]
     sample_fr.index.name = "sample"
@@ -124,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             "n_unexplained": int((~fit["explained"]).sum()),
         },
         "bulk_units": bulk.attrs["units"],
+        "counting_noise": counting_noise(noise_library, args.method, bulk.attrs["units"]),
         "cell_number_rule": {"rule": rule, "description": fr.CELL_RULES[rule]},
         "groups": {
             g: {"n_samples": int((groups["group"] == g).sum()),

@@ -602,6 +602,9 @@ def _section_bulk_input(files: dict[str, Path]) -> str:
     parts = ["<h2 id='bulk-input'>Bulk input</h2>"]
     info = {"table": bulk.get("table_shape"), "units": bulk.get("units"),
             "cell numbers": f"{rule.get('rule')}: {rule.get('description')}" if rule else None}
+    libs = sorted(((frac.get("counting_noise") or {}).get("effective_library") or {}).values())
+    if libs:  # wls on TPM/FPKM: no library size, the counting noise was fitted per sample
+        info["counting noise"] = f"fitted from the residuals: effective library {libs[0]:.3g}-{libs[-1]:.3g} reads"
     parts.append(_kv_table({k: v for k, v in info.items() if v is not None}))
     decisions = [d.get("message", "") for d in bulk.get("decisions") or []]
     if decisions:

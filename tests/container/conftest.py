@@ -8,3 +8,6 @@ import os
 
 if not os.environ.get("B2S_IMAGE"):
     collect_ignore_glob = ["test_*.py"]
+
+# The pipeline copy and the native run every engine's run is compared with, once per session.
+from .runs import base_dir, native_run, pipeline  # noqa: E402,F401

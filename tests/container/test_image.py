@@ -10,30 +10,24 @@ cache folder a non-root task would fail to write.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 import yaml
 
 from ..pipeline.nfrun import REPO, NfResult
 from ..unit.test_containers import _canon, flat_config, read_pins, unquote
+from .runs import GROUPS, PARAMS, dense, launch, sha256, task_dirs
 
 IMAGE = os.environ.get("B2S_IMAGE", "")
 DOCKER = os.environ.get("DOCKER", "docker")
 UID = GID = 1234  # no passwd entry, in the image or on the host
-# Short training keeps the two runs to minutes; both runs get exactly these params.
-PARAMS = ("--epoch_num", "40", "--checkpoint_every", "20", "--log_every", "20")
-GROUPS = sorted(pd.read_csv(REPO / "assets" / "test_data" / "samplesheet.csv")["group"].unique())
 # What matplotlib, numba (and anything else) print when a cache folder is not writable.
 CACHE_WARNING = re.compile(r"not a writable directory|permission denied|read-only file system|"
                            r"matplotlib.*(cache|mplconfig)|numba.*(cache|locator)|NumbaWarning|"
@@ -49,44 +43,6 @@ def docker(*args: str, user: str | None = f"{UID}:{GID}", timeout: int = 300) ->
 
 
 @pytest.fixture(scope="module")
-def base_dir():
-    """A scratch folder the non-root uid can traverse (pytest's tmp folders are root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="b2s-container-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pipeline(base_dir) -> Path:
-    """The pipeline (and the local Nextflow launcher) copied where the non-root uid can read it
-    (a checkout under /root is not); both runs use this copy."""
-    dst = base_dir / "pipeline"
-    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".nxf_home", ".nextflow-runtime", "benchmarks", "tests", "work", "results",
-        ".nextflow", ".nextflow.log*", "__pycache__", ".pytest_cache"))
-    shutil.copytree((REPO / ".nextflow-runtime").resolve(), dst / ".nextflow-runtime")
-    return dst
-
-
-def launch(pipeline: Path, launch_dir: Path, *args: str, env: dict | None = None,
-           prefix: tuple[str, ...] = ()) -> NfResult:
-    """`nextflow run <pipeline copy> -ansi-log false --outdir results <args>` in ``launch_dir``."""
-    cmd = [*prefix, str(pipeline / "tools" / "nextflow"), "run", str(pipeline), "-ansi-log", "false",
-           "--outdir", "results", *args]
-    proc = subprocess.run(cmd, cwd=launch_dir, env=env, capture_output=True, text=True, timeout=1800)
-    res = NfResult(proc.returncode, proc.stdout + proc.stderr, launch_dir, launch_dir / "results")
-    assert res.returncode == 0, res.output[-4000:]
-    return res
-
-
-@pytest.fixture(scope="module")
-def native_run(base_dir, pipeline) -> NfResult:
-    (base_dir / "native").mkdir()
-    return launch(pipeline, base_dir / "native", "-profile", "test", *PARAMS)
-
-
-@pytest.fixture(scope="module")
 def container_run(base_dir, pipeline, native_run) -> NfResult:
     """`-profile test,docker` launched as uid 1234 (no passwd entry) with the docker group."""
     launch_dir = base_dir / "container"
@@ -98,20 +54,6 @@ def container_run(base_dir, pipeline, native_run) -> NfResult:
     env = {**os.environ, "HOME": str(launch_dir), "NXF_HOME": str(nxf_home)}
     return launch(pipeline, launch_dir, "-profile", "test,docker", *PARAMS, env=env,
                   prefix=("setpriv", f"--reuid={UID}", f"--regid={GID}", f"--groups={docker_gid}", "--"))
-
-
-def task_dirs(run: NfResult) -> list[Path]:
-    dirs = sorted(p.parent for p in (run.launch_dir / "work").glob("*/*/.command.run"))
-    assert len(dirs) >= 8, dirs  # every stage ran (groups multiply GENERATE/FILTER/QC)
-    return dirs
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def dense(x) -> np.ndarray:
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def test_salmon_tpm_with_odd_group_names_end_to_end(tmp_path):
 
     fs = json.loads((out / "estimate_fractions" / "fractions_summary.json").read_text())
     assert fs["bulk_units"] == "tpm" and fs["cell_number_rule"]["rule"] == "reference_cells"
+    assert fs["counting_noise"]["rule"] == "fitted" and len(fs["counting_noise"]["effective_library"]) == len(bulk.columns)
     fracs = pd.read_csv(out / "estimate_fractions" / "fractions.csv", index_col=0)
     truth = pd.read_csv(TEST_DATA / "truth_group_fractions.csv", index_col=0)
     truth.index = truth.index.map(lambda g: SLUGS[NAMES[g]])
@@ -64,7 +65,7 @@ def test_salmon_tpm_with_odd_group_names_end_to_end(tmp_path):
     report = (out / "report" / "bulk2single_report.html").read_text()
     for name, slug in SLUGS.items():
         assert f"Group {html.escape(name)} <span class='muted'>(files: {slug})</span>" in report
-    assert "reference_cells" in report
+    assert "reference_cells" in report and "counting noise</th><td>fitted from the residuals" in report
 
     if shutil.which("multiqc") is None:
         pytest.fail("multiqc is not installed: `make env` installs requirements-dev.txt")

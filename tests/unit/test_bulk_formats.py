@@ -238,7 +238,7 @@ def test_gene_without_name_keeps_its_id(tmp_path):
     assert list(df.index) == ["CD3E", "ENSG02", "LYZ"] and df.loc["ENSG02"].tolist() == [4, 6]
 
 
-def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled):
+def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled, capsys):
     """FPKM from a GEO-like table through PREPARE_INPUTS, ESTIMATE_FRACTIONS and PREPROCESS (the stages
     that read the units; GENERATE/FILTER/QC read the same files as for TPM, run in tests/pipeline)."""
     length = np.random.default_rng(2).lognormal(0, 0.7, len(bundled))[:, None] * 1e3  # bp
@@ -254,6 +254,15 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled):
     load_script("bin/preprocess.py").main(args + ["--outdir", str(tmp_path / "pp")])
     fs = json.loads((tmp_path / "fr" / "fractions_summary.json").read_text())
     assert fs["bulk_units"] == "fpkm" and fs["cell_number_rule"]["rule"] == "reference_cells"
+    # wls fitted each sample's counting noise (FPKM has no library size): one line + the JSON
+    assert fs["counting_noise"]["rule"] == "fitted"
+    assert set(fs["counting_noise"]["effective_library"]) == set(bundled.columns)
+    assert "fpkm carries no library size, so the counting noise of each sample was fitted" in capsys.readouterr().out
+    from b2s.report import _section_bulk_input
+
+    html = _section_bulk_input({"prepare_summary.json": out / "prepare_summary.json",
+                                "fractions_summary.json": tmp_path / "fr" / "fractions_summary.json"})
+    assert "<th>counting noise</th><td>fitted from the residuals: effective library" in html
     targets = pd.read_csv(tmp_path / "fr" / "cell_targets.csv")
     assert targets.groupby("group")["n_cells"].sum().between(2 * 200 - 10, 2 * 200 + 10).all()
     fracs = pd.read_csv(tmp_path / "fr" / "fractions.csv", index_col=0)
@@ -261,3 +270,25 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled):
     assert np.corrcoef(fracs.to_numpy().ravel(), truth.to_numpy().ravel())[0, 1] > 0.8
     ps = json.loads((tmp_path / "pp" / "preprocess_summary.json").read_text())
     assert ps["bulk_normalisation"] == "scaled_per_sample_to_1e6" and ps["size_factors"] is None
+
+
+def test_tpm_fractions_match_counts_on_the_bundled_samples(bundled):
+    """Acceptance (#26): TPM of the bundled samples gives the fractions of their counts within 0.01.
+    wls weights genes by counting noise, which needs a library size that TPM lacks: it is fitted per
+    sample from the residuals (taking TPM as 1e6 reads gave 0.0103 here); nnls is scale-free."""
+    import anndata as ad
+
+    from b2s import fractions as F
+
+    ref = ad.read_h5ad(TEST_DATA / "reference.h5ad")
+    counts = bundled.copy()
+    counts.attrs["units"] = "counts"
+    tpm = bundled / bundled.sum() * 1e6  # all lengths equal: the same samples as TPM
+    tpm.attrs["units"] = "tpm"
+    got = {(m, u): F.estimate_sample_fractions(x, ref, m) for m in ("wls", "nnls") for u, x in
+           (("counts", counts), ("tpm", tpm))}
+    for method in ("wls", "nnls"):
+        assert np.abs(got[method, "tpm"] - got[method, "counts"]).to_numpy().max() < 0.01, method
+    # wls: counts keep their own library sizes; TPM gets a fitted scale per sample
+    assert "noise_library" not in got["wls", "counts"].attrs
+    assert set(got["wls", "tpm"].attrs["noise_library"]) == set(bundled.columns)

@@ -237,6 +237,7 @@ def test_script_writes_fit_and_uses_markers(tmp_path, data):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "fractions_summary.json").read_text())
     assert summary["method"] == "wls" and summary["markers"]["source"] == "automatic"
+    assert summary["counting_noise"] == {"rule": "library_size"}  # counts: their own library sizes
     gof = summary["goodness_of_fit"]["samples"]
     assert not gof["m1"]["explained"] and not gof["m2"]["explained"]
     assert "sample m1: the reference explains it poorly" in res.stderr
@@ -287,3 +288,22 @@ def test_errors_in_variables_correction_reduces_the_small_type_bias(data):
         bias[eiv] = float((est - truth).mean()["CD8 T"])
     assert bias[0.0] < -0.04  # the attenuation this corrects is there (-0.064 when written)
     assert abs(bias[0.5]) < 0.5 * abs(bias[0.0])  # -0.025 when written
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.01])
+@pytest.mark.parametrize("scale", [0.05, 1.0, 20.0])
+def test_fit_bulk_scale_recovers_the_counting_noise_of_a_bulk_without_library_size(scale, phi):
+    """TPM/FPKM carry no library size; the counting-noise scale p (CPM per read) is fitted from the
+    residuals. Residuals drawn with a known p (plus reference-mean and phi*mu^2 terms) give it back."""
+    from b2s.fraction_wls import fit_bulk_scale
+
+    rng = np.random.default_rng(3)
+    n_samples, n_genes = 4, 600
+    mu = rng.lognormal(2.0, 2.0, (n_samples, n_genes))
+    per_read = mu * rng.uniform(1.0, 1.5, (1, n_genes))  # counting + cell sampling per read
+    fixed = 0.01 * mu
+    true_var = fixed + scale * per_read + phi * mu ** 2
+    bulk = mu + rng.standard_normal(mu.shape) * np.sqrt(true_var)
+    got = fit_bulk_scale(bulk, mu, fixed, per_read, multiplicative="fit" if phi else 0.0)
+    assert got.shape == (n_samples,)
+    np.testing.assert_allclose(np.log(got), np.log(scale), atol=np.log(1.5))
