@@ -88,6 +88,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "seed": {"free_bits": 0.0, "kl_warmup": 0, "reparam": "standard"},
     "beta4": {"beta": 4.0},
     "beta0.1": {"beta": 0.1},
+    "beta0.01": {"beta": 0.01},
+    "freebits0": {"free_bits": 0.0},
     "bs64": {"batch_size": 64},
     "lr2e-3": {"learning_rate": 2e-3},
 }
