@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from b2s.report_html import (_anchor, _card, _df_table, _esc, _fmt, _html, _img, _is_num, _kv_table, _pct, _secs, _td, macros)
+from b2s.report_html import _anchor, _card, _df_table, _esc, _fmt, _grid, _img, _is_num, _kv_table, _pct, _td
 from b2s.report_inputs import _read_csv, _read_json, group_label
 
 def _overview(groups: list[str], files: dict[str, Path]) -> str:
@@ -95,7 +95,8 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
     parts = [f"<h2 id='{_anchor(g)}'>Group {group_label(g, files)}</h2>"]
     m = _read_json(files.get(f"{g}.metrics.json"))
     fs = _read_json(files.get(f"{g}.filter_summary.json"))
-    parts.append("<div class='grid'><div>")
+    left: list[str] = []
+    right: list[str] = []
     if m is not None:
         keys = ["n_target", "n_generated", "n_filtered", "fraction_kept", "marker_r_mean",
                 "marker_r_median", "marker_r_min", "marker_r_mean_unfiltered", "n_markers",
@@ -112,12 +113,10 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
         fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_", "vae_margin", "within_type_s",
                                                       "within_type_f", "within_type_v"))}
         fmts["fraction_kept"] = _pct
-        parts.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
-        for w in m.get("warnings") or []:
-            parts.append(f'<p class="note">{_esc(w)}</p>')
+        left.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
+        left += [f'<p class="note">{_esc(w)}</p>' for w in m.get("warnings") or []]
     else:
-        parts.append(f'<p class="note">{_esc(g)}.metrics.json not found.</p>')
-    parts.append("</div><div>")
+        left.append(f'<p class="note">{_esc(g)}.metrics.json not found.</p>')
     if fs is not None:
         fshow = {k: fs[k] for k in ("n_cells_in", "n_cells_out", "n_cells_removed",
                                     "fraction_kept", "n_hvg", "n_pcs", "n_clusters",
@@ -126,29 +125,21 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
             for k in ("leiden_size", "engine", "seed"):
                 if k in fs["params"]:
                     fshow[k] = fs["params"][k]
-        parts.append(_kv_table(fshow, caption="Filtering (leiden clusters)",
+        right.append(_kv_table(fshow, caption="Filtering (leiden clusters)",
                                formatters={"fraction_kept": _pct}))
-        for note in fs.get("notes") or []:
-            parts.append(f'<p class="note">{_esc(note)}</p>')
-    parts.append("</div></div>")
-    parts.append("<h3>Cell-type proportions</h3><div class='grid'><div>")
-    parts.append(_img(files.get(f"{g}.cellprop.png"), f"Cell-type proportions {g}"))
-    parts.append("</div><div>")
+        right += [f'<p class="note">{_esc(note)}</p>' for note in fs.get("notes") or []]
+    parts.append(_grid(left, right))
     cp = _read_csv(files.get(f"{g}.cellprop.csv"), index_col=0)
-    if cp is not None:
-        parts.append(_cellprop_table(cp))
-    parts.append("</div></div>")
+    parts.append("<h3>Cell-type proportions</h3>"
+                 + _grid([_img(files.get(f"{g}.cellprop.png"), f"Cell-type proportions {g}")],
+                         [_cellprop_table(cp)] if cp is not None else []))
+    corr = _read_csv(files.get(f"{g}.correlation.csv"), keep_default_na=True)
     parts.append("<h3>Marker correlation with the reference</h3>"
                  "<p class='muted'>Pearson r between per-type mean expression of reference and "
                  "generated (filtered) cells over the union of the top wilcoxon markers of each "
                  "reference type (all markers) or over the type's own markers.</p>"
-                 "<div class='grid'><div>")
-    parts.append(_img(files.get(f"{g}.correlation.png"), f"Marker correlation {g}"))
-    parts.append("</div><div>")
-    corr = _read_csv(files.get(f"{g}.correlation.csv"), keep_default_na=True)
-    if corr is not None:
-        parts.append(_correlation_table(corr))
-    parts.append("</div></div>")
+                 + _grid([_img(files.get(f"{g}.correlation.png"), f"Marker correlation {g}")],
+                         [_correlation_table(corr)] if corr is not None else []))
     parts.append(_section_structure(m))
     parts.append(_section_bulk_qc(g, files))
     parts.append("<h3>Embedding (MDE)</h3>")
@@ -207,21 +198,20 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
              "<p class='muted'>log2 CPM over the genes shared with the bulk. The composition-only "
              "expectation is the reference's mean cell of each type weighted by the group's fractions: "
              "what the generated cells explain beyond it comes from the bulk itself "
-             "(<code>--bulk_shift</code>).</p><div class='grid'><div>"]
-    parts.append(_img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}"))
-    parts.append("</div><div>")
+             "(<code>--bulk_shift</code>).</p>"]
+    right: list[str] = []
     scores = _read_csv(files.get(f"{g}.bulk_qc.csv"))
     if scores is not None:
-        parts.append(_df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
+        right.append(_df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
     else:
-        parts.append(f"<p class='note'>{_esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
+        right.append(f"<p class='note'>{_esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
     res = _read_csv(files.get(f"{g}.bulk_residuals.csv"), index_col=0)
     if res is not None and len(res):
         cols = [c for c in ("bulk_log2cpm", "generated_log2cpm", "composition_expected_log2cpm",
                             "residual_generated") if c in res]
-        parts.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
-        parts.append(_df_table(res[cols].head(10), index_label="gene", digits=2))
-    parts.append("</div></div>")
+        right.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
+        right.append(_df_table(res[cols].head(10), index_label="gene", digits=2))
+    parts[0] += _grid([_img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}")], right)
     shifts = _read_csv(files.get(f"{g}.celltype_shifts.csv"))
     m = _read_json(files.get(f"{g}.metrics.json")) or {}
     mode = (m.get("bulk_qc") or {}).get("bulk_shift", "none")
@@ -235,9 +225,6 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
             per = shifts.assign(up=shifts["log2fc"] > 0).groupby("celltype")["up"].agg(
                 n_up="sum", n_shifted="size")
             per["n_down"] = per["n_shifted"] - per["n_up"]
-            parts.append("<div class='grid'><div>")
-            parts.append(_df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type"))
-            parts.append("</div><div>")
-            parts.append(_df_table(shifts.head(SHIFT_ROWS), index=False, digits=2))
-            parts.append("</div></div>")
+            parts.append(_grid([_df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],
+                               [_df_table(shifts.head(SHIFT_ROWS), index=False, digits=2)]))
     return "\n".join(parts)

@@ -232,3 +232,13 @@ def _df_table(df: pd.DataFrame, index: bool = True, digits: int = 3,
 def _card(value: str, label: str) -> str:
     """A summary tile; ``value`` and ``label`` are HTML (escaped by the caller)."""
     return macros().card(_html(value), _html(label))
+
+
+def _grid(left: list[str], right: list[str]) -> str:
+    """Two panes side by side; each pane's parts are HTML (escaped by the caller)."""
+    return macros().grid([_html(p) for p in left], [_html(p) for p in right])
+
+
+def _details(summary: str, content: str) -> str:
+    """A collapsed block: ``summary`` is plain text (escaped here), ``content`` HTML."""
+    return macros().details(summary, _html(content))

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from b2s.report_groups import _overview, _structure_cards
-from b2s.report_html import (_anchor, _card, _df_table, _esc, _fmt, _html, _img, _is_num, _kv_table, _pct, _secs, _td, macros, _human)
+from b2s.report_html import (_card, _details, _df_table, _esc, _fmt, _grid, _human, _img, _is_num,
+                              _kv_table, _pct, _secs, _td)
 from b2s.report_inputs import (STAGE_SUMMARIES, TASK_WARNINGS, _parse_versions, _read_csv, _read_json,
                                group_names, warning_lines)
 
@@ -95,16 +96,13 @@ def _section_fractions(files: dict[str, Path]) -> str:
     frac = _read_csv(files.get("fractions.csv"), index_col=0)
     if frac is not None:
         frac = frac.rename(index=group_names(files))  # display names as given
-    parts.append("<div class='grid'><div>")
-    parts.append(_df_table(frac.T, index_label="cell type") if frac is not None
-                 else '<p class="note">fractions.csv not found.</p>')
-    parts.append("</div><div>")
-    parts.append(_img(files.get("fractions_barplot.png"), "Estimated fractions per group"))
-    parts.append("</div></div>")
+    parts.append(_grid([_df_table(frac.T, index_label="cell type") if frac is not None
+                        else '<p class="note">fractions.csv not found.</p>'],
+                       [_img(files.get("fractions_barplot.png"), "Estimated fractions per group")]))
     samples = _read_csv(files.get("sample_fractions.csv"), index_col=0)
     if samples is not None and len(samples):
-        parts.append("<details><summary>Fractions per sample (sample_fractions.csv)</summary>"
-                     + _df_table(samples.T, index_label="cell type") + "</details>")
+        parts.append(_details("Fractions per sample (sample_fractions.csv)",
+                              _df_table(samples.T, index_label="cell type")))
     targets = _read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
     if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
         pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
@@ -189,12 +187,10 @@ def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
         parts.append("<h3>Composition change</h3><p class='muted'>Change of each cell type's fraction in a group "
                      f"vs {_esc(cc['versus'].iloc[0])}, 95 % interval from a bootstrap over samples "
                      f"(composition_contrast.csv); {len(flagged)} of {len(cc)} intervals exclude 0 "
-                     "(filled points).</p><div class='grid'><div>")
-        parts.append(_img(files.get("composition_contrast.png"), "Composition change between groups"))
-        parts.append("</div><div>")
-        if len(flagged):
-            parts.append(_df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False))
-        parts.append("</div></div>")
+                     "(filled points).</p>"
+                     + _grid([_img(files.get("composition_contrast.png"), "Composition change between groups")],
+                             [_df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False)]
+                             if len(flagged) else []))
     rows = []
     for g in groups:
         ident = _read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={"celltype": str})
@@ -225,7 +221,7 @@ def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
                if params.get("vae_weights") else "no training outputs were found")
         parts.append(f'<p class="note">No loss plot: {_esc(why)}.</p>')
         return "\n".join(parts)
-    parts.append("<div class='grid'><div>")
+    left = []
     if summ is not None:
         keys = ["device", "epochs_run", "best_epoch", "best_loss", "seconds", "resumed_from"]
         shown = {k: summ[k] for k in keys if k in summ}
@@ -239,12 +235,10 @@ def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
             f"{1000 * float(v):.0f} ms" if _is_num(v) and float(v) < 1 else _secs(v)),
             "best_loss": lambda v: f"{float(v):.4f}" if _is_num(v) else _fmt(v),
             "resumed_from": lambda v: "no (fresh start)" if v is None else _fmt(v)}
-        parts.append(_kv_table(shown, formatters=fmts))
+        left.append(_kv_table(shown, formatters=fmts))
     else:
-        parts.append('<p class="note">train_summary.json not found.</p>')
-    parts.append("</div><div>")
-    parts.append(_img(plot, "Training loss"))
-    parts.append("</div></div>")
+        left.append('<p class="note">train_summary.json not found.</p>')
+    parts.append(_grid(left, [_img(plot, "Training loss")]))
     return "\n".join(parts)
 
 
@@ -291,8 +285,7 @@ def _section_stage_summaries(files: dict[str, Path]) -> str:
     for name in STAGE_SUMMARIES:
         d = _read_json(files.get(name))
         if d is not None:
-            parts.append(f"<details><summary>{_esc(name)}</summary><pre>"
-                         f"{_esc(json.dumps(d, indent=2, default=str))}</pre></details>")
+            parts.append(_details(name, f"<pre>{_esc(json.dumps(d, indent=2, default=str))}</pre>"))
     if not parts:
         return ""
     return "<h2 id='stages'>Stage summaries</h2>" + "\n".join(parts)
