@@ -73,6 +73,7 @@ def _html(text: str) -> Markup:
     return Markup(text)
 
 
+# Human labels for summary keys; the raw key is kept as a tooltip (title) so it can be grepped.
 LABELS = {
     "n_target": "target cells", "n_generated": "generated cells", "n_filtered": "cells kept",
     "fraction_kept": "fraction kept", "marker_r_mean": "marker r (mean)",
