@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from b2s.report_html import _anchor, _card, _df_table, _esc, _fmt, _grid, _img, _is_num, _kv_table, _pct, _td
+from b2s.report_html import (_anchor, _card, _df_table, _esc, _fmt, _grid, _html, _img, _is_num, _kv_table,
+                              _pct, macros)
 from b2s.report_inputs import _read_csv, _read_json, group_label
 
 def _overview(groups: list[str], files: dict[str, Path]) -> str:
@@ -25,21 +26,18 @@ def _overview(groups: list[str], files: dict[str, Path]) -> str:
                 m.get("n_filtered", f.get("n_cells_out"))]
         kept = m.get("fraction_kept", f.get("fraction_kept"))
         r = [m.get("marker_r_mean"), m.get("marker_r_min")]
-        cells = [f'<th><a href="#{_anchor(g)}">{_esc(g)}</a></th>']
-        cells += [_td(_esc(_fmt(v)), True) for v in vals]
-        cells.append(_td(_esc(_pct(kept)), True))
-        cells += [_td(_esc(f"{float(v):.3f}" if _is_num(v) else "NA"), True) for v in r]
         k, n = m.get("n_celltypes_identified"), m.get("n_celltypes_assessed")
-        cells.append(_td(_esc(f"{k}/{n}" if _is_num(k) and _is_num(n) and n else "NA"), True))
         l1v = l1.get("target_vs_filtered")
-        cells.append(_td(_esc(f"{float(l1v):.3f}" if _is_num(l1v) else "NA"), True))
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        cells = [_fmt(v) for v in vals] + [_pct(kept)]
+        cells += [f"{float(v):.3f}" if _is_num(v) else "NA" for v in r]
+        cells.append(f"{k}/{n}" if _is_num(k) and _is_num(n) and n else "NA")
+        cells.append(f"{float(l1v):.3f}" if _is_num(l1v) else "NA")
+        link = _html(f'<a href="#{_anchor(g)}">{_esc(g)}</a>')
+        rows.append((False, link, [(c, True) for c in cells]))
     if not rows:
         return '<p class="note">No per-group outputs were found.</p>'
-    thead = "".join(f"<th>{h}</th>" if i == 0 else f"<th class='num'>{h}</th>"
-                    for i, h in enumerate(head))
-    return (f"<div class='tbl'><table><thead><tr>{thead}</tr></thead><tbody>{''.join(rows)}"
-            "</tbody></table></div><p class='muted'>marker r: Pearson correlation between "
+    return (macros().df_table([(h, i > 0) for i, h in enumerate(head)], rows)
+            + "<p class='muted'>marker r: Pearson correlation between "
             "reference and generated mean expression per cell type over marker genes; types told "
             "apart: reference types whose own generated cells correlate better with them than any "
             "other generated type does (few = generated cells look alike, e.g. too few epochs); L1: sum of "
@@ -58,14 +56,11 @@ def _cellprop_table(cp: pd.DataFrame) -> str:
         out[s if s != "filtered" else "kept"] = [
             f"{_fmt(a)} ({float(b):.3f})" if _is_num(b) and not math.isnan(float(b)) else _fmt(a)
             for a, b in zip(n, p)]
-    body = "".join(
-        f"<tr><th>{_esc(idx)}</th>" + "".join(_td(_esc(v), True) for v in row) + "</tr>"
-        for idx, row in zip(out.index, out.itertuples(index=False, name=None)))
-    totals = "".join(_td(_esc(_fmt(cp[f"n_{s}"].sum())), True) for s in stages)
-    head = "<th>cell type</th>" + "".join(f"<th class='num'>{_esc(c)}</th>" for c in out.columns)
-    return (f"<div class='tbl'><table><thead><tr>{head}</tr></thead><tbody>{body}"
-            f"<tr class='total'><th>total</th>{totals}</tr></tbody></table></div>"
-            "<p class='muted'>cells (proportion).</p>")
+    rows = [(False, idx, [(v, True) for v in row])
+            for idx, row in zip(out.index, out.itertuples(index=False, name=None))]
+    rows.append((True, "total", [(_fmt(cp[f"n_{s}"].sum()), True) for s in stages]))
+    head = [("cell type", False)] + [(c, True) for c in out.columns]
+    return macros().df_table(head, rows) + "<p class='muted'>cells (proportion).</p>"
 
 
 def _correlation_table(corr: pd.DataFrame) -> str:
