@@ -247,3 +247,41 @@ def test_report_between_groups_section(tmp_path):
     (one / "ctrl.metrics.json").write_text(_json.dumps({"group": "ctrl"}))
     build_report(str(one), str(tmp_path / "one.html"), {})
     assert "stay opt-in" in (tmp_path / "one.html").read_text()
+
+
+def test_report_rendered_from_templates(tmp_path):
+    """The page comes from bin/b2s/templates: skeleton, inlined report.css, navigation and the
+    sections in order; user text escaped as html.escape does, HTML never escaped twice."""
+    from b2s.report_html import TEMPLATES, _df_table
+
+    _write_run(tmp_path)
+    out = tmp_path / "r.html"
+    build_report(str(tmp_path), str(out), {"seed": 7, "label": "a'b\"c<d>"}, None)
+    text = out.read_text(encoding="utf-8")
+    css = (TEMPLATES / "report.css").read_text(encoding="utf-8")
+    assert f"<style>\n{css}</style>" in text and text.endswith("</main></body></html>\n")
+    assert text.count("<style>") == 1
+    nav = re.search(r"<nav>(.*?)</nav>", text).group(1)
+    anchors = re.findall(r"href='#([^']+)'", nav)
+    assert anchors == ["summary", "fractions", "between", "training", "g-ctrl", "g-treated_v2", "g-T__x_",
+                       "run", "files"]
+    assert nav.count("<span class='sep'>|</span>") == 2 and ">T&amp;&lt;x&gt;</a>" in nav
+    assert "Parameters &amp; versions" in nav
+    ids = re.findall(r"<h2 id='([^']+)'", text)
+    assert ids == ["summary", "fractions", "between", "training", "g-ctrl", "g-treated_v2", "g-T__x_", "run",
+                   "stages", "files"]
+    # html.escape semantics (quote=True), not markupsafe's &#39; / &#34;
+    assert "a&#x27;b&quot;c&lt;d&gt;" in text and "&#39;" not in text and "&#34;" not in text
+    # markup built in Python and in the macros is never escaped a second time
+    assert not re.search(r"&lt;/?(h[23]|p|div|table|tr|td|th|img|span|details)\b", text.replace(
+        "a&#x27;b&quot;c&lt;d&gt;", ""))
+    for key in ("Target cell numbers (cell_targets.csv)</h3><p class='muted'>", "<caption>Metrics (QC)</caption>",
+                "<div class='cards'><div class='card'><div class='v'>3</div><div class='k'>groups</div></div>"):
+        assert key in text, key
+    # the table macro: row labels as header cells, numbers right-aligned, NA muted, total row bold
+    df = pd.DataFrame({"n": [1, 2], "x": [0.5, np.nan], "t": ["<b'\">", "ok"]}, index=pd.Index(["a", "total"]))
+    assert _df_table(df, index_label="cell type", total_row="total") == (
+        "<div class='tbl'><table><thead><tr><th>cell type</th><th class='num'>n</th><th class='num'>x</th>"
+        "<th>t</th></tr></thead><tbody><tr><th>a</th><td class='num'>1</td><td class='num'>0.500</td>"
+        "<td>&lt;b&#x27;&quot;&gt;</td></tr><tr class='total'><th>total</th><td class='num'>2</td><td class='num'>"
+        "<span class='muted'>NA</span></td><td>ok</td></tr></tbody></table></div>")
