@@ -22,8 +22,8 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     ``min_fold`` (3), ``n_irls`` (2), ``huber`` (1.0), ``sampling``, ``multiplicative``,
     ``shrink`` (10), ``eiv`` (0.5).
 ``nnls``
-    The simple baseline (the null of the fraction benchmarks). Non-negative least squares of each bulk sample (CPM on the genes shared with the reference)
-    on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
+    The simple baseline (the null of the fraction benchmarks). Non-negative least squares of
+    each bulk sample (CPM on the genes shared with the reference) on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
     type by fold change of the type's CPM mean over the highest other type), every gene weighted
     by 1/sqrt(its mean over the type profiles) (Poisson-like variance, so highly expressed genes
     do not dominate and noisy low ones are not amplified; ``gene_scale``). Because
@@ -46,8 +46,8 @@ Why ``wls`` is the default: on real full-transcriptome pseudo-bulks (Hao PBMC, 3
 reference / held-out splits, ``benchmarks/fractions_real.py``) it has the highest r and the lowest
 RMSE and per-type bias of the four estimators, Rectangle and omicverse's ``scaden`` / ``tape``,
 in about a second, and it beats ``nnls`` (the null: NNLS on the type means, without the variance
-model or the pairwise markers) on the bundled data too (benchmarks/README.md, "Cell fractions on real
-full-transcriptome data"; the earlier choice of ``nnls`` and its design measurements are in
+model or the pairwise markers) on the bundled data too (benchmarks/README.md, "Cell fractions on
+real full-transcriptome data"; the earlier choice of ``nnls`` and its design measurements are in
 "Design measurements of the fraction estimators" there).
 """
 
