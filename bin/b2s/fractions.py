@@ -23,11 +23,11 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     ``shrink`` (10), ``eiv`` (0.5).
 ``nnls``
     The simple baseline (the null of the fraction benchmarks). Non-negative least squares of
-    each bulk sample (CPM on the genes shared with the reference) on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
-    type by fold change of the type's CPM mean over the highest other type), every gene weighted
-    by 1/sqrt(its mean over the type profiles) (Poisson-like variance, so highly expressed genes
-    do not dominate and noisy low ones are not amplified; ``gene_scale``). Because
-    the profiles are counts *per cell*, the coefficients are proportional to cell numbers, i.e.
+    each bulk sample (CPM on the genes shared with the reference) on per-type MEAN profiles
+    (counts per cell), restricted to marker genes (top ``n_markers`` per type by fold change of
+    the type's CPM mean over the highest other type), every gene weighted by 1/sqrt(its mean over
+    the type profiles) (Poisson-like variance, so highly expressed genes do not dominate and noisy
+    low ones are not amplified; ``gene_scale``). Because the profiles are counts *per cell*, the coefficients are proportional to cell numbers, i.e.
     CELL fractions (``cell_share=False`` returns expression shares instead). All samples are
     solved at once by an accelerated projected-gradient solver (no per-sample loop).
 ``tape`` / ``scaden``
