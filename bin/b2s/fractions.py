@@ -27,9 +27,9 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     (counts per cell), restricted to marker genes (top ``n_markers`` per type by fold change of
     the type's CPM mean over the highest other type), every gene weighted by 1/sqrt(its mean over
     the type profiles) (Poisson-like variance, so highly expressed genes do not dominate and noisy
-    low ones are not amplified; ``gene_scale``). Because the profiles are counts *per cell*, the coefficients are proportional to cell numbers, i.e.
-    CELL fractions (``cell_share=False`` returns expression shares instead). All samples are
-    solved at once by an accelerated projected-gradient solver (no per-sample loop).
+    low ones are not amplified; ``gene_scale``). Because the profiles are counts *per cell*, the
+    coefficients are proportional to cell numbers, i.e. CELL fractions (``cell_share=False``
+    returns expression shares instead). All samples are solved at once by an accelerated projected-gradient solver (no per-sample loop).
 ``tape`` / ``scaden``
     Small torch MLPs trained on pseudo-bulks simulated from SINGLE reference cells (cell-level
     sampling as TAPE and Scaden were published; omicverse instead mixes one summed profile per
