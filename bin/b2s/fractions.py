@@ -29,7 +29,8 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     the type profiles) (Poisson-like variance, so highly expressed genes do not dominate and noisy
     low ones are not amplified; ``gene_scale``). Because the profiles are counts *per cell*, the
     coefficients are proportional to cell numbers, i.e. CELL fractions (``cell_share=False``
-    returns expression shares instead). All samples are solved at once by an accelerated projected-gradient solver (no per-sample loop).
+    returns expression shares instead). All samples are solved at once by an accelerated
+    projected-gradient solver (no per-sample loop).
 ``tape`` / ``scaden``
     Small torch MLPs trained on pseudo-bulks simulated from SINGLE reference cells (cell-level
     sampling as TAPE and Scaden were published; omicverse instead mixes one summed profile per
