@@ -123,7 +123,7 @@ def h5ad_entries(rel: str, path: Path) -> dict[str, str]:
     import anndata as ad
 
     a = ad.read_h5ad(path)
-    out = {f"{rel}:X": matrix_fingerprint(a.X)}
+    out = {f"{rel}:X": "none" if a.X is None else matrix_fingerprint(a.X)}
     if "counts" in a.layers:
         out[f"{rel}:layers/counts"] = matrix_fingerprint(a.layers["counts"])
     return out
