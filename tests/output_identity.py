@@ -12,8 +12,9 @@ and a manifest, or two manifests; it prints one line per difference (``differs``
 What is fingerprinted:
 
 - every table (``.csv``, ``.tsv``, ``.yaml``/``.yml``): md5 of the file's bytes;
-- every ``.json`` result: md5 of its canonical form (sorted keys) without the keys that record how
-  long a step took (:data:`VOLATILE_KEYS`) and without its ``params`` object, which gets an entry
+- every ``.json`` result: md5 of its canonical form (sorted keys) without the keys that differ on
+  every run (:data:`VOLATILE_KEYS`: run times, the work-dir path of checkpoints) and without its
+  ``params`` object, which gets an entry
   of its own (``<path>#params``): the arguments a stage was called with, so a change of how a
   stage is called (a renamed argument, a default now written out) shows as one line apart from
   the results;
@@ -44,8 +45,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: JSON keys whose values are run times, dropped before hashing (they differ on every run).
-VOLATILE_KEYS: frozenset[str] = frozenset({"seconds", "seconds_per_epoch"})
+#: JSON keys dropped before hashing: they differ between two runs of the same code (run times, and
+#: TRAIN_VAE's ``checkpoint_dir``, a folder under the launch directory's Nextflow work dir).
+VOLATILE_KEYS: frozenset[str] = frozenset({"seconds", "seconds_per_epoch", "checkpoint_dir"})
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".yaml", ".yml")
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg")

@@ -23,7 +23,8 @@ def _outdir(root: Path) -> Path:
     (d / "report").mkdir()
     (d / "estimate_fractions" / "fractions.csv").write_text("group,B,T\ng1,0.25,0.75\n")
     (d / "estimate_fractions" / "fractions_summary.json").write_text(
-        json.dumps({"method": "wls", "seconds": 1.5, "fit": [{"r": 0.9, "seconds": 0.1}], "params": {"seed": 42}}))
+        json.dumps({"method": "wls", "seconds": 1.5, "fit": [{"r": 0.9, "seconds": 0.1}],
+                    "params": {"seed": 42, "checkpoint_dir": "/a/work/b2s_checkpoints"}}))
     (d / "train_vae" / "vae.pth").write_bytes(b"\x00weights\x01")
     (d / "train_vae" / "fractions_barplot.png").write_bytes(b"\x89PNG-fake")
     (d / "pipeline_info" / "execution_trace_2026.txt").write_text("task 1 0.3s\n")
@@ -61,6 +62,7 @@ def test_same_outputs_compare_identical_and_timings_do_not_count(tmp_path, capsy
     s = b / "estimate_fractions" / "fractions_summary.json"
     obj = json.loads(s.read_text())
     obj["seconds"], obj["fit"][0]["seconds"] = 99.0, 7.0
+    obj["params"]["checkpoint_dir"] = "/b/work/b2s_checkpoints"
     s.write_text(json.dumps(obj, indent=2))  # other layout, other key order: same content
     (b / "report" / "bulk2single_report.html").write_text("<html>made at 13:00</html>")
     (b / "pipeline_info" / "execution_trace_2026.txt").write_text("task 1 9.9s\n")
