@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     res = bp.validate_params(params, schema, schema_dir=schema_path.resolve().parent,
                              check_samplesheet=not args.no_samplesheet, executor=args.executor)
-    # --- issue 12 (weights): --vae_weights' sidecar fits the settings (b2s.weights, stdlib only) ---
+    # --vae_weights: its sidecar must fit the settings (b2s.weights, stdlib only)
     if params.get("vae_weights") and Path(str(params["vae_weights"])).is_file():
         from b2s.weights import check_weights
 
@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
                           warn_fn=res.warnings.append)
         except InputError as err:
             res.errors.append(str(err))
-    # --- end issue 12 (weights) ---
     for line in res.warnings:
         print(f"WARN: {line}", file=sys.stderr)
     for line in res.errors:

@@ -18,10 +18,9 @@ types that make the gene (``--bulk_shift``):
    error of the expectation (the per-type means come from finitely many reference cells: their
    cell-to-cell variance / n); shrunk to 0 unless ``|r| > z se`` (z = 2): no evidence, no shift.
    Hard rather than soft thresholding (``sign(r) max(|r| - z se, 0)``, ``shrink="soft"``): on the
-   perturbation benchmark (Hao PBMC, 3 splits, shifts alone, ``weighted``) soft kept 0.57 / -0.26
-   of the true +1.47 / -1.54 median log2 FC of the perturbed CD4 T genes, hard 0.83 / -0.56, with
-   the same share of (type, gene) pairs shifted in unperturbed groups (2 %) and a mean |log2 FC|
-   there of 0.012 vs 0.002 (benchmarks/README.md, "Bulk-informed generation").
+   perturbation benchmark soft kept much less of the true fold changes of the perturbed genes
+   for the same share of shifted pairs in unperturbed groups (benchmarks/README.md,
+   "Bulk-informed generation").
 4. Allocation to types, where the type makes the gene (``m_tg > 0``; genes off stay off):
    ``allocate``: every type gets the gene's ratio (each gene's bulk counts split across types in
    proportion to ``f_t m_tg``: the expectation BayesPrism's sampler converges to);
@@ -36,17 +35,13 @@ minus the cohort's (median of the groups; the mean of two; or ``--reference_grou
 every sample shares with the reference (platform, gene length) cancels. The contrast is split
 over the types as ``weighted`` does, onto identifiable types only (>= 5 % of the group, see
 :data:`MIN_SHARE`, :data:`MAX_MDE`); the others are reported and left unshifted. Shifts vs the
-reference (``allocate``, ``weighted``) stay opt-in. Perturbation benchmark with a per-gene
-platform bias shared by all samples (benchmarks/README.md "Between-group shifts", 3 splits,
-sigma 0.5): the generated cells of unperturbed groups vs the reference's, median |log2 FC| on
-expressed genes 0.066-0.071 with ``contrast``, 0.065-0.071 without shifts, 0.22-0.23 with
-``weighted``; perturbed CD4 T cells (40 % of their group) r 0.82-0.84 (``weighted`` 0.28-0.30);
-Tregs (25 %) r 0.55-0.62, down changes < half the truth. The limit is attribution, not noise: on
-the noise-free bulk with the true fractions the same estimator scores the same, told which type
-changed each gene it recovers the up changes (Tregs 1.26-1.47 of the true 1.47); a gene's contrast is one number per group
-and which of the types sharing the gene made it is barely in 3 replicates (benchmarks/README.md,
-"Information ceiling"; a split using the replicates, an identifiable-types-only split, a one-type
-posterior split, z 1 and BH decisions were each worse on some view, so the least-norm split stays).
+reference (``allocate``, ``weighted``) stay opt-in: with a per-gene platform bias shared by all
+samples, ``contrast`` leaves the cells of unperturbed groups as close to the reference as no
+shift does, where ``weighted`` writes the bias into every cell, and it recovers the perturbed
+types' changes best (benchmarks/README.md, "Between-group shifts"). Its limit is attribution,
+not noise: a gene's contrast is one number per group, and which of the types sharing the gene
+made it is barely in a few replicates; the alternative splits tried were each worse on some view,
+so the least-norm split stays (benchmarks/README.md, "Information ceiling").
 """
 
 from __future__ import annotations
@@ -334,7 +329,7 @@ def contrast_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: 
 
     A gene's contrast ``d`` is kept where ``|d| > z se`` (no evidence, no shift; per gene, without
     multiple-testing control: ``fdr`` keeps ``padj < fdr`` instead, which on the perturbation
-    benchmark shifts no unperturbed pair but loses the Tregs down changes and 0.06-0.15 of their r,
+    benchmark shifts no unperturbed pair but loses part of the perturbed types' changes,
     benchmarks/README.md "Information ceiling") and split over
     the types with the least-norm allocation of ``weighted`` (``1 + x_t``, ``x_t = s_t (2^d - 1) /
     sum s^2``; ``s``: the group's type shares of the gene), onto identifiable types only: a type

@@ -1,7 +1,8 @@
 """numba's on-disk cache for pipeline tasks: one per Nextflow work directory, not one per task.
 
-scanpy's numba kernels take 9-35 s to compile; with a cache per task folder (the former
-``NUMBA_CACHE_DIR=$PWD/.cache/numba``) every FILTER/QC task compiled them again. The workflow's
+scanpy's numba kernels take several seconds to compile; with a cache per task folder
+(``NUMBA_CACHE_DIR=$PWD/.cache/numba`` alone) every FILTER/QC task would compile them again
+(benchmarks/README.md, "numba cache shared across tasks"). The workflow's
 config still sets that task-local folder (always writable, in or out of a container); when a
 stage script imports :mod:`b2s`, :func:`share_numba_cache` replaces it, before numba is
 imported, with the first usable of

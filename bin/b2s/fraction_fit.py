@@ -12,13 +12,11 @@ cannot show what it lacks.
 
 A sample with ``fit_r`` < :data:`MIN_FIT_R` or ``residual`` > :data:`MAX_RESIDUAL` is flagged:
 its cells are probably not all of the reference's types (a missing type, another tissue).
-Calibration (benchmarks/fractions_real.py --only goodness: Hao PBMC pseudo-bulks of 400
-held-out cells, split 0, default estimator): with the full reference every sample has fit r
->= 0.94 and residual <= 0.065 (none flagged); with only the lymphoid types in the reference
-11 of 12 samples are flagged (myeloid-rich: r 0.78-0.80, residual 0.20-0.23); without monocytes
-and mDC the myeloid-rich and rare-type samples are flagged (r 0.81-0.90). A missing type whose
-neighbour can stand in for it (no monocytes while mDC are kept: r >= 0.93, residual <= 0.10)
-changes the fit little and is NOT detected. Real bulk RNA-seq against a single-cell reference
+The thresholds are calibrated on Hao PBMC pseudo-bulks with the full reference (none flagged)
+and with types removed from it (myeloid-rich and rare-type samples flagged when their types are
+missing). A missing type whose neighbour can stand in for it (no monocytes while mDC are kept)
+changes the fit little and is NOT detected (benchmarks/README.md, "Cell fractions on real
+full-transcriptome data", goodness of fit). Real bulk RNA-seq against a single-cell reference
 fits less tightly than pseudo-bulks; the thresholds flag clear misfits, and values near them are a
 reason to look rather than a verdict.
 """

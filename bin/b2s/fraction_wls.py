@@ -18,12 +18,11 @@ Steps (all samples at once; no per-sample Python loop):
    the fitted cell numbers) + ``sum_t n_t v_tg`` (which cells the bulk happened to contain) +
    Poisson counting noise + ``phi mu_g^2`` (gene-level deviations proportional to expression,
    phi per sample from the residuals); the two middle terms scale with 1 / library size, which
-   TPM/FPKM lack: their scale is then fitted per sample (:func:`fit_bulk_scale`; taking TPM as
-   1e6 reads moved bundled fractions by up to 0.0103 from those of the counts, the fit by 0.0060;
-   benchmarks/README.md, "Bulk units"); weights = 1 / variance, times Huber weights on the
-   standardised residuals, so noisy markers and genes that the reference does not predict for
-   this bulk get little say (the Huber step alone raised r from 0.950 to 0.981 on the Hao
-   splits, by removing a B-cell over-estimate driven by a few genes);
+   TPM/FPKM lack: their scale is then fitted per sample (:func:`fit_bulk_scale`, closer to the
+   fractions of the counts than taking TPM as 1e6 reads; benchmarks/README.md, "Bulk units");
+   weights = 1 / variance, times Huber weights on the standardised residuals, so noisy markers
+   and genes that the reference does not predict for this bulk get little say (on the Hao splits
+   this removed a B-cell over-estimate driven by a few genes);
 4. an exact batched active-set (Lawson-Hanson) NNLS on the per-sample weighted normal
    equations (samples x types x types). A first-order solver (coordinate descent) stalled
    before the optimum on nearly collinear types;
@@ -31,24 +30,12 @@ Steps (all samples at once; no per-sample Python loop):
    few reference cells is noisy, which inflates the diagonal of S'WS and shrinks that type's
    coefficient (on the bundled data the CD4 types with 5 and 11 reference cells lost their
    cells to Tregs); half the expected inflation, ``sum_g w_g v_tg / m_t``, is subtracted.
-   The full correction over-corrects on the bundled 6 samples (r 0.68), 0.3 / 0.5 / 0.7 are
-   alike on the real splits (0.980 / 0.981 / 0.980).
+   Half, because the full correction over-corrects on the bundled data and 0.3-0.7 are alike on
+   the real splits.
 
-Design measurements (Hao PBMC, 3 splits, wls variants, mean r / RMSE): no re-weighting
-(1/mean weights) 0.835 / 0.053; variance weights without Huber 0.950 / 0.029; with Huber
-0.981 / 0.018; markers by fold change over the highest other type instead of the pairwise test
-0.826 / 0.053 (CD4 T under-estimated by 0.076); 10 / 25 / 50 / 100 markers per pair 0.935 /
-0.950 / 0.950 / 0.949 (before Huber).
-
-Last step (2026-12-01, session 6): ``eiv`` 0.5 and marker fold >= 3 (was 2), chosen on Hao
-splits 0-2 and the bundled sets, then checked on Hao splits 3-7 not used for the choice
-(r / RMSE; ``nnls`` on the bundled sets: 0.911 / 0.0298 and 0.755 / 0.0585)::
-
-    variant                 bundled 6       bundled 24      Hao 0-2         Hao 3-7 (unseen)
-    before (fold 2, no eiv) 0.902 / 0.0262  0.758 / 0.0571  0.978 / 0.0198  0.965 / 0.0226
-    eiv 0.5                 0.903 / 0.0267  0.817 / 0.0504  0.981 / 0.0185  0.966 / 0.0223
-    fold 3                  0.914 / 0.0247  0.741 / 0.0589  0.979 / 0.0197  0.966 / 0.0222
-    eiv 0.5 + fold 3 (now)  0.917 / 0.0250  0.795 / 0.0531  0.982 / 0.0178  0.968 / 0.0216
+Each step and default (``eiv`` 0.5, marker fold >= 3, ``n_per_pair``, Huber) was chosen on Hao
+splits 0-2 and the bundled data and checked on Hao splits 3-7 (benchmarks/README.md, "Design
+measurements of the fraction estimators").
 """
 
 from __future__ import annotations

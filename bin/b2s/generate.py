@@ -21,15 +21,13 @@ benchmarks/README.md "Realism"):
   counts go to ``layers['counts']`` and X = log1p(counts / library * 1e4), the model input's scale.
   ``none`` keeps the decoder output as X (the seed).
 
-Measured (Hao PBMC, 11,180 genes, split 0, 30 epochs, kNN typing by a classifier fit on held-out
-real cells, ceiling 0.756): posterior sample + X = decoder output 0.155, posterior mean 0.144,
-posterior mean + NB counts with per-type calibration 0.749 (marker r 0.967; 0.772 / 0.977 on
-split 1); per-gene calibration (``calibrate='gene'``) 0.237 on split 1: the per-type calibration
-carries most of the type identity at that point (benchmarks/README.md, realism section).
-Rescaling each decoded cell to a profile before calibrating (session 7, same benchmark) lifts the
-median library of the worst type (Platelet) from 0.43 to 0.90 of the real cells' and marker r to
-0.981 on split 0; three splits are in the README. Tried and not kept: a residual NB dispersion
-given each reference cell's decoded mean, per-type dispersions, Sinkhorn-balanced rates (no gain).
+Why (benchmarks/README.md, "Realism of generated cells on a real full-transcriptome
+reference"): against held-out real cells, the posterior mean with calibrated NB counts types
+cells about as well as real cells do, where decoder output as X (the seed) types few of them;
+the per-type calibration carries most of the type identity. Rescaling each decoded cell to a
+profile before calibrating brings the library sizes of the worst type close to real. A residual
+NB dispersion given each reference cell's decoded mean, per-type dispersions and
+Sinkhorn-balanced rates were tried there and gave no gain.
 """
 
 from __future__ import annotations
@@ -194,9 +192,9 @@ def profile(block: np.ndarray) -> np.ndarray:
     """Decoded log values -> per-cell expression profile: expm1, each row scaled to sum to 1e4.
 
     The decoder's totals vary from cell to cell far more than real library-normalised cells do
-    (whose rows sum to 1e4 by construction); rescaled, only the composition of each cell is kept.
-    Measured (Hao PBMC split 0, 30 epochs): median library of the worst type 0.43 -> 0.90 of the
-    real cells', marker r 0.977 -> 0.981, typing 0.755 -> 0.784 (benchmarks/README.md, realism).
+    (whose rows sum to 1e4 by construction); rescaled, only the composition of each cell is kept,
+    which brings the generated library sizes, marker r and typing closer to real cells'
+    (benchmarks/README.md, realism section).
     """
     e = np.expm1(block.astype(np.float64))
     total = e.sum(axis=1, keepdims=True)
@@ -349,8 +347,7 @@ def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts
     """Calibration, dispersion and VAE identity over every reference type (so a group's cells do not
     depend on which other types it has). Decodes the whole reference once; with ``decode='mean'``
     the result is the same for every seed, so GENERATE computes it once per task, not per group
-    (4 groups on a 5,000-cell x 11,180-gene reference: 0.50x the task's wall time,
-    benchmarks/generate_batch.py)."""
+    (benchmarks/README.md, "GENERATE: the rate model once per batch of groups")."""
     cts, lib = reference_counts(model_input)
     labels = model_input.obs["celltype"].astype(str).to_numpy()
     available = list(pd.unique(labels))

@@ -2,8 +2,8 @@
 
 FILTER clusters generated cells with Leiden on the same graph as ``sc.pp.neighbors`` (method
 ``umap``, the seed's choice). Scanpy builds its connectivities with umap's numba kernels, which
-are compiled on first use in every process and not cached on disk: ~9 s of every FILTER task
-(cProfile, bundled data; a second call in the same process takes 0.3 s). The computation is
+are compiled on first use in every process and not cached on disk: seconds of every FILTER task
+(benchmarks/README.md, "FILTER per task"). The computation is
 small and vectorises well, so it is done here directly:
 
 1. exact kNN (euclidean) by brute force, the search scanpy itself uses below 8,192 cells

@@ -280,10 +280,10 @@ def detect_units(values: np.ndarray, path: Path, shape: str) -> tuple[str, str]:
     nf-core/RSEM merged layout (expected counts) decides, and other non-integer tables are
     ``fpkm`` (normalised expression: processed like TPM, which it equals once scaled per sample).
 
-    TPM/FPKM are kept as given, never turned back into pseudo-counts: on Hao (3 splits x 3 seeds,
-    simulated gene-length bias) fractions from TPM of full-length-like libraries reach r 0.969 vs
-    0.857 from their counts, and TPM vs counts of unbiased samples differ by <= 0.0014
-    (benchmarks/README.md, "Bulk units").
+    TPM/FPKM are kept as given, never turned back into pseudo-counts: with a simulated gene-length
+    bias, fractions from TPM of full-length-like libraries are much closer to the truth than
+    those from their counts, and TPM and counts of unbiased samples give nearly the same
+    fractions (benchmarks/README.md, "Bulk units").
     """
     totals = values.sum(axis=0)
     name = path.name.lower()

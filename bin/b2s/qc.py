@@ -437,12 +437,12 @@ def _nan_to_none(x: float) -> float | None:
 
 
 #: Below this share of cell types told apart (``r_margin > 0``) the QC warns that the generated
-#: cells do not separate by type (measured on the bundled data: 0.1 at 60 epochs, 1.0 at 1000).
+#: cells do not separate by type (an undertrained VAE tells few types apart on the bundled data,
+#: a trained one all; docs/output.md, "Reading the identity check").
 MIN_IDENTITY_RATE = 0.5
 #: Below this median own-vs-best-other r margin the types are told apart in name only: a run of
-#: the seed's settings on the Hao PBMC reference (mixed MDE, 6 of 9 types "told apart") had a
-#: median margin of 0.0003, well-trained runs have margins of several hundredths
-#: (benchmarks/README.md, realism section).
+#: the seed's settings on the Hao PBMC reference (mixed MDE) had a margin near 0, well-trained runs
+#: have margins of several hundredths (benchmarks/README.md, realism section).
 MIN_MEDIAN_MARGIN = 0.01
 
 

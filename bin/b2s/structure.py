@@ -24,11 +24,11 @@ no reproducible structure) is not judged. The QC warns (:func:`structure_warning
 type keeps under :data:`MIN_FLOOR_SHARE` of its floor, or when the VAE by itself (``uns['vae_identity']``,
 b2s.generate.vae_identity) tells fewer than half the types apart.
 
-Measured on the Hao PBMC reference (benchmarks/structure_qc.py, 3 splits x 3 seeds, 7-8 of 10
-types judged): held-out real cells score 0.29 (0.23 at 30 cells per type) against a floor of
-0.18, none flagged (lowest structure / floor 0.99; 0.66 at 30 per type); NB counts from each
-type's mean score -0.004 and every judged type is flagged; resampled reference cells score 0.78.
-Judging types down to a floor of 0 would flag 1 of 90 real 30-cell types (none at 0.05).
+Why these thresholds (benchmarks/README.md, "QC without held-out data: within-type structure",
+``benchmarks/structure_qc.py``): on the Hao PBMC reference held-out real cells score above their
+floor and none is flagged, NB counts from each type's mean (the null) score ~0 and every judged
+type is flagged, and resampled reference cells score far above the floor; :data:`MIN_FLOOR`
+leaves unjudged the types whose floor is too small to tell real cells from the null.
 """
 
 from __future__ import annotations

@@ -48,11 +48,11 @@ HISTORY_COLUMNS = ["epoch", "loss", "recon", "kl"]
 #: generation is the decoder's output and needs 3500 epochs with early stop by ``patience``). The
 #: native ones are chosen on the realism benchmark's within-type metrics (benchmarks/README.md,
 #: "Within-type realism"): the VAE must reproduce each cell's deviations from its type, which takes
-#: thousands of optimizer steps, not the seed's 20 (10 epochs of 643 cells in batches of 512). On the
-#: Hao PBMC reference (3 splits) they reach a within-type structure of 0.23 (real cells 0.29, NB
-#: counts from each type's mean 0.003) with typing and marker r unchanged. Modelling the 2,000 most
-#: variable genes (the others take their type's mean rate) makes a step ~5x cheaper on 11,180 genes
-#: and keeps 98 % of the genes that carry that structure; KL weight 0.1 beat 4, lr 2e-3 lost.
+#: thousands of optimizer steps, not the seed's few dozen. There they keep a real part of the
+#: within-type structure of real cells (NB counts from each type's mean keep none) with typing and
+#: marker r unchanged. Modelling only the most variable genes (the others take their type's mean
+#: rate) makes a step several times cheaper and keeps nearly all genes that carry that structure;
+#: KL weight 0.1 beat the seed's 4, a higher learning rate lost.
 #: The native ``epoch_num`` (None) follows :data:`NATIVE_STEPS`.
 ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "native": {"epoch_num": None, "learning_rate": 1e-3, "batch_size": 128, "vae_genes": 2000, "beta": 0.1},
@@ -86,10 +86,9 @@ class TrainConfig:
     log_every: int = 50
     history_path: str | None = None
     amp: str = "auto"  # auto: bf16 autocast where the hardware computes bf16 natively; on | off
-    # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty). 0.5 keeps the KL
-    # off its collapsed ~3e-5 on the Hao reference (0.006 at 30 epochs) and the bundled data
-    # tell all 10 types apart at 50 epochs; with calibrated counts the seed's 0 did as well on the
-    # Hao data at 30 epochs (benchmarks/README.md, realism section): not a proven win there.
+    # nats per latent dimension not charged by the KL term (b2s.vae.kl_penalty): keeps the KL off
+    # collapse, so the bundled data tell all types apart after few epochs; with calibrated counts
+    # the seed's 0 did as well on the Hao data (benchmarks/README.md, realism section).
     free_bits: float = 0.5
     kl_warmup: int = 0  # epochs over which beta rises linearly from beta/kl_warmup to beta
     reparam: str = "standard"  # standard | omicverse (b2s.vae.BetaVAE)
