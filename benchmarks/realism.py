@@ -24,7 +24,10 @@ Units (each in its own fresh process, one after the other; results cached as JSO
   output for every cell (each type's mean profile with count noise: what a generator that learned
   nothing inside a type scores), per seed; ``bootstrap`` = the reference cells themselves cycled to
   the same targets (what copying the reference scores);
-- ``floor``: the reference half's real cells, once each, scored as if generated;
+- ``floor``: the reference half's real cells, once each, scored as if generated (one pseudo group
+  of all of them), and again per group with each type's cells drawn without replacement to the
+  group's target (at most all of them): the reference half at the cell numbers generated cells are
+  scored on;
 - ``ov``: omicverse's seed calls (``Bulk2Single.train`` / ``load`` + ``generate`` through
   ``b2s.omicverse_engine``) at fixed epochs (patience = epochs) and at its defaults (3500
   epochs, patience 50: its early stop).
@@ -36,7 +39,9 @@ Metrics of every (unit, epoch, generation mode), mean over the four groups:
   gene-gene correlation matrices), ``var_ratio`` (median per-gene variance ratio),
   ``pc_var_ratio`` (variance along the held-out cells' top 5 principal axes), ``substates``
   (1 - total variation distance between the shares of the held-out cells' 3 k-means clusters and
-  the generated cells assigned to them);
+  the generated cells assigned to them); ``structure_eq``: structure with at most as many
+  cells per type as the reference half holds (drawn without replacement), to compare with the
+  second floor row on equal cell numbers (a correlation matrix from fewer cells scores lower);
 - ``typing``: kNN typing accuracy of the generated cells by a classifier fit on held-out REAL
   cells (``b2s.qc.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
   classifier on the reference's real cells, weighted to each group's composition; ``ratio``;
@@ -138,9 +143,10 @@ def _corr(m: np.ndarray) -> np.ndarray:
 
 
 def within_type(cells: Any, held: Any, n_genes: int = 100, min_cells: int = 10, n_pcs: int = 5, k: int = 3,
-                seed: int = 0) -> dict[str, dict[str, float]]:
+                seed: int = 0, cap: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
     """Per cell type with >= ``min_cells`` generated and held-out cells, on the ``n_genes`` genes
-    that vary most among the held-out real cells of the type (log-normalised X):
+    that vary most among the held-out real cells of the type (log-normalised X), with at most
+    ``cap[type]`` of the type's ``cells`` (drawn without replacement, seeded) when ``cap`` is given:
 
     - ``structure``: Pearson r between the gene-gene correlation matrices (off-diagonal) of the
       generated and the held-out cells: the gene programs that co-vary inside the type;
@@ -162,6 +168,8 @@ def within_type(cells: Any, held: Any, n_genes: int = 100, min_cells: int = 10, 
     out = {}
     for t in np.unique(lh):
         rh, rg = np.flatnonzero(lh == t), np.flatnonzero(lg == t)
+        if cap is not None and len(rg) > cap.get(str(t), len(rg)):
+            rg = np.sort(np.random.default_rng(seed).choice(rg, cap[str(t)], replace=False))
         if len(rh) < min_cells or len(rg) < min_cells:
             continue
         h = dense(held, rh)
@@ -207,6 +215,8 @@ class Evaluator:
         s, _ = qc.marker_correlation(self.held, self.mi, markers=self.held_markers)
         self.ref_marker_r = float(np.nanmean(s["pearson_r"]))
         self.real = self._type_stats(self.held, real=True)
+        # the reference half's cells per type: the most cells of a type a generator has real sources for
+        self.n_ref = {str(t): int(n) for t, n in self.mi.obs["celltype"].astype(str).value_counts().items()}
 
     @staticmethod
     def _type_stats(adata: Any, real: bool = False) -> dict[str, dict[str, Any]]:
@@ -248,6 +258,11 @@ class Evaluator:
             told.append(ident["celltype_identity_rate"] or 0.0)
             margin.append(ident["marker_r_margin_median"] if ident["marker_r_margin_median"] is not None else np.nan)
         within = [within_type_summary(within_type(cells, self.held, seed=self.seed)) for cells in generated.values()]
+        # the same structure on at most as many cells per type as the reference half holds, so that
+        # generated cells and the reference half's real cells are scored on equal cell numbers
+        # (a correlation matrix from fewer cells is noisier and scores lower)
+        structure_eq = [within_type_summary(within_type(cells, self.held, seed=self.seed, cap=self.n_ref))["structure"]
+                        for cells in generated.values()]
         pooled = ad.concat(list(generated.values()), join="inner", index_unique="-")
         gen = self._type_stats(pooled)
         lib, det, l2 = {}, {}, {}
@@ -277,6 +292,7 @@ class Evaluator:
             "log2mean_worst": worst(l2, log=True), "log2mean_mean": float(np.mean(list(l2.values()))),
             "per_type": {t: {"lib": lib[t], "det": det[t], "log2mean": l2[t]} for t in lib},
             **{k: float(np.mean([w[k] for w in within])) for k in WITHIN_TYPE_METRICS},
+            "structure_eq": float(np.mean(structure_eq)),
         }
 
 
@@ -367,14 +383,25 @@ def unit_ov(split: int, epoch_num: int, patience: int, seed: int) -> dict[str, A
 
 def unit_floor(split: int) -> dict[str, Any]:
     """The sampling floor: the reference half's REAL cells scored as if generated (one pseudo
-    group). What no generator can beat, since generated cells follow the reference half: e.g. the
+    group; and per group at the generated cell numbers). What no generator can beat, since generated cells follow the reference half: e.g. the
     per-gene mean metric compares two finite samples of real cells (18-75 cells per type)."""
     data = prepare_split(split)
     ev = Evaluator(data)
-    m = ev.evaluate({"reference": data["mi"]})
-    row = {"unit": "real reference half (floor)", "split": split, "seed": 0, "epoch_num": 0, "epochs_run": 0,
-           "best_epoch": 0, "gen": "real", "train_s": 0.0, "gen_s": 0.0, "seconds": 0.0, "kl_last": float("nan"), **m}
-    return {"rows": [row], "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": 1}
+    mi = data["mi"]
+    labels = mi.obs["celltype"].astype(str).to_numpy()
+    rng = np.random.default_rng(split)
+    # per group, each type's reference cells drawn without replacement to the group's target (at
+    # most all of them): the reference half on the cell numbers that generated cells are scored on
+    matched = {g: mi[np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == t), min(n, int((labels == t).sum())),
+                                                        replace=False) for t, n in tg.items() if n > 0]))].copy()
+               for g, tg in data["targets"].items()}
+    rows = []
+    for label, cells in (("real reference half (floor)", {"reference": mi}),
+                         ("real reference half, at the generated cell numbers", matched)):
+        m = ev.evaluate(cells)
+        rows.append({"unit": label, "split": split, "seed": 0, "epoch_num": 0, "epochs_run": 0, "best_epoch": 0,
+                     "gen": "real", "train_s": 0.0, "gen_s": 0.0, "seconds": 0.0, "kl_last": float("nan"), **m})
+    return {"rows": rows, "ceiling_overall": ev.ref_typing, "ref_marker_r": ev.ref_marker_r, "threads": 1}
 
 
 def unit_null(split: int, kind: str, seed: int) -> dict[str, Any]:
@@ -472,7 +499,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = ["unit", "epoch_num", "gen"]
     num = ["epochs_run", "typing", "ceiling", "ratio", "marker_r", "told_apart", "margin", "lib_worst",
            "det_worst", "log2mean_worst", "lib_mean", "det_mean", "log2mean_mean", "train_s",
-           *WITHIN_TYPE_METRICS]
+           *WITHIN_TYPE_METRICS, "structure_eq"]
     g = df.groupby(keys, sort=False)
     out = g[num].mean()
     out["n_splits"] = g["split"].nunique()
@@ -488,13 +515,13 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(summary: list[dict[str, Any]]) -> None:
     """Markdown table of the summary rows."""
-    head = ("| unit | epochs (run) | generation | within-type structure | variance ratio | PC variance ratio | "
+    head = ("| unit | epochs (run) | generation | within-type structure | same, equal cell numbers | variance ratio | PC variance ratio | "
             "sub-states | typing | ceiling | ratio | marker r | told apart | lib worst | det worst | "
             "log2 mean worst | training s | s min / median | splits / runs |")
     print(head)
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in summary:
-        print(f"| {r['unit']} | {r['epoch_num']} ({r['epochs_run']:.0f}) | {r['gen']} | {r['structure']:.3f} | "
+        print(f"| {r['unit']} | {r['epoch_num']} ({r['epochs_run']:.0f}) | {r['gen']} | {r['structure']:.3f} | {r['structure_eq']:.3f} | "
               f"{r['var_ratio']:.2f} | {r['pc_var_ratio']:.2f} | {r['substates']:.3f} | {r['typing']:.3f} | "
               f"{r['ceiling']:.3f} | {r['ratio']:.2f} | {r['marker_r']:.3f} | {r['told_apart']:.2f} | "
               f"{r['lib_worst']:.2f} | {r['det_worst']:.2f} | {r['log2mean_worst']:.2f} | {r['train_s']:.0f} | "
