@@ -42,9 +42,11 @@ def _label(test_file: Path) -> str:
 @pytest.mark.parametrize(("test_file", "name"), CASES, ids=[f"{_label(t)}: {n}" for t, n in CASES])
 def test_committed_snapshot_is_current(suite, test_file: Path, name: str):
     problems = ns.check_snapshot(suite, test_file, only=name)
+    hint = ("\n(versions.yml holds the Python and package versions: an environment other than the pinned "
+            "one of `make env` changes it too)" if any("versions.yml" in p for p in problems) else "")
     assert not problems, ("stale snapshot (run `nf-test test --update-snapshot "
                           f"{test_file.relative_to(ns.REPO)}` and commit the .snap), or a construct to teach "
-                          "tests/nftest_snapshots.py:\n" + "\n".join(problems))
+                          "tests/nftest_snapshots.py:\n" + "\n".join(problems) + hint)
 
 
 def test_every_snapshotting_test_is_covered():
