@@ -478,7 +478,6 @@ class Runner:
 
     root: Path
     done: dict = field(default_factory=dict)
-    ran: list = field(default_factory=list)
 
     def bash(self, command: str, label: str) -> Path:
         key = hashlib.md5(command.encode()).hexdigest()
@@ -493,7 +492,6 @@ class Runner:
             tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
             raise RuntimeError(f"{label} failed (exit {res.returncode}) in {task}: {tail}")
         self.done[key] = task
-        self.ran.append(label)
         return task
 
     def task(self, proc: Process, task_process: str, inputs: list, params: Obj, stub: bool = False) -> dict:
@@ -518,7 +516,8 @@ class Runner:
             else:
                 raise CannotRecompute(f"{proc.name}: {decl.kind} inputs")
         body = render(proc.stub if stub else proc.script, env)
-        stage = "".join(f"mkdir -p '{os.path.dirname(s) or '.'}' && ln -sf '{v.resolve()}' '{s}'\n" for s, v in staging)
+        stage = "".join(f"mkdir -p '{os.path.dirname(s) or '.'}' && ln -sf '{v.resolve()}' '{s}'\n"
+                        for s, v in staging)
         # the inputs' content in the key: a task is reused only for the same inputs
         digest = "".join(f"# {s} {hashlib.md5(v.read_bytes()).hexdigest()}\n" for s, v in staging)
         task = self.bash(digest + stage + body, proc.name)
@@ -570,6 +569,14 @@ def mapping_values(mapping: str, env: dict, setups: dict) -> list:
     return [values[i] for i in sorted(values)]
 
 
+def workflow_name(wf: str) -> str:
+    """The named workflow of workflows/bulk2single.nf: the prefix of ``task.process`` in the pipeline."""
+    m = re.search(r"(?m)^workflow\s+(\w+)", wf)
+    if not m:
+        raise CannotRecompute("workflows/bulk2single.nf: no named workflow")
+    return m.group(1)
+
+
 class Suite:
     """Recomputes the snapshots of the nf-test files; tasks shared across tests."""
 
@@ -614,7 +621,7 @@ class Suite:
                 inputs.append(items[0])
             else:
                 inputs.append(Expr.eval(re.sub(r",\s*checkIfExists\s*:\s*true", "", a), {"params": params}))
-        cache[name] = self.runner.task(proc, f"BULK2SINGLE:{name}", inputs, params)
+        cache[name] = self.runner.task(proc, f"{workflow_name(wf)}:{name}", inputs, params)
         return cache[name]
 
 
@@ -715,7 +722,8 @@ class _TestContext:
         for name in names:
             include = re.search(rf"include\s*{{\s*{name}\s*}}\s*from\s*'([^']+)'", wf)
             proc = read_process((REPO / "workflows" / (include.group(1) + "/main.nf")).resolve(), name)
-            task = self.suite.runner.bash(versions_line(proc, f"BULK2SINGLE:{name}") + "\n", f"versions-{name}")
+            line = versions_line(proc, f"{workflow_name(wf)}:{name}")
+            task = self.suite.runner.bash(line + "\n", f"versions-{name}")
             texts.add((task / "versions.yml").read_text())
         out = self.suite.root / "software_versions" / "software_versions.yml"
         out.parent.mkdir(parents=True, exist_ok=True)
