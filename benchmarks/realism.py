@@ -97,6 +97,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "freebits0": {"free_bits": 0.0},
     "bs64": {"batch_size": 64},
     "lr2e-3": {"learning_rate": 2e-3},
+    "latent32": {"hidden_size": 32},
+    "latent64": {"hidden_size": 64},
 }
 
 
