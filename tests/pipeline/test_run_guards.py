@@ -238,3 +238,28 @@ def test_failed_run_publishes_nothing_and_its_resume_publishes_everything(tmp_pa
 
 # Task warnings in the console summary and the report: asserted on the plain-parameter run of
 # tests/pipeline/test_resources.py (test_task_warnings_reach_the_console_summary_and_the_report).
+
+
+def test_staging_through_nextflows_file_api(tmp_path):
+    """Object-store outdirs (and a head node without python3) publish with Nextflow's own file API
+    (stagingByNextflow in subworkflows/local/utils_bulk2single_pipeline); the same calls on a local
+    folder: files moved into --outdir replacing an earlier run's, the staging folder gone; a failed
+    run's staging folder deleted, nothing moved."""
+    script = tmp_path / "staging.nf"
+    script.write_text(f"include {{ stagingByNextflow }} from '{REPO}/subworkflows/local/utils_bulk2single_pipeline'\n"
+                      "workflow {\n    stagingByNextflow(params.publish as boolean)\n}\n")
+    for publish in (True, False):
+        outdir = tmp_path / f"results_{publish}"
+        (outdir / STAGING / "qc" / "ctrl").mkdir(parents=True)
+        (outdir / STAGING / "qc" / "ctrl" / "ctrl.metrics.json").write_text("new")
+        (outdir / STAGING / "report").mkdir()
+        (outdir / STAGING / "report" / "bulk2single_report.html").write_text("page")
+        (outdir / "qc" / "ctrl").mkdir(parents=True)
+        (outdir / "qc" / "ctrl" / "ctrl.metrics.json").write_text("old")
+        proc = subprocess.run(["nextflow", "-q", "run", str(script), "--outdir", str(outdir), "--publish", str(publish).lower()],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert not (outdir / STAGING).exists()
+        expected = ["qc/ctrl/ctrl.metrics.json", "report/bulk2single_report.html"] if publish else ["qc/ctrl/ctrl.metrics.json"]
+        assert _published(outdir) == expected
+        assert (outdir / "qc" / "ctrl" / "ctrl.metrics.json").read_text() == ("new" if publish else "old")
