@@ -5,18 +5,13 @@
  */
 nextflow.enable.dsl = 2
 
-include { BULK2SINGLE                     } from './workflows/bulk2single'
-include { printHelp; validateParameters   } from './subworkflows/local/pipeline_utils'
-include { acquireOutdirLock; publishOnSuccess; reportAtExit } from './subworkflows/local/run_guard'
+include { BULK2SINGLE; executorName                       } from './workflows/bulk2single'
+include { PIPELINE_INITIALISATION; PIPELINE_COMPLETION     } from './subworkflows/local/utils_bulk2single_pipeline'
 
 workflow {
-    if (params.help) {
-        printHelp()
-        exit 0
-    }
-    validateParameters()
-    acquireOutdirLock()
-    publishOnSuccess()   // tasks publish into a staging folder, moved into --outdir only on success
+    // --help; checks before any task; the --outdir lock (tasks publish into a staging folder)
+    PIPELINE_INITIALISATION(executorName())
     BULK2SINGLE()
-    reportAtExit(BULK2SINGLE.out.warnings)
+    // at exit: the staging folder moved into --outdir only on success; warnings; the lock released
+    PIPELINE_COMPLETION(BULK2SINGLE.out.warnings)
 }

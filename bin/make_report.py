@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[report] wrote {out} ({os.path.getsize(out) / 1024:.0f} KB)", flush=True)
     from b2s.multiqc import write_multiqc
 
-    mqc = write_multiqc(args.inputs, os.path.join(args.outdir, "multiqc"))
+    mqc = write_multiqc(args.inputs, os.path.join(args.outdir, "multiqc"), params)
     print(f"[report] MultiQC custom content: {', '.join(os.path.basename(p) for p in mqc)}", flush=True)
 
 

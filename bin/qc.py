@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from b2s.errors import run_cli
 
@@ -100,7 +101,7 @@ def qc_group(args: argparse.Namespace, shared: dict) -> None:
     """The QC of one group (``args.generated``, ``args.filtered``, ``args.group``); ``shared`` holds
     the reference and what is computed from it alone (filled on first use)."""
     from b2s import io, plots, qc, structure
-    from b2s.errors import InputError, warning_line
+    from b2s.errors import InputError, warn
     from b2s.filter import filter_summary
 
     g = args.group
@@ -180,7 +181,7 @@ def qc_group(args: argparse.Namespace, shared: dict) -> None:
     metrics["warnings"] += within["warnings"]
     print(f"[qc] {g}: {structure.summary_line(within)}", flush=True)
     for w in metrics["warnings"]:
-        print(warning_line(f"[qc] {g}: {w}"), flush=True)
+        warn(f"[qc] {g}: {w}", file=sys.stdout)
     if args.bulk:
         metrics["bulk_qc"] = bulk_section(args, g, out, reference, generated, filtered, targets)
     metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Validate the pipeline's parameters (and samplesheet) against nextflow_schema.json.
 
-Run by validateParameters() in subworkflows/local/pipeline_utils on the head node before any
-task starts. Prints one ``ERROR: ...`` line per problem (exit 2) and ``WARN: ...`` lines for
-unknown parameters; exit 3 when ``jsonschema`` is missing, so the caller can defer validation.
+Run on the head node before any task starts (``bin/run_guard.py start`` calls :func:`validate`;
+``--print-help`` is the pipeline's ``--help``). Prints one ``ERROR: ...`` line per problem
+(exit 2) and ``WARN: ...`` lines for unknown parameters; exit 3 when ``jsonschema`` is missing,
+so the caller can defer validation.
 
     validate_params.py --schema nextflow_schema.json --params-json params.json [--executor local]
     validate_params.py --schema nextflow_schema.json --print-help
@@ -62,8 +63,24 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(EXIT_NO_JSONSCHEMA)
 
+    res = validate(params, schema, schema_path, executor=args.executor, check_samplesheet=not args.no_samplesheet)
+    for line in res.warnings:
+        print(f"WARN: {line}", file=sys.stderr)
+    for line in res.errors:
+        print(f"ERROR: {line}", file=sys.stderr)
+    if res.errors:
+        sys.exit(2)
+
+
+def validate(params: dict, schema: dict, schema_path: Path, executor: str | None = None,
+             check_samplesheet: bool = True):
+    """The schema and head-node checks of ``params`` (``b2s.params.validate_params``), and that a
+    ``--vae_weights`` sidecar fits the settings: a result with ``errors`` and ``warnings`` lines.
+    Needs jsonschema."""
+    from b2s import params as bp
+
     res = bp.validate_params(params, schema, schema_dir=schema_path.resolve().parent,
-                             check_samplesheet=not args.no_samplesheet, executor=args.executor)
+                             check_samplesheet=check_samplesheet, executor=executor)
     # --vae_weights: its sidecar must fit the settings (b2s.weights, stdlib only)
     if params.get("vae_weights") and Path(str(params["vae_weights"])).is_file():
         from b2s.weights import check_weights
@@ -74,12 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                           warn_fn=res.warnings.append)
         except InputError as err:
             res.errors.append(str(err))
-    for line in res.warnings:
-        print(f"WARN: {line}", file=sys.stderr)
-    for line in res.errors:
-        print(f"ERROR: {line}", file=sys.stderr)
-    if res.errors:
-        sys.exit(2)
+    return res
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ include { GENERATE           } from '../modules/local/generate'
 include { FILTER             } from '../modules/local/filter'
 include { QC                 } from '../modules/local/qc'
 include { REPORT             } from '../modules/local/report'
-include { taskWarnings; stagingDir } from '../subworkflows/local/run_guard'
+include { stagingDir         } from '../subworkflows/local/utils_bulk2single_pipeline'
 
 workflow BULK2SINGLE {
     main:
@@ -37,6 +37,7 @@ workflow BULK2SINGLE {
 
     // Trained once per run, or reused from a previous run with --vae_weights.
     ch_train_files = Channel.empty()
+    ch_train_warnings = Channel.empty()
     if (params.vae_weights) {
         ch_weights = Channel.value(file(params.vae_weights, checkIfExists: true))
         def sidecar = file("${params.vae_weights}.json")
@@ -47,6 +48,7 @@ workflow BULK2SINGLE {
         ch_weights = TRAIN_VAE.out.weights
         ch_weights_meta = TRAIN_VAE.out.weights_meta
         ch_train_files = TRAIN_VAE.out.plot.mix(TRAIN_VAE.out.summary, TRAIN_VAE.out.history)
+        ch_train_warnings = TRAIN_VAE.out.warnings
         ch_versions = ch_versions.mix(TRAIN_VAE.out.versions)
     }
 
@@ -88,24 +90,23 @@ workflow BULK2SINGLE {
     ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)))
         .collectFile(name: 'params.json')
 
-    // Every WARNING: line of every finished task, 'STAGE<TAB>group<TAB>warning', in pipeline order:
-    // for the console summary at exit and the report's top section. The empty item makes the
-    // file exist when no task warned.
-    def stage_order = ['PREPARE_INPUTS', 'ESTIMATE_FRACTIONS', 'PREPROCESS', 'TRAIN_VAE', 'GENERATE', 'FILTER', 'QC']
+    // The WARNING: lines of every task (its declared task_warnings.txt), one block per task, each
+    // line as 'STAGE<TAB>group<TAB>WARNING: text': for the report's top and the console summary at
+    // exit, which map staged names to the user's paths and order the stages (b2s.task_messages).
+    // The empty item makes the file exist when no task warned.
     ch_warnings = Channel.empty()
         .mix(
-            PREPARE_INPUTS.out.summary.map { f -> ['PREPARE_INPUTS', '', f.parent] },
-            ESTIMATE_FRACTIONS.out.summary.map { f -> ['ESTIMATE_FRACTIONS', '', f.parent] },
-            PREPROCESS.out.summary.map { f -> ['PREPROCESS', '', f.parent] },
-            ch_train_files.filter { f -> f.name == 'train_summary.json' }.map { f -> ['TRAIN_VAE', '', f.parent] },
-            GENERATE.out.generated.map { meta, f -> ['GENERATE', meta.id, [f].flatten()[0].parent] },
-            FILTER.out.summary.map { meta, f -> ['FILTER', meta.id, [f].flatten()[0].parent] },
-            QC.out.metrics.map { meta, f -> ['QC', meta.id, [f].flatten()[0].parent] }
+            PREPARE_INPUTS.out.warnings.map { f -> ['PREPARE_INPUTS', '', f] },
+            ESTIMATE_FRACTIONS.out.warnings.map { f -> ['ESTIMATE_FRACTIONS', '', f] },
+            PREPROCESS.out.warnings.map { f -> ['PREPROCESS', '', f] },
+            ch_train_warnings.map { f -> ['TRAIN_VAE', '', f] },
+            GENERATE.out.warnings.map { meta, f -> ['GENERATE', meta.id, f] },
+            FILTER.out.warnings.map { meta, f -> ['FILTER', meta.id, f] },
+            QC.out.warnings.map { meta, f -> ['QC', meta.id, f] }
         )
-        .map { stage, group, dir -> taskWarnings(stage, group, dir) }
+        .map { stage, group, f -> f.readLines().collect { line -> "${stage}\t${group}\t${line}\n" }.join('') }
         .mix(Channel.of(''))
-        .collectFile(name: 'task_warnings.tsv',
-                     sort: { text -> "${stage_order.findIndexOf { st -> text.startsWith(st + '\t') } + 1}".padLeft(2, '0') + text })
+        .collectFile(name: 'task_warnings.tsv', sort: true)
 
     ch_report_inputs = Channel.empty()
         .mix(
@@ -141,7 +142,15 @@ def groupsPerTask() {
     if (params.groups_per_task) {
         return params.groups_per_task as int
     }
+    return executorName() == 'local' ? 8 : 1
+}
+
+/*
+ * The run's process executor (local, slurm, awsbatch...). Nextflow has no public API for it in
+ * 25.04 (the workflow metadata does not name it), so it is read from the session's config: the
+ * pipeline's only use of Nextflow internals (docs/architecture.md, "Head node").
+ */
+def executorName() {
     def config = nextflow.Global.session?.config
-    def executor = config?.navigate('process.executor') ?: config?.navigate('executor.name') ?: 'local'
-    return executor == 'local' ? 8 : 1
+    return (config?.navigate('process.executor') ?: config?.navigate('executor.name') ?: 'local').toString()
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TextIO
 
 
 #: Every warning of this process, in order (stages copy them into their summary JSON).
@@ -12,6 +14,10 @@ WARNINGS: list[str] = []
 
 #: The group a task processing several groups is working on (None: a one-group task).
 _GROUP: str | None = None
+
+#: Environment variable naming the file every warning line is also appended to: set for every
+#: task in nextflow.config (``task_warnings.txt``, a declared output of each stage's process).
+WARNINGS_FILE_ENV = "B2S_WARNINGS_FILE"
 
 
 @contextlib.contextmanager
@@ -35,15 +41,22 @@ def warning_line(msg: str) -> str:
     return f"WARNING: [group={_GROUP}] {line}" if _GROUP is not None else f"WARNING: {line}"
 
 
-def warn(msg: str) -> None:
-    """One ``WARNING: <msg>`` line on stderr: the single format the pipeline collects from tasks.
+def warn(msg: str, file: TextIO | None = None) -> None:
+    """One ``WARNING: <msg>`` line on stderr (or ``file``): the single format of task warnings.
 
     ``msg`` is one line naming the file or parameter and what was done about it; it is also
-    appended to :data:`WARNINGS` (untagged).
+    appended to :data:`WARNINGS` (untagged) and, in a pipeline task, to the task's warnings
+    file (``$B2S_WARNINGS_FILE``), which the workflow collects for the console summary and the
+    report (b2s.task_messages).
     """
     line = " ".join(str(msg).split())
     WARNINGS.append(line)
-    print(warning_line(line), file=sys.stderr, flush=True)
+    out = warning_line(line)
+    print(out, file=file or sys.stderr, flush=True)
+    path = os.environ.get(WARNINGS_FILE_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(out + "\n")
 
 
 class InputError(Exception):

@@ -45,9 +45,10 @@ def _tsv(table: pd.DataFrame) -> str:
     return t.to_csv(sep="\t", index_label="Sample", lineterminator="\n", float_format="%.6g")
 
 
-def write_multiqc(inputs_dir: str | Path, outdir: str | Path) -> list[Path]:
+def write_multiqc(inputs_dir: str | Path, outdir: str | Path, params: dict[str, Any] | None = None) -> list[Path]:
     """Write the custom-content files for the stage outputs under ``inputs_dir``; returns their paths
-    (fractions and metrics only when their inputs exist; the warnings file always, possibly empty)."""
+    (fractions and metrics only when their inputs exist; the warnings file always, possibly empty).
+    ``params``: the run's, for the user's paths in the task warnings."""
     files = _index_files(Path(inputs_dir))
     names = group_names(files)
     out = Path(outdir)
@@ -76,7 +77,7 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path) -> list[Path]:
                                 "table", {"title": "nf-bulk2single: QC per group"})
                         + _tsv(pd.DataFrame.from_dict(rows, orient="index")))
         written.append(path)
-    warnings = read_task_warnings(files.get("task_warnings.tsv"))
+    warnings = read_task_warnings(files.get("task_warnings.tsv"), params)
     items = "".join(f"<li><b>{html.escape(stage)}</b>{' [' + html.escape(names.get(g, g)) + ']' if g else ''}: "
                     f"{html.escape(text)}</li>" for stage, g, text in warnings)
     body = f"<ul>{items}</ul>" if warnings else "<p>No warnings.</p>"

@@ -1,8 +1,8 @@
 """Pipeline parameters: validation against ``nextflow_schema.json`` and the ``--help`` text.
 
-Runs on the Nextflow head node (``bin/validate_params.py``, called by
-``subworkflows/local/pipeline_utils``) before any task starts, so it imports only the standard
-library and ``jsonschema`` (no numpy/pandas: the head node may have a bare ``python3``).
+Runs on the Nextflow head node (``bin/validate_params.py``, called by ``bin/run_guard.py
+start``) before any task starts, so it imports only the standard library and ``jsonschema``
+(no numpy/pandas: the head node may have a bare ``python3``).
 
 Every problem becomes ONE line, e.g.
 ``ERROR: --epoch_num -5: must be >= 1 (see nextflow run . --help)``.
@@ -457,7 +457,8 @@ def validate_samplesheet(path: str | Path, sheet_schema: Mapping[str, Any]) -> l
 def help_text(schema: Mapping[str, Any], command: str = "nextflow run nf-bulk2single/nf-bulk2single") -> str:
     """Every parameter grouped as in the schema, with type, default, choices and description.
 
-    The same layout as ``printHelp()`` in ``subworkflows/local/pipeline_utils/main.nf``.
+    ``nextflow run . --help`` prints this text (``bin/validate_params.py --print-help``, called by
+    ``PIPELINE_INITIALISATION`` in ``subworkflows/local/utils_bulk2single_pipeline``): one source.
     """
     required = set(required_params(schema))
     lines = [schema.get("title", "Parameters"), "", "Usage:",

@@ -100,30 +100,26 @@ def _parse_versions(text: str) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-#: WARNING: lines of every task, collected by the workflow (STAGE<TAB>group<TAB>warning).
+#: WARNING: lines of every task, collected by the workflow (STAGE<TAB>group<TAB>WARNING: text).
 TASK_WARNINGS = "task_warnings.tsv"
 
 
-def read_task_warnings(path: Path | None) -> list[tuple[str, str, str]]:
+def read_task_warnings(path: Path | None, params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
     """``(stage, group, warning)`` rows of the pipeline's ``task_warnings.tsv`` (the WARNING:
-    lines every task printed, collected by the workflow); [] when the file is absent."""
-    if path is None or not Path(path).is_file():
-        return []
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.split("\t", 2)
-        if len(parts) == 3 and parts[2].strip():
-            rows.append((parts[0], parts[1], parts[2].strip()))
-    return rows
+    lines every task printed, collected by the workflow), with the user's paths for the staged
+    input names when ``params`` are given (b2s.task_messages); [] when the file is absent."""
+    from b2s.task_messages import read_task_warnings as read
+
+    return read(path, params)
 
 
 def warning_lines(groups: list[str], metrics: dict[str, dict[str, Any]],
-                  task_warnings: Path | None) -> list[tuple[str, str]]:
+                  task_warnings: Path | None, params: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """``(where, warning)`` for the top of the report: QC's per-group warnings, then every other
     task warning (stage and group), each once (QC prints its own warnings as task lines too)."""
     out = [(g, str(w)) for g in groups for w in metrics[g].get("warnings") or []]
     shown = {w for _, w in out}
-    for stage, group, text in read_task_warnings(task_warnings):
+    for stage, group, text in read_task_warnings(task_warnings, params):
         if not any(w in text for w in shown):
             out.append((f"{stage} {group}".strip(), text))
             shown.add(text)

@@ -79,7 +79,7 @@ def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str
     parts.append("<div class='cards'>" + "".join(cards) + "</div>")
     # warnings first, above the cards: the run may look fine otherwise
     parts[1:1] = [f'<p class="note warn"><b>WARNING {_esc(where)}</b>: {_esc(w)}</p>'
-                  for where, w in warning_lines(groups, metrics, files.get(TASK_WARNINGS))]
+                  for where, w in warning_lines(groups, metrics, files.get(TASK_WARNINGS), params)]
     parts.append("<h3 id='groups'>Groups</h3>" + _overview(groups, files))
     return "\n".join(parts)
 

@@ -2,6 +2,8 @@
 parameter or input is refused (on the head node, or by a task after others finished: tasks publish
 into <outdir>/.nf-bulk2single.staging, moved into place only when the run succeeds), the failed
 task's ERROR line as the last console line, and task warnings in the console summary and the report.
+The guards themselves are bin/run_guard.py (b2s.outdir_lock, b2s.staging, b2s.task_messages), run by
+subworkflows/local/utils_bulk2single_pipeline; their unit tests are tests/unit/test_head_node.py.
 
 -stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
 themselves are catalogued cheaply in tests/unit/test_run_guards.py; the rows here show that the
@@ -16,9 +18,9 @@ called without --executor, the sidecar written without b2s.weights) and passes o
                            (old: no WARNING line); pipeline test_pipeline:
                            test_leftover_checkpoint_of_a_longer_run_never_changes_the_result (not run on old)
   2 shared outdir          here: test_second_live_run_into_one_outdir_is_refused,
-                           test_lock_of_a_dead_run_is_taken_over, test_runs_racing_for_one_stale_lock_...
-                           (the old takeover, delete then create, in the same harness: 2-4 of 8 winners
-                           in 15 of 30 rounds)
+                           test_lock_of_a_dead_run_is_taken_over; unit test_head_node:
+                           test_runs_racing_for_one_stale_lock_... (the old takeover, delete then
+                           create, in the same harness: 2-4 of 8 winners in 15 of 30 rounds)
   3 wrong results, rc 0    reordered weights: unit test_weights (all); TPM rounded, single type, zero
                            cells: unit test_bad_inputs rows tpm_rounded_to_integers, cpm_rounded_one_sample,
                            normalised_reference, single_cell_type, zero_count_reference_cells;
@@ -113,19 +115,9 @@ def test_lock_of_a_dead_run_is_taken_over(tmp_path):
     assert not (outdir / LOCK).exists()
 
 
-def test_runs_racing_for_one_stale_lock_end_with_one_holder(tmp_path):
-    """Two runs finding one stale lock at the same instant: exactly one takes it over (the old
-    delete-and-create let 2-4 of 8 threads 'win' in half of the rounds). Threads in one JVM race
-    through run_guard's takeLock (tests/pipeline/lock_race.nf), 8 at a time, 20 rounds."""
-    lock = tmp_path / "locks" / LOCK
-    lock.parent.mkdir()
-    proc = subprocess.run(["nextflow", "run", str(REPO / "tests" / "pipeline" / "lock_race.nf"), "-ansi-log", "false",
-                           "--lock", str(lock), "--rounds", "20", "--threads", "8"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    rounds = [line.split() for line in proc.stdout.splitlines() if line.startswith("round ")]
-    assert proc.returncode == 0 and len(rounds) == 20, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert all(r[3] == "1" and r[5] == "true" for r in rounds), rounds
-    assert sorted(p.name for p in lock.parent.iterdir()) == [], "takeover mutex or temporary lock files left behind"
+# Two runs racing for one stale lock end with one holder: the lock is Python on the head node
+# (b2s.outdir_lock), so that race runs without Nextflow, 8 processes x 20 rounds, in
+# tests/unit/test_head_node.py (test_runs_racing_for_one_stale_lock_end_with_one_holder).
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,3 +238,28 @@ def test_failed_run_publishes_nothing_and_its_resume_publishes_everything(tmp_pa
 
 # Task warnings in the console summary and the report: asserted on the plain-parameter run of
 # tests/pipeline/test_resources.py (test_task_warnings_reach_the_console_summary_and_the_report).
+
+
+def test_staging_through_nextflows_file_api(tmp_path):
+    """Object-store outdirs (and a head node without python3) publish with Nextflow's own file API
+    (stagingByNextflow in subworkflows/local/utils_bulk2single_pipeline); the same calls on a local
+    folder: files moved into --outdir replacing an earlier run's, the staging folder gone; a failed
+    run's staging folder deleted, nothing moved."""
+    script = tmp_path / "staging.nf"
+    script.write_text(f"include {{ stagingByNextflow }} from '{REPO}/subworkflows/local/utils_bulk2single_pipeline'\n"
+                      "workflow {\n    stagingByNextflow(params.publish as boolean)\n}\n")
+    for publish in (True, False):
+        outdir = tmp_path / f"results_{publish}"
+        (outdir / STAGING / "qc" / "ctrl").mkdir(parents=True)
+        (outdir / STAGING / "qc" / "ctrl" / "ctrl.metrics.json").write_text("new")
+        (outdir / STAGING / "report").mkdir()
+        (outdir / STAGING / "report" / "bulk2single_report.html").write_text("page")
+        (outdir / "qc" / "ctrl").mkdir(parents=True)
+        (outdir / "qc" / "ctrl" / "ctrl.metrics.json").write_text("old")
+        proc = subprocess.run(["nextflow", "-q", "run", str(script), "--outdir", str(outdir), "--publish", str(publish).lower()],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert not (outdir / STAGING).exists()
+        expected = ["qc/ctrl/ctrl.metrics.json", "report/bulk2single_report.html"] if publish else ["qc/ctrl/ctrl.metrics.json"]
+        assert _published(outdir) == expected
+        assert (outdir / "qc" / "ctrl" / "ctrl.metrics.json").read_text() == ("new" if publish else "old")

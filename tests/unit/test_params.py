@@ -1,5 +1,5 @@
 """nextflow_schema.json, the samplesheet schema, parameter validation (b2s.params,
-bin/validate_params.py) and --help (printHelp() in subworkflows/local/pipeline_utils)."""
+bin/validate_params.py) and --help (validate_params.py --print-help, which `nextflow run . --help` prints)."""
 
 from __future__ import annotations
 
@@ -320,7 +320,7 @@ def test_nextflow_run_help_prints_the_schema_help(schema, tmp_path):
     proc = subprocess.run(["nextflow", "-q", "run", str(REPO), "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "NXF_ANSI_LOG": "false"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    # printHelp() (Groovy) and help_text() (Python) share one layout: same parameter lines.
+    # `nextflow run . --help` prints help_text() (bin/validate_params.py --print-help): same parameter lines.
     nf_lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("--")]
     py_lines = [ln for ln in bp.help_text(schema).splitlines() if ln.strip().startswith("--")]
     assert nf_lines == py_lines

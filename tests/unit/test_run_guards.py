@@ -1,10 +1,10 @@
 """Head-node checks before any task (issue 12, item 6), schema/script bound agreement, the numba
 cache shared across tasks, and task warnings at the top of the report.
 
-The bad-input catalogue runs bin/validate_params.py as the pipeline does (validateParameters() in
-subworkflows/local/pipeline_utils passes --executor): a new bad input is one row of PREFLIGHT.
-The real `nextflow run` behaviour (nothing published, outdir lock, console lines) is in
-tests/pipeline/test_run_guards.py.
+The bad-input catalogue runs bin/validate_params.py with --executor, the checks that
+bin/run_guard.py start runs for the pipeline (validate_params.validate): a new bad input is one row
+of PREFLIGHT. The real `nextflow run` behaviour (nothing published, outdir lock, console lines) is in
+tests/pipeline/test_run_guards.py; the lock, staging and task messages alone in test_head_node.py.
 """
 
 from __future__ import annotations

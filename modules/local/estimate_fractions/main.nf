@@ -18,6 +18,7 @@ process ESTIMATE_FRACTIONS {
     path 'composition_contrast.csv', emit: contrast                  // change between groups, 95 % intervals
     path 'composition_contrast.png', emit: contrast_plot, optional: true  // >= 2 groups
     path 'versions.yml'          , emit: versions
+    path 'task_warnings.txt'     , emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''

@@ -13,6 +13,7 @@ process FILTER {
     tuple val(meta), path("*.filtered.h5ad")     , emit: filtered
     tuple val(meta), path("*.filter_summary.json"), emit: summary
     path 'versions.yml'                                    , emit: versions
+    tuple val(meta), path('task_warnings.txt'), emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''

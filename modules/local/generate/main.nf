@@ -18,6 +18,7 @@ process GENERATE {
     tuple val(meta), path("*.generated.h5ad")                       , emit: generated
     tuple val(meta), path("*.celltype_*.csv")     , optional: true , emit: shifts  // shifts (+ identifiability with contrast)
     path 'versions.yml'                                , emit: versions
+    tuple val(meta), path('task_warnings.txt'), emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''

@@ -16,6 +16,7 @@ process PREPARE_INPUTS {
     path 'reference.h5ad'      , emit: reference
     path 'prepare_summary.json', emit: summary
     path 'versions.yml'        , emit: versions
+    path 'task_warnings.txt'   , emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''

@@ -12,6 +12,7 @@ process PREPROCESS {
     path 'bulk_profiles.csv'      , emit: bulk_profiles
     path 'preprocess_summary.json', emit: summary
     path 'versions.yml'           , emit: versions
+    path 'task_warnings.txt'      , emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''

@@ -18,6 +18,7 @@ process QC {
     tuple val(meta), path("*.{png,csv,json}")  , emit: files
     tuple val(meta), path("*.metrics.json")    , emit: metrics
     path 'versions.yml'                             , emit: versions
+    tuple val(meta), path('task_warnings.txt'), emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''

@@ -14,6 +14,7 @@ process TRAIN_VAE {
     path 'train_summary.json', emit: summary
     path 'versions.yml'      , emit: versions
     path 'vae.pth.json'      , emit: weights_meta  // genes in order + settings (b2s.weights)
+    path 'task_warnings.txt' , emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
     def args = task.ext.args ?: ''
