@@ -13,7 +13,7 @@ export NXF_HOME    := $(CURDIR)/.nxf_home
 export NXF_OFFLINE := true
 export NXF_VER     := $(NXF_VERSION)
 
-.PHONY: setup env nextflow demo test image test-image clean
+.PHONY: setup env nextflow demo test lint image test-image clean
 
 setup: env nextflow
 
@@ -38,8 +38,12 @@ demo: setup
 	nextflow run . -profile test --outdir $(OUTDIR)
 	@echo "Report: $(OUTDIR)/report/bulk2single_report.html"
 
-test: setup
+test: setup lint
 	$(VENV)/bin/python -m pytest tests
+
+# ruff (settings in pyproject.toml): pyflakes, isort, no private name imported from another package
+lint: env
+	$(VENV)/bin/ruff check bin tests benchmarks tools
 
 # The runtime image (containers/README.md): a Docker engine is installed (Debian's docker.io) and
 # started when missing, and stopped again if this target started it; the base is bootstrapped from

@@ -250,7 +250,7 @@ def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism:
 
     t0 = time.perf_counter()
     data = prepare(split)
-    mi, types = data["mi"], data["types"]
+    mi = data["mi"]
     print(f"[split {split}] model input {mi.n_obs} cells x {mi.n_vars} genes; prepared in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     res = train_vae(mi.X, TrainConfig(epoch_num=epochs, patience=epochs, seed=split, device="cpu",

@@ -40,9 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "bin")]
 
 import realdata  # noqa: E402
-from realism import machine_info  # noqa: E402
-
 from b2s import fractions as fr  # noqa: E402
+from realism import machine_info  # noqa: E402
 
 INPUTS = ("counts", "tpm", "counts_fl", "tpm_fl")
 METHODS = ("wls", "nnls")

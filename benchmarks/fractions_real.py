@@ -60,14 +60,14 @@ print(json.dumps({"seconds": sec}))
 
 
 # ----------------------------------------------------------------------------- child jobs
-from run import _quiet  # noqa: E402  (the main benchmark's log redirection for child jobs)
+from run import quiet_logs  # noqa: E402  (the main benchmark's log redirection for child jobs)
 
 
 def job_estimate(engine: str, method: str, ref_path: str, bulk_path: str, out_csv: str, seed: int,
                  log_path: str) -> dict:
     """Fractions of one bulk file with one method (fresh process); writes them, returns seconds."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    _quiet(log_path)
+    quiet_logs(log_path)
     import anndata
     import pandas as pd
 
@@ -78,7 +78,7 @@ def job_estimate(engine: str, method: str, ref_path: str, bulk_path: str, out_cs
     if engine == "omicverse":
         from b2s import omicverse_engine
 
-        omicverse_engine._omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
+        omicverse_engine.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
         t0 = time.perf_counter()
         pred = omicverse_engine.estimate_sample_fractions(bulk, ref, method, seed=seed, device="cpu")
     else:
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["machine"]["load_end"] = os.getloadavg()
     res["wall_minutes"] = round((time.time() - t0) / 60, 1)
     Path(args.out).write_text(json.dumps(res, indent=1))
-    print(f"\nbundled: " + json.dumps({k: {n: {m: round(x[m], 4) for m in ('r', 'rmse', 'seconds')} for n, x in v.items()}
+    print("\nbundled: " + json.dumps({k: {n: {m: round(x[m], 4) for m in ('r', 'rmse', 'seconds')} for n, x in v.items()}
                                      for k, v in res["bundled"].items()}))
     print(f"machine: {res['machine']}; wall {res['wall_minutes']} min; results in {args.out}")
     return res

@@ -362,7 +362,7 @@ def unit_ov(split: int, epoch_num: int, patience: int, seed: int) -> dict[str, A
     from b2s.generate import group_seed
     from b2s.train import TrainConfig
 
-    ove._omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
+    ove.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
     data = prepare_split(split)
     ev = Evaluator(data)

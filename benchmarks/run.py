@@ -57,7 +57,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # ----------------------------------------------------------------------------- child jobs
 
 
-def _quiet(log_path: str) -> None:
+def quiet_logs(log_path: str) -> None:
     """Send this process's stdout/stderr (incl. C level and tqdm) to a log file."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -85,7 +85,7 @@ def job_fractions(engine: str, method: str, data: str, seed: int, kw: dict) -> d
     if engine == "omicverse":
         from b2s import omicverse_engine
 
-        omicverse_engine._omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
+        omicverse_engine.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
     d = Path(data)
     bulk = io.read_counts(d / "bench_bulk_counts.tsv.gz")
@@ -174,9 +174,9 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
         if sampling == "omicverse":
             _use_omicverse_sampling()
     else:
-        from b2s.omicverse_engine import _omicverse, train_vae
+        from b2s.omicverse_engine import load_omicverse, train_vae
 
-        _omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
+        load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
     d = Path(data)
     bulk = io.read_counts(d / "bulk_counts.tsv.gz")
@@ -204,13 +204,14 @@ def job_e2e(engine: str, data: str, epochs: int, seed: int, outdir: str, fractio
     from memory import StageMemory
 
     if engine == "native":
-        import b2s.filter, b2s.fractions, b2s.generate, b2s.io, b2s.reference_io, b2s.plots, b2s.preprocess, b2s.qc, b2s.train  # noqa: E401,F401
         import pymde  # noqa: F401  (imported lazily by b2s.qc)
         import scanpy  # noqa: F401
-    else:
-        from b2s.omicverse_engine import _omicverse
 
-        ov = _omicverse()
+        import b2s.filter  # noqa: E401,F401
+    else:
+        from b2s.omicverse_engine import load_omicverse
+
+        ov = load_omicverse()
         ov.bulk2single.Bulk2Single  # noqa: B018
         ov.utils.mde  # noqa: B018
         ov.pl.embedding  # noqa: B018
@@ -229,7 +230,7 @@ def job_e2e(engine: str, data: str, epochs: int, seed: int, outdir: str, fractio
 
 def _dispatch(name: str, log_path: str, kwargs: dict) -> dict:
     os.environ.setdefault("MPLBACKEND", "Agg")
-    _quiet(log_path)
+    quiet_logs(log_path)
     print(f"=== {name} {kwargs}", flush=True)
     return {"fractions": job_fractions, "train": job_train, "e2e": job_e2e}[name](**kwargs)
 

@@ -49,10 +49,10 @@ def bulk_section(args: argparse.Namespace, g: str, out: dict[str, str], referenc
                  targets) -> dict:
     """QC against the group's bulk (b2s.bulkqc): writes its table, residuals and scatter; returns its metrics."""
     from b2s import bulkqc, plots
-    from b2s.qc import _ordered_types
+    from b2s.qc import ordered_types
 
     bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
-    types = _ordered_types(reference)
+    types = ordered_types(reference)
     res = bulkqc.bulk_qc(bulkqc.group_bulk(bulk, groups, g), generated, filtered, reference,
                          bulkqc.fractions_of(targets, types), types, top_n=args.bulk_top_genes)
     res["summary"].to_csv(out["bulk_qc.csv"], index=False, float_format="%.6g")

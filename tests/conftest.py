@@ -10,8 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / "bin"
 TEST_DATA = REPO / "assets" / "test_data"
 
-if str(BIN) not in sys.path:
-    sys.path.insert(0, str(BIN))
 
 # Tasks run the bin/ scripts with `python3` from PATH: make it the tested environment.
 _venv_bin = Path(sys.executable).parent

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-
 #: Every warning of this process, in order (stages copy them into their summary JSON).
 WARNINGS: list[str] = []
 

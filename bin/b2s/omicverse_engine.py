@@ -47,7 +47,7 @@ OMICVERSE_FIXED = {"beta": 4.0, "weight_decay": 5e-4}
 # ----------------------------------------------------------------------------- helpers
 
 
-def _omicverse() -> Any:
+def load_omicverse() -> Any:
     """Import omicverse (slow) with a non-interactive matplotlib backend (it calls plt.show())."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import omicverse as ov
@@ -150,7 +150,7 @@ def _bulk2single_on_model_input(single: Any, gpu: int) -> Any:
     side is a placeholder carrying only the gene names (``prepare_input`` uses nothing else from
     it), and ``single_preprocess_lazy`` is not called a second time.
     """
-    ov = _omicverse()
+    ov = load_omicverse()
     genes = list(single.var_names)
     placeholder_bulk = pd.DataFrame({"placeholder": np.ones(len(genes))}, index=genes)
     model = ov.bulk2single.Bulk2Single(
@@ -204,7 +204,7 @@ def estimate_sample_fractions(
     shared = bulk.index.intersection(reference.var_names)
     if len(shared) == 0:
         raise InputError("bulk counts: no gene is shared with reference.h5ad; map bulk gene IDs to symbols (--gene_map)")
-    ov = _omicverse()
+    ov = load_omicverse()
     single = reference.copy()  # Bulk2Single changes var names and slices in place
     single.obs[CELLTYPE_KEY] = single.obs[CELLTYPE_KEY].astype(str)
     categories = (
@@ -267,7 +267,6 @@ def train_vae(X: Any, config: Any) -> Any:
             raise InputError(
                 f"--{name} {value}: omicverse's trainer fixes {name}={fixed:g}; use that value or --engine native"
             )
-    import torch
 
     gpu = _gpu_arg(getattr(config, "device", "auto"))
     single = _model_input_anndata(X)
@@ -438,7 +437,7 @@ def _minimal_bulk2single() -> Any:
     """A Bulk2Single built from one placeholder cell/gene, for methods that use no instance state."""
     import anndata as ad
 
-    ov = _omicverse()
+    ov = load_omicverse()
     single = ad.AnnData(
         X=np.ones((1, 1), dtype=np.float32),
         obs=pd.DataFrame({CELLTYPE_KEY: ["placeholder"]}, index=["c0"]),
@@ -454,7 +453,7 @@ def _minimal_bulk2single() -> Any:
 
 def version() -> str:
     """omicverse's version string (imports omicverse)."""
-    return str(_omicverse().__version__)
+    return str(load_omicverse().__version__)
 
 
 __all__ = [

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-
 import warnings
 from typing import Any
 
@@ -42,7 +41,7 @@ def _types(adata: ad.AnnData) -> pd.Series:
     return adata.obs[CELLTYPE].astype(str)
 
 
-def _ordered_types(reference: ad.AnnData) -> list[str]:
+def ordered_types(reference: ad.AnnData) -> list[str]:
     col = reference.obs[CELLTYPE]
     if isinstance(col.dtype, pd.CategoricalDtype):
         present = set(col.astype(str))
@@ -71,7 +70,7 @@ def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated
         "generated": _types(generated).value_counts(),
         "filtered": _types(filtered).value_counts(),
     }
-    order = _ordered_types(reference)
+    order = ordered_types(reference)
     extra = sorted(set().union(*[set(c.index) for c in counts.values()]) - set(order))
     index = pd.Index(order + extra, name="celltype")
     out = pd.DataFrame(index=index)
@@ -116,8 +115,8 @@ def reference_markers(reference: ad.AnnData, top_n: int = 200) -> dict[str, list
 
     labels = _types(reference)
     counts = labels.value_counts()
-    testable = [t for t in _ordered_types(reference) if counts.get(t, 0) >= 2]
-    markers: dict[str, list[str]] = {t: [] for t in _ordered_types(reference)}
+    testable = [t for t in ordered_types(reference) if counts.get(t, 0) >= 2]
+    markers: dict[str, list[str]] = {t: [] for t in ordered_types(reference)}
     if not testable or len(counts) < 2:
         _log("fewer than 2 cell types (or none with >= 2 cells): no wilcoxon markers")
         return markers
@@ -160,7 +159,7 @@ def marker_correlation(reference: ad.AnnData, generated: ad.AnnData, top_n: int 
     """
     if markers is None:
         markers = reference_markers(reference, top_n)
-    ref_types = _ordered_types(reference)
+    ref_types = ordered_types(reference)
     gen_labels = _types(generated).to_numpy()
     gen_counts = pd.Series(gen_labels).value_counts()
     gen_types = [t for t in ref_types if t in gen_counts.index] + sorted(

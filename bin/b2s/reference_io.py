@@ -172,7 +172,9 @@ def _csc_rows(elem, rows: np.ndarray, n_obs: int) -> sp.csr_matrix:
             keep_r.append(r[sel])
             keep_c.append(np.searchsorted(indptr, lo + sel, side="right") - 1)
             keep_v.append(np.asarray(elem["data"][lo:hi])[sel].astype(np.float32))
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
+    def cat(parts: list[np.ndarray], dt: type) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.empty(0, dt)
+
     coo = sp.coo_matrix((cat(keep_v, np.float32), (cat(keep_r, np.int64), cat(keep_c, np.int64))),
                         shape=(rows.size, n_cols))
     return coo.tocsr()

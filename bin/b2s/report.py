@@ -19,12 +19,30 @@ from typing import Any
 
 from b2s.report_groups import _section_group
 from b2s.report_html import LABELS, _anchor, _html, render_page  # noqa: F401  (re-exported)
-from b2s.report_inputs import (GROUP_SUFFIXES, STAGE_SUMMARIES, TASK_WARNINGS,  # noqa: F401
-                               _index_files, _read_csv, _read_json, discover_groups, group_label,
-                               group_names, read_task_warnings, warning_lines)
-from b2s.report_sections import (_section_between_groups, _section_bulk_input,  # noqa: F401
-                                 _section_files, _section_fit, _section_fractions, _section_run,
-                                 _section_stage_summaries, _section_summary, _section_training)
+from b2s.report_inputs import (  # noqa: F401
+    GROUP_SUFFIXES,
+    STAGE_SUMMARIES,
+    TASK_WARNINGS,
+    _index_files,
+    _read_csv,
+    _read_json,
+    discover_groups,
+    group_label,
+    group_names,
+    read_task_warnings,
+    warning_lines,
+)
+from b2s.report_sections import (  # noqa: F401
+    _section_between_groups,
+    _section_files,
+    _section_fit,
+    _section_fractions,
+    _section_run,
+    _section_stage_summaries,
+    _section_summary,
+    _section_training,
+    section_bulk_input,
+)
 
 
 def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
@@ -57,7 +75,7 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     body = [
         _section_summary(groups, files, params),
         _section_fractions(files),
-        _section_bulk_input(files),
+        section_bulk_input(files),
         _section_fit(files),
         _section_between_groups(groups, files),
         _section_training(files, params),

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from b2s.report_html import (_anchor, _card, _df_table, _esc, _fmt, _grid, _html, _img, _is_num, _kv_table,
-                              _pct, macros)
+from b2s.report_html import _anchor, _card, _esc, _fmt, _grid, _html, _img, _is_num, _kv_table, _pct, df_table, macros
 from b2s.report_inputs import _read_csv, _read_json, group_label
+
 
 def _overview(groups: list[str], files: dict[str, Path]) -> str:
     head = ["group", "target cells", "generated", "kept", "fraction kept", "marker r (mean)",
@@ -48,7 +48,7 @@ def _cellprop_table(cp: pd.DataFrame) -> str:
     """Counts with the proportion in brackets, one column per stage."""
     stages = [s for s in ("reference", "target", "generated", "filtered") if f"n_{s}" in cp]
     if not stages:
-        return _df_table(cp, index_label="cell type")
+        return df_table(cp, index_label="cell type")
     out = pd.DataFrame(index=cp.index)
     for s in stages:
         n = cp[f"n_{s}"]
@@ -82,7 +82,7 @@ def _correlation_table(corr: pd.DataFrame) -> str:
     if "celltype" in corr:
         corr = corr.set_index("celltype")
     corr = corr.rename(columns=ren)
-    return (_df_table(corr, index_label="cell type")
+    return (df_table(corr, index_label="cell type")
             + (f"<p class='muted'>{_esc(caption.rstrip('; '))}.</p>" if caption else ""))
 
 
@@ -180,7 +180,7 @@ def _section_structure(m: dict[str, Any] | None) -> str:
             "cells split, seeded, into as many cells as were generated, at most half, and the rest; mean of "
             "several splits). A type under half of its floor is flagged. Variance ratio: median over those "
             "genes of the generated variance / the reference's.</p>"
-            + _df_table(df, index_label="cell type"))
+            + df_table(df, index_label="cell type"))
 
 
 #: Rows of <group>.celltype_shifts.csv shown in the report (the file has them all).
@@ -197,7 +197,7 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
     right: list[str] = []
     scores = _read_csv(files.get(f"{g}.bulk_qc.csv"))
     if scores is not None:
-        right.append(_df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
+        right.append(df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
     else:
         right.append(f"<p class='note'>{_esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
     res = _read_csv(files.get(f"{g}.bulk_residuals.csv"), index_col=0)
@@ -205,7 +205,7 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
         cols = [c for c in ("bulk_log2cpm", "generated_log2cpm", "composition_expected_log2cpm",
                             "residual_generated") if c in res]
         right.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
-        right.append(_df_table(res[cols].head(10), index_label="gene", digits=2))
+        right.append(df_table(res[cols].head(10), index_label="gene", digits=2))
     parts[0] += _grid([_img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}")], right)
     shifts = _read_csv(files.get(f"{g}.celltype_shifts.csv"))
     m = _read_json(files.get(f"{g}.metrics.json")) or {}
@@ -220,6 +220,6 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
             per = shifts.assign(up=shifts["log2fc"] > 0).groupby("celltype")["up"].agg(
                 n_up="sum", n_shifted="size")
             per["n_down"] = per["n_shifted"] - per["n_up"]
-            parts.append(_grid([_df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],
-                               [_df_table(shifts.head(SHIFT_ROWS), index=False, digits=2)]))
+            parts.append(_grid([df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],
+                               [df_table(shifts.head(SHIFT_ROWS), index=False, digits=2)]))
     return "\n".join(parts)

@@ -202,7 +202,7 @@ def _kv_table(d: dict[str, Any], caption: str | None = None,
     return macros().kv_table(rows, caption)
 
 
-def _df_table(df: pd.DataFrame, index: bool = True, digits: int = 3,
+def df_table(df: pd.DataFrame, index: bool = True, digits: int = 3,
               index_label: str | None = None, total_row: str | None = None,
               formatters: dict[str, Any] | None = None) -> str:
     """Escaped HTML table: text left-aligned, numbers right-aligned with fixed decimals, the

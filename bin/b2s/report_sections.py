@@ -11,10 +11,31 @@ import numpy as np
 import pandas as pd
 
 from b2s.report_groups import _overview, _structure_cards
-from b2s.report_html import (_card, _details, _df_table, _esc, _fmt, _grid, _human, _img, _is_num,
-                              _kv_table, _pct, _secs, _td)
-from b2s.report_inputs import (STAGE_SUMMARIES, TASK_WARNINGS, _parse_versions, _read_csv, _read_json,
-                               group_names, warning_lines)
+from b2s.report_html import (
+    _card,
+    _details,
+    _esc,
+    _fmt,
+    _grid,
+    _human,
+    _img,
+    _is_num,
+    _kv_table,
+    _pct,
+    _secs,
+    _td,
+    df_table,
+)
+from b2s.report_inputs import (
+    STAGE_SUMMARIES,
+    TASK_WARNINGS,
+    _parse_versions,
+    _read_csv,
+    _read_json,
+    group_names,
+    warning_lines,
+)
+
 
 def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str, Any]) -> str:
     """At-a-glance facts of the run, then one row per group linking to its section."""
@@ -96,13 +117,13 @@ def _section_fractions(files: dict[str, Path]) -> str:
     frac = _read_csv(files.get("fractions.csv"), index_col=0)
     if frac is not None:
         frac = frac.rename(index=group_names(files))  # display names as given
-    parts.append(_grid([_df_table(frac.T, index_label="cell type") if frac is not None
+    parts.append(_grid([df_table(frac.T, index_label="cell type") if frac is not None
                         else '<p class="note">fractions.csv not found.</p>'],
                        [_img(files.get("fractions_barplot.png"), "Estimated fractions per group")]))
     samples = _read_csv(files.get("sample_fractions.csv"), index_col=0)
     if samples is not None and len(samples):
         parts.append(_details("Fractions per sample (sample_fractions.csv)",
-                              _df_table(samples.T, index_label="cell type")))
+                              df_table(samples.T, index_label="cell type")))
     targets = _read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
     if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
         pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
@@ -112,12 +133,12 @@ def _section_fractions(files: dict[str, Path]) -> str:
         pivot = pivot.rename(columns=group_names(files))
         parts.append("<h3>Target cell numbers (cell_targets.csv)</h3>"
                      "<p class='muted'>Cells to generate per cell type and group.</p>"
-                     + _df_table(pivot.astype("Int64"), index_label="cell type",
+                     + df_table(pivot.astype("Int64"), index_label="cell type",
                                  total_row="total"))
     return "\n".join(parts)
 
 
-def _section_bulk_input(files: dict[str, Path]) -> str:
+def section_bulk_input(files: dict[str, Path]) -> str:
     """How the bulk was read (prepare_summary.json decisions), its units, the rule that set the
     cell numbers (fractions_summary.json) and the group names as given vs in file names."""
     prep = _read_json(files.get("prepare_summary.json")) or {}
@@ -140,7 +161,7 @@ def _section_bulk_input(files: dict[str, Path]) -> str:
     names = (prep.get("groups") or {}).get("names") or {}
     if any(str(k) != str(v) for k, v in names.items()):
         df = pd.DataFrame({"group (as given)": list(names.values()), "file name": list(names.keys())})
-        parts.append(_df_table(df, index=False))
+        parts.append(df_table(df, index=False))
     return "\n".join(parts)
 
 
@@ -167,7 +188,7 @@ def _section_fit(files: dict[str, Path]) -> str:
                      "caution.</p>")
     table = fit[["fit_r", "residual"]].astype(float)
     table["explained"] = ["yes" if bool(v) else "NO" for v in fit["explained"]]
-    parts.append(_df_table(table, index_label="sample", digits=3))
+    parts.append(df_table(table, index_label="sample", digits=3))
     return "\n".join(parts)
 
 
@@ -189,7 +210,7 @@ def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
                      f"(composition_contrast.csv); {len(flagged)} of {len(cc)} intervals exclude 0 "
                      "(filled points).</p>"
                      + _grid([_img(files.get("composition_contrast.png"), "Composition change between groups")],
-                             [_df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False)]
+                             [df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False)]
                              if len(flagged) else []))
     rows = []
     for g in groups:
@@ -208,7 +229,7 @@ def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
                      "generated cells. The DE tables (log2 FC, SE, z, p, BH-adjusted p) are "
                      "<code>qc/&lt;group&gt;/&lt;group&gt;.celltype_shifts.csv</code>; types too rare in a group "
                      "are not identifiable from its bulk and left unshifted.</p>")
-        parts.append(_df_table(pd.DataFrame(rows), index=False, digits=3))
+        parts.append(df_table(pd.DataFrame(rows), index=False, digits=3))
     return "\n".join(parts)
 
 
@@ -275,7 +296,7 @@ def _section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
         parts.append('<p class="muted">versions.yml not available.</p>')
     else:
         table = _parse_versions(text)
-        parts.append(_df_table(table, index=False) if table is not None and len(table)
+        parts.append(df_table(table, index=False) if table is not None and len(table)
                      else f"<pre>{_esc(text)}</pre>")
     return "\n".join(parts)
 

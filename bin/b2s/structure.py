@@ -41,7 +41,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.fractions import indicator
-from b2s.qc import _ordered_types
+from b2s.qc import ordered_types
 
 #: genes per type whose co-variation is compared
 N_GENES = 100
@@ -140,7 +140,7 @@ def within_type_structure(reference: ad.AnnData, cells: ad.AnnData, n_genes: int
     Seeded: the same inputs and seed give the same numbers.
     """
     ref_labels = reference.obs["celltype"].astype(str).to_numpy()
-    types = _ordered_types(reference)
+    types = ordered_types(reference)
     genes = pd.Index(reference.var_names).intersection(pd.Index(cells.var_names), sort=False)
     xr = _csr(reference)[:, pd.Index(reference.var_names).get_indexer(genes)]
     xg = _csr(cells)[:, pd.Index(cells.var_names).get_indexer(genes)]

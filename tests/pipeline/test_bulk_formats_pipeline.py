@@ -69,8 +69,8 @@ def test_salmon_tpm_with_odd_group_names_end_to_end(tmp_path):
 
     if shutil.which("multiqc") is None:
         pytest.fail("multiqc is not installed: `make env` installs requirements-dev.txt")
-    from tests.unit.test_multiqc import run_multiqc
     from b2s.multiqc import SECTIONS
+    from tests.unit.test_multiqc import run_multiqc
 
     assert run_multiqc(out, tmp_path / "multiqc") == set(SECTIONS.values())
     mqc = (out / "report" / "multiqc" / "bulk2single_fractions_mqc.tsv").read_text()

@@ -34,7 +34,6 @@ import pytest
 import scipy.sparse as sp
 
 from b2s.errors import InputError
-
 from tests.helpers import load_script
 
 TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"

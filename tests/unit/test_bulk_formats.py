@@ -14,7 +14,6 @@ import pytest
 
 import b2s.io as bio
 from b2s.errors import InputError
-
 from tests.helpers import load_script
 
 TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"
@@ -258,9 +257,9 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled, capsys):
     assert fs["counting_noise"]["rule"] == "fitted"
     assert set(fs["counting_noise"]["effective_library"]) == set(bundled.columns)
     assert "fpkm carries no library size, so the counting noise of each sample was fitted" in capsys.readouterr().out
-    from b2s.report import _section_bulk_input
+    from b2s.report import section_bulk_input
 
-    html = _section_bulk_input({"prepare_summary.json": out / "prepare_summary.json",
+    html = section_bulk_input({"prepare_summary.json": out / "prepare_summary.json",
                                 "fractions_summary.json": tmp_path / "fr" / "fractions_summary.json"})
     assert "<th>counting noise</th><td>fitted from the residuals: effective library" in html
     targets = pd.read_csv(tmp_path / "fr" / "cell_targets.csv")

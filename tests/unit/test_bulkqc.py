@@ -15,7 +15,6 @@ from b2s import bulkqc, bulkshift
 from b2s.errors import InputError
 from b2s.generate import generate_cells
 from b2s.vae import BetaVAE
-
 from tests.helpers import load_script
 
 TYPES = ["A", "B", "C"]

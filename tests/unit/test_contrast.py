@@ -13,7 +13,6 @@ import torch
 from b2s import bulkqc, bulkshift
 from b2s.errors import InputError
 from b2s.vae import BetaVAE
-
 from tests.helpers import load_script
 from tests.unit.test_bulkqc import N_GENES, TYPES, reference  # noqa: F401 (fixture)
 

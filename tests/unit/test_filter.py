@@ -12,7 +12,6 @@ import scipy.sparse as sp
 
 from b2s.errors import InputError
 from b2s.filter import filter_cells, filter_summary
-
 from tests.helpers import load_script, pbmc_model_input
 
 N_OUTLIERS = 12

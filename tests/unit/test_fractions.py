@@ -15,7 +15,6 @@ from scipy import sparse
 from scipy.optimize import nnls
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
-sys.path.insert(0, str(BIN))
 
 from b2s import fractions as F  # noqa: E402
 from b2s.errors import InputError  # noqa: E402

@@ -16,7 +16,6 @@ from scipy.optimize import nnls
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 REPO = BIN.parent
-sys.path.insert(0, str(BIN))
 
 from b2s import fractions as F  # noqa: E402
 from b2s import params as bp  # noqa: E402

@@ -14,7 +14,6 @@ import torch
 from b2s.errors import InputError
 from b2s.generate import generate_cells
 from b2s.vae import BetaVAE, constant_decoder_vae
-
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"

@@ -17,8 +17,6 @@ import scipy.sparse as sp
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "bin"
 TEST_DATA = REPO / "assets" / "test_data"
-if str(BIN) not in sys.path:
-    sys.path.insert(0, str(BIN))
 
 import b2s.io as bio  # noqa: E402
 import b2s.reference_io as refio  # noqa: E402

@@ -12,8 +12,7 @@ import pytest
 
 from b2s.multiqc import SECTIONS, write_multiqc
 from b2s.report import build_report
-
-from tests.unit.test_report import GROUPS, _write_run
+from tests.unit.test_report import _write_run
 
 NAMES = {"ctrl": "Day 0", "treated.v2": "IFN-b/6h", "T&<x>": "T&<x>"}
 

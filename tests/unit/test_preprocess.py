@@ -16,7 +16,6 @@ import scanpy as sc
 from scipy import sparse
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
-sys.path.insert(0, str(BIN))
 
 from b2s import preprocess as pp  # noqa: E402
 from b2s.errors import InputError  # noqa: E402

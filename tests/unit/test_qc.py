@@ -12,7 +12,6 @@ import scipy.sparse as sp
 
 from b2s import qc
 from b2s.errors import InputError
-
 from tests.helpers import load_script, pbmc_model_input
 
 

@@ -14,7 +14,6 @@ import pytest
 from b2s import plots
 from b2s.errors import InputError
 from b2s.report import build_report, discover_groups
-
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
@@ -252,7 +251,7 @@ def test_report_between_groups_section(tmp_path):
 def test_report_rendered_from_templates(tmp_path):
     """The page comes from bin/b2s/templates: skeleton, inlined report.css, navigation and the
     sections in order; user text escaped as html.escape does, HTML never escaped twice."""
-    from b2s.report_html import TEMPLATES, _df_table
+    from b2s.report_html import TEMPLATES, df_table
 
     _write_run(tmp_path)
     out = tmp_path / "r.html"
@@ -280,7 +279,7 @@ def test_report_rendered_from_templates(tmp_path):
         assert key in text, key
     # the table macro: row labels as header cells, numbers right-aligned, NA muted, total row bold
     df = pd.DataFrame({"n": [1, 2], "x": [0.5, np.nan], "t": ["<b'\">", "ok"]}, index=pd.Index(["a", "total"]))
-    assert _df_table(df, index_label="cell type", total_row="total") == (
+    assert df_table(df, index_label="cell type", total_row="total") == (
         "<div class='tbl'><table><thead><tr><th>cell type</th><th class='num'>n</th><th class='num'>x</th>"
         "<th>t</th></tr></thead><tbody><tr><th>a</th><td class='num'>1</td><td class='num'>0.500</td>"
         "<td>&lt;b&#x27;&quot;&gt;</td></tr><tr class='total'><th>total</th><td class='num'>2</td><td class='num'>"

@@ -12,7 +12,6 @@ import scipy.sparse as sp
 
 from b2s import structure
 from b2s.structure import structure_warnings, within_type_qc, within_type_structure
-
 from tests.helpers import REPO, load_script
 
 TYPES = ("A", "B", "C")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -11,15 +10,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import b2s.io as bio
+import b2s.reference_io as refio
+from tests.helpers import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO / "assets" / "test_data"
-if str(REPO / "bin") not in sys.path:
-    sys.path.insert(0, str(REPO / "bin"))
-
-import b2s.io as bio  # noqa: E402
-import b2s.reference_io as refio  # noqa: E402
-
-from tests.helpers import load_script
 
 FILES = ["reference.h5ad", "bulk_counts.tsv.gz", "samplesheet.csv", "truth_fractions.csv",
          "truth_group_fractions.csv", "gene_map.tsv", "bulk_counts_ids.tsv.gz", "bench_bulk_counts.tsv.gz",

@@ -19,7 +19,6 @@ import torch
 
 from b2s.errors import InputError
 from b2s.train import TrainConfig, resolve_device, train_vae
-
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"

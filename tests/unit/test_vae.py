@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import importlib.util
+import os
 
 import numpy as np
 import pytest

@@ -17,7 +17,6 @@ import torch
 from b2s.errors import InputError
 from b2s.vae import BetaVAE, load_weights
 from b2s.weights import check_weights, read_sidecar, sidecar_path, write_sidecar
-
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
