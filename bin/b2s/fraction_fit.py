@@ -40,13 +40,13 @@ def goodness_of_fit(bulk: pd.DataFrame, reference: anndata.AnnData, fractions: p
         reference: raw counts, ``obs['celltype']``.
         fractions: samples x types cell fractions (any estimator's; types absent there count 0).
     """
-    from b2s.fractions import _bulk_matrix, _shared, type_profiles
+    from b2s.fractions import bulk_matrix, shared_genes, type_profiles
 
-    ref_pos, bulk_pos = _shared(bulk, reference)
+    ref_pos, bulk_pos = shared_genes(bulk, reference)
     prof = type_profiles(reference, ref_pos)
     fr = fractions.reindex(columns=prof["types"], fill_value=0.0).to_numpy(dtype=np.float64)
     recon = fr @ prof["mean"]  # samples x genes, expected counts per cell
-    b = _bulk_matrix(bulk, bulk_pos)
+    b = bulk_matrix(bulk, bulk_pos)
     b_cpm = b / np.maximum(b.sum(axis=1, keepdims=True), 1e-300) * 1e6
     r_cpm = recon / np.maximum(recon.sum(axis=1, keepdims=True), 1e-300) * 1e6
     keep = (b_cpm >= MIN_CPM) | (r_cpm >= MIN_CPM)  # samples x genes

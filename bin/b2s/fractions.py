@@ -99,7 +99,7 @@ def indicator(codes: np.ndarray, n_types: int) -> sparse.csr_matrix:
                              shape=(n_types, len(codes)))
 
 
-def _shared(bulk: pd.DataFrame, reference: anndata.AnnData) -> tuple[np.ndarray, np.ndarray]:
+def shared_genes(bulk: pd.DataFrame, reference: anndata.AnnData) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the shared genes in reference var and in bulk rows (reference order)."""
     ref_genes = pd.Index(reference.var_names.astype(str))
     bulk_pos = pd.Index(bulk.index.astype(str)).get_indexer(ref_genes)
@@ -187,7 +187,7 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bulk_matrix(bulk: pd.DataFrame, bulk_pos: np.ndarray) -> np.ndarray:
+def bulk_matrix(bulk: pd.DataFrame, bulk_pos: np.ndarray) -> np.ndarray:
     """Samples x shared genes, float64."""
     return np.asarray(bulk.to_numpy(dtype=np.float64)[bulk_pos].T)
 
@@ -200,10 +200,10 @@ def _nnls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_mark
           markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Marker-gene NNLS on per-type mean profiles; see the module docstring. ``seed`` unused
     (the method is deterministic) but accepted for a uniform signature."""
-    ref_pos, bulk_pos = _shared(bulk, reference)
+    ref_pos, bulk_pos = shared_genes(bulk, reference)
     prof = type_profiles(reference, ref_pos)
     genes = _chosen_markers(prof["mean"], n_markers, markers, reference, ref_pos)
-    b = _bulk_matrix(bulk, bulk_pos)
+    b = bulk_matrix(bulk, bulk_pos)
     lib = b.sum(axis=1, keepdims=True)
     b = b / np.where(lib > 0, lib, 1) * 1e6  # CPM over the shared genes
     sig = prof["mean"][:, genes].T  # genes x types, counts per cell
@@ -254,7 +254,7 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
     from b2s.fraction_markers import pairwise_markers
     from b2s.fraction_wls import wls_fit
 
-    ref_pos, bulk_pos = _shared(bulk, reference)
+    ref_pos, bulk_pos = shared_genes(bulk, reference)
     lab = _labels(reference)
     k = len(lab.categories)
     x = _csr(reference.X[:, ref_pos])
@@ -282,7 +282,7 @@ def _wls(bulk: pd.DataFrame, reference: anndata.AnnData, seed: int = 42, n_per_p
     # coefficients from cells into reads)
     lib = np.asarray((ind @ x).sum(axis=1)).ravel() / n_ref  # mean counts per cell, shared genes
     q = 1e6 / max(float(lib.mean()), 1e-12)
-    b_raw = _bulk_matrix(bulk, bulk_pos)
+    b_raw = bulk_matrix(bulk, bulk_pos)
     total = b_raw.sum(axis=1)
     p = 1e6 / np.where(total > 0, total, 1.0)
     b = b_raw[:, genes] * p[:, None]
@@ -422,7 +422,7 @@ def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed:
                 scaling: str = "zscore", tape_dropout: float = 0.5,
                 markers: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Simulate cell-level pseudo-bulks, train the networks, predict the real bulk."""
-    ref_pos, bulk_pos = _shared(bulk, reference)
+    ref_pos, bulk_pos = shared_genes(bulk, reference)
     prof = type_profiles(reference, ref_pos)
     genes = _chosen_markers(prof["mean"], n_markers, markers, reference, ref_pos)
     rng = np.random.default_rng(seed)
@@ -430,7 +430,7 @@ def _mlp_method(kind: str, bulk: pd.DataFrame, reference: anndata.AnnData, seed:
     summed, y, types = simulate_pseudobulk(reference, n_pseudobulk, n_cells, rng, ref_pos)
     sim_lib = np.asarray(summed.sum(axis=1)).ravel()
     x = _scale_input(summed[:, genes].toarray(), sim_lib)
-    b = _bulk_matrix(bulk, bulk_pos)
+    b = bulk_matrix(bulk, bulk_pos)
     test = _scale_input(b[:, genes], b.sum(axis=1))
     if epochs is None:
         epochs = 20 if kind == "tape" else 10

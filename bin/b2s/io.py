@@ -130,7 +130,7 @@ def _sniff_sep(path: Path, first_line: str) -> str:
     return "," if name.endswith(".csv") else "\t"
 
 
-def _check_exists(path: str | os.PathLike, what: str) -> Path:
+def check_exists(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} {path}: file not found; check the path")
@@ -328,7 +328,7 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk", units: str = "aut
     """
     if units not in UNIT_CHOICES:
         raise InputError(f"--bulk_units '{units}' is unknown; use one of {', '.join(UNIT_CHOICES)}")
-    p = _check_exists(path, what)
+    p = check_exists(path, what)
     header = _first_line(p, what)
     comments, skip = [], 0
     if header.startswith("#"):
@@ -517,7 +517,7 @@ def read_gene_map(path: str | os.PathLike, what: str = "--gene_map") -> pd.Serie
     The column used is logged. Empty symbols are dropped; for repeated IDs the first wins.
     Returns a Series indexed by ID.
     """
-    p = _check_exists(path, what)
+    p = check_exists(path, what)
     first = _first_line(p, what)
     sep = _sniff_sep(p, first)
     fields = [f.strip().strip('"').lower() for f in first.split(sep)]
@@ -663,7 +663,7 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
                          "(the samplesheet can hold many groups)")
     if samplesheet is not None:
         what = f"--samplesheet {samplesheet}"
-        p = _check_exists(samplesheet, "--samplesheet")
+        p = check_exists(samplesheet, "--samplesheet")
         first = _first_line(p, "--samplesheet")
         try:
             sheet = pd.read_csv(p, sep=_sniff_sep(p, first), dtype=str, keep_default_na=False,

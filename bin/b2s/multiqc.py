@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from b2s.report import _index_files, _read_csv, _read_json, discover_groups, group_names, read_task_warnings
+from b2s.report import discover_groups, group_names, index_files, read_csv, read_json, read_task_warnings
 
 #: Section ids (also the file names' stems without ``_mqc``).
 SECTIONS = {"fractions": "nf_bulk2single_fractions", "qc_metrics": "nf_bulk2single_qc_metrics",
@@ -49,12 +49,12 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path, params: dict[str, 
     """Write the custom-content files for the stage outputs under ``inputs_dir``; returns their paths
     (fractions and metrics only when their inputs exist; the warnings file always, possibly empty).
     ``params``: the run's, for the user's paths in the task warnings."""
-    files = _index_files(Path(inputs_dir))
+    files = index_files(Path(inputs_dir))
     names = group_names(files)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    frac = _read_csv(files.get("fractions.csv"), index_col=0)
+    frac = read_csv(files.get("fractions.csv"), index_col=0)
     if frac is not None and len(frac):
         frac = frac.rename(index=lambda g: names.get(str(g), str(g)))
         path = out / "bulk2single_fractions_mqc.tsv"
@@ -66,7 +66,7 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path, params: dict[str, 
         written.append(path)
     rows = {}
     for g in discover_groups(files):
-        m = _read_json(files.get(f"{g}.metrics.json"))
+        m = read_json(files.get(f"{g}.metrics.json"))
         if m is not None:
             rows[names.get(g, g)] = {k: m.get(k) for k in QC_KEYS if isinstance(m.get(k), (int, float))}
     if rows:

@@ -27,7 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.errors import InputError
-from b2s.io import CELLTYPE_KEY, INTEGRAL_TOL, _check_exists, examples, log, warn
+from b2s.io import CELLTYPE_KEY, INTEGRAL_TOL, check_exists, examples, log, warn
 
 #: Reference cells whose totals all lie within 5 % of their median are normalised (normalize_total
 #: then rounded spreads by ~1 % on 765 genes; raw cell libraries vary several-fold).
@@ -299,7 +299,7 @@ def read_reference(path: str | os.PathLike, celltype_key: str, max_single_cells:
     """
     import h5py
 
-    p = _check_exists(path, "--reference")
+    p = check_exists(path, "--reference")
     what = f"--reference {path}"
     try:
         f = h5py.File(p, "r", rdcc_nbytes=64 << 20)

@@ -17,31 +17,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-from b2s.report_groups import _section_group
-from b2s.report_html import LABELS, _anchor, _html, render_page  # noqa: F401  (re-exported)
+from b2s.report_groups import section_group
+from b2s.report_html import LABELS, anchor, as_html, render_page  # noqa: F401  (re-exported)
 from b2s.report_inputs import (  # noqa: F401
     GROUP_SUFFIXES,
     STAGE_SUMMARIES,
     TASK_WARNINGS,
-    _index_files,
-    _read_csv,
-    _read_json,
     discover_groups,
     group_label,
     group_names,
+    index_files,
+    read_csv,
+    read_json,
     read_task_warnings,
     warning_lines,
 )
 from b2s.report_sections import (  # noqa: F401
-    _section_between_groups,
-    _section_files,
-    _section_fit,
-    _section_fractions,
-    _section_run,
-    _section_stage_summaries,
-    _section_summary,
-    _section_training,
+    section_between_groups,
     section_bulk_input,
+    section_files,
+    section_fit,
+    section_fractions,
+    section_run,
+    section_stage_summaries,
+    section_summary,
+    section_training,
 )
 
 
@@ -63,29 +63,29 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     import b2s
 
     root = Path(inputs_dir)
-    files = _index_files(root) if root.is_dir() else {}
+    files = index_files(root) if root.is_dir() else {}
     groups = discover_groups(files)
     nav: list[tuple[str, str] | None] = [("summary", "Summary"), ("fractions", "Fractions"),
                                          ("between", "Between groups"), ("training", "Training")]
     if groups:
         names = group_names(files)
-        nav += [None, *[(_anchor(g), names.get(g, g)) for g in groups], None]
+        nav += [None, *[(anchor(g), names.get(g, g)) for g in groups], None]
     nav += [("run", "Parameters & versions"), ("files", "Files")]
     # results first (summary, fractions, training, groups); run metadata after them
     body = [
-        _section_summary(groups, files, params),
-        _section_fractions(files),
+        section_summary(groups, files, params),
+        section_fractions(files),
         section_bulk_input(files),
-        _section_fit(files),
-        _section_between_groups(groups, files),
-        _section_training(files, params),
-        *[_section_group(g, files) for g in groups],
-        _section_run(params, versions_yaml),
-        _section_stage_summaries(files),
-        _section_files(root, files),
+        section_fit(files),
+        section_between_groups(groups, files),
+        section_training(files, params),
+        *[section_group(g, files) for g in groups],
+        section_run(params, versions_yaml),
+        section_stage_summaries(files),
+        section_files(root, files),
     ]
     page = render_page(n_groups=len(groups), version=b2s.__version__, nav=nav,
-                       sections=[_html(s) for s in body if s])
+                       sections=[as_html(s) for s in body if s])
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

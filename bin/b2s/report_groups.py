@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from b2s.report_html import _anchor, _card, _esc, _fmt, _grid, _html, _img, _is_num, _kv_table, _pct, df_table, macros
-from b2s.report_inputs import _read_csv, _read_json, group_label
+from b2s.report_html import anchor, as_html, card, df_table, esc, fmt, grid, img, is_num, kv_table, macros, pct
+from b2s.report_inputs import group_label, read_csv, read_json
 
 
-def _overview(groups: list[str], files: dict[str, Path]) -> str:
+def overview(groups: list[str], files: dict[str, Path]) -> str:
     head = ["group", "target cells", "generated", "kept", "fraction kept", "marker r (mean)",
             "marker r (min)", "types told apart", "L1 target vs kept proportions"]
     rows = []
     for g in groups:
-        m = _read_json(files.get(f"{g}.metrics.json")) or {}
-        f = _read_json(files.get(f"{g}.filter_summary.json")) or {}
+        m = read_json(files.get(f"{g}.metrics.json")) or {}
+        f = read_json(files.get(f"{g}.filter_summary.json")) or {}
         l1 = m.get("proportion_l1", {}) if isinstance(m.get("proportion_l1"), dict) else {}
         vals = [m.get("n_target"), m.get("n_generated", f.get("n_cells_in")),
                 m.get("n_filtered", f.get("n_cells_out"))]
@@ -28,11 +28,11 @@ def _overview(groups: list[str], files: dict[str, Path]) -> str:
         r = [m.get("marker_r_mean"), m.get("marker_r_min")]
         k, n = m.get("n_celltypes_identified"), m.get("n_celltypes_assessed")
         l1v = l1.get("target_vs_filtered")
-        cells = [_fmt(v) for v in vals] + [_pct(kept)]
-        cells += [f"{float(v):.3f}" if _is_num(v) else "NA" for v in r]
-        cells.append(f"{k}/{n}" if _is_num(k) and _is_num(n) and n else "NA")
-        cells.append(f"{float(l1v):.3f}" if _is_num(l1v) else "NA")
-        link = _html(f'<a href="#{_anchor(g)}">{_esc(g)}</a>')
+        cells = [fmt(v) for v in vals] + [pct(kept)]
+        cells += [f"{float(v):.3f}" if is_num(v) else "NA" for v in r]
+        cells.append(f"{k}/{n}" if is_num(k) and is_num(n) and n else "NA")
+        cells.append(f"{float(l1v):.3f}" if is_num(l1v) else "NA")
+        link = as_html(f'<a href="#{anchor(g)}">{esc(g)}</a>')
         rows.append((False, link, [(c, True) for c in cells]))
     if not rows:
         return '<p class="note">No per-group outputs were found.</p>'
@@ -54,11 +54,11 @@ def _cellprop_table(cp: pd.DataFrame) -> str:
         n = cp[f"n_{s}"]
         p = cp[s] if s in cp else n / n.sum() if n.sum() else n * np.nan
         out[s if s != "filtered" else "kept"] = [
-            f"{_fmt(a)} ({float(b):.3f})" if _is_num(b) and not math.isnan(float(b)) else _fmt(a)
+            f"{fmt(a)} ({float(b):.3f})" if is_num(b) and not math.isnan(float(b)) else fmt(a)
             for a, b in zip(n, p)]
     rows = [(False, idx, [(v, True) for v in row])
             for idx, row in zip(out.index, out.itertuples(index=False, name=None))]
-    rows.append((True, "total", [(_fmt(cp[f"n_{s}"].sum()), True) for s in stages]))
+    rows.append((True, "total", [(fmt(cp[f"n_{s}"].sum()), True) for s in stages]))
     head = [("cell type", False)] + [(c, True) for c in out.columns]
     return macros().df_table(head, rows) + "<p class='muted'>cells (proportion).</p>"
 
@@ -70,7 +70,7 @@ def _correlation_table(corr: pd.DataFrame) -> str:
     for c in ("n_markers", "n_own_markers"):
         if c in corr and corr[c].nunique(dropna=True) == 1:
             caption += (f"{'all' if c == 'n_markers' else 'own'} markers: "
-                        f"{_fmt(corr[c].dropna().iloc[0])}; ")
+                        f"{fmt(corr[c].dropna().iloc[0])}; ")
             corr = corr.drop(columns=c)
     if "note" in corr:
         corr["note"] = corr["note"].fillna("")
@@ -83,13 +83,13 @@ def _correlation_table(corr: pd.DataFrame) -> str:
         corr = corr.set_index("celltype")
     corr = corr.rename(columns=ren)
     return (df_table(corr, index_label="cell type")
-            + (f"<p class='muted'>{_esc(caption.rstrip('; '))}.</p>" if caption else ""))
+            + (f"<p class='muted'>{esc(caption.rstrip('; '))}.</p>" if caption else ""))
 
 
-def _section_group(g: str, files: dict[str, Path]) -> str:
-    parts = [f"<h2 id='{_anchor(g)}'>Group {group_label(g, files)}</h2>"]
-    m = _read_json(files.get(f"{g}.metrics.json"))
-    fs = _read_json(files.get(f"{g}.filter_summary.json"))
+def section_group(g: str, files: dict[str, Path]) -> str:
+    parts = [f"<h2 id='{anchor(g)}'>Group {group_label(g, files)}</h2>"]
+    m = read_json(files.get(f"{g}.metrics.json"))
+    fs = read_json(files.get(f"{g}.filter_summary.json"))
     left: list[str] = []
     right: list[str] = []
     if m is not None:
@@ -104,14 +104,14 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
         shown = {k: m[k] for k in keys if k in m}
         for k, v in (m.get("proportion_l1") or {}).items():
             shown[f"L1 proportions {k.replace('_', ' ').replace('filtered', 'kept')}"] = v
-        r3 = lambda v: f"{float(v):.3f}" if _is_num(v) else _fmt(v)  # noqa: E731
+        r3 = lambda v: f"{float(v):.3f}" if is_num(v) else fmt(v)  # noqa: E731
         fmts = {k: r3 for k in shown if k.startswith(("marker_r", "L1 ", "typing_", "vae_margin", "within_type_s",
                                                       "within_type_f", "within_type_v"))}
-        fmts["fraction_kept"] = _pct
-        left.append(_kv_table(shown, caption="Metrics (QC)", formatters=fmts))
-        left += [f'<p class="note">{_esc(w)}</p>' for w in m.get("warnings") or []]
+        fmts["fraction_kept"] = pct
+        left.append(kv_table(shown, caption="Metrics (QC)", formatters=fmts))
+        left += [f'<p class="note">{esc(w)}</p>' for w in m.get("warnings") or []]
     else:
-        left.append(f'<p class="note">{_esc(g)}.metrics.json not found.</p>')
+        left.append(f'<p class="note">{esc(g)}.metrics.json not found.</p>')
     if fs is not None:
         fshow = {k: fs[k] for k in ("n_cells_in", "n_cells_out", "n_cells_removed",
                                     "fraction_kept", "n_hvg", "n_pcs", "n_clusters",
@@ -120,40 +120,40 @@ def _section_group(g: str, files: dict[str, Path]) -> str:
             for k in ("leiden_size", "engine", "seed"):
                 if k in fs["params"]:
                     fshow[k] = fs["params"][k]
-        right.append(_kv_table(fshow, caption="Filtering (leiden clusters)",
-                               formatters={"fraction_kept": _pct}))
-        right += [f'<p class="note">{_esc(note)}</p>' for note in fs.get("notes") or []]
-    parts.append(_grid(left, right))
-    cp = _read_csv(files.get(f"{g}.cellprop.csv"), index_col=0)
+        right.append(kv_table(fshow, caption="Filtering (leiden clusters)",
+                               formatters={"fraction_kept": pct}))
+        right += [f'<p class="note">{esc(note)}</p>' for note in fs.get("notes") or []]
+    parts.append(grid(left, right))
+    cp = read_csv(files.get(f"{g}.cellprop.csv"), index_col=0)
     parts.append("<h3>Cell-type proportions</h3>"
-                 + _grid([_img(files.get(f"{g}.cellprop.png"), f"Cell-type proportions {g}")],
+                 + grid([img(files.get(f"{g}.cellprop.png"), f"Cell-type proportions {g}")],
                          [_cellprop_table(cp)] if cp is not None else []))
-    corr = _read_csv(files.get(f"{g}.correlation.csv"), keep_default_na=True)
+    corr = read_csv(files.get(f"{g}.correlation.csv"), keep_default_na=True)
     parts.append("<h3>Marker correlation with the reference</h3>"
                  "<p class='muted'>Pearson r between per-type mean expression of reference and "
                  "generated (filtered) cells over the union of the top wilcoxon markers of each "
                  "reference type (all markers) or over the type's own markers.</p>"
-                 + _grid([_img(files.get(f"{g}.correlation.png"), f"Marker correlation {g}")],
+                 + grid([img(files.get(f"{g}.correlation.png"), f"Marker correlation {g}")],
                          [_correlation_table(corr)] if corr is not None else []))
     parts.append(_section_structure(m))
     parts.append(_section_bulk_qc(g, files))
     parts.append("<h3>Embedding (MDE)</h3>")
-    parts.append(_img(files.get(f"{g}.mde.png"), f"MDE {g}", cls="wide"))
+    parts.append(img(files.get(f"{g}.mde.png"), f"MDE {g}", cls="wide"))
     return "\n".join(parts)
 
 
-def _structure_cards(groups: list[str], metrics: dict[str, dict[str, Any]]) -> list[str]:
+def structure_cards(groups: list[str], metrics: dict[str, dict[str, Any]]) -> list[str]:
     """Summary tile of the within-type structure (b2s.structure): the lowest group's mean
     structure / floor, marked when any type of any group keeps under half of its floor."""
     vals = [(metrics[g]["within_type_structure_mean"], metrics[g].get("within_type_floor_mean"), g) for g in groups
-            if _is_num(metrics[g].get("within_type_structure_mean"))]
+            if is_num(metrics[g].get("within_type_structure_mean"))]
     if not vals:
         return []
     s, f, _ = min(vals, key=lambda v: v[0])
     under = sum(len(metrics[g].get("within_type_types_under_floor") or []) for g in groups)
     cls = " class='warn'" if under else ""
-    floor = f" / {float(f):.2f}" if _is_num(f) else ""
-    return [_card(f"<span{cls}>{float(s):.2f}{_esc(floor)}</span>",
+    floor = f" / {float(f):.2f}" if is_num(f) else ""
+    return [card(f"<span{cls}>{float(s):.2f}{esc(floor)}</span>",
                   "within-type structure, generated / real cells' floor"
                   + (" (lowest group)" if len(groups) > 1 else "")
                   + (f"; {under} type(s) under half" if under else ""))]
@@ -174,7 +174,7 @@ def _section_structure(m: dict[str, Any] | None) -> str:
             df[c] = pd.to_numeric(df[c], errors="coerce")
     n_genes = (m or {}).get("within_type", {}).get("n_genes")
     return ("<h3>Within-type structure</h3><p class='muted'>Per cell type, the gene-gene Pearson correlation "
-            f"matrix of its {_esc(_fmt(n_genes))} most variable genes in the generated cells against the same in "
+            f"matrix of its {esc(fmt(n_genes))} most variable genes in the generated cells against the same in "
             "the type's reference cells (r between the two matrices: ~1 keeps the reference's gene programs, "
             "~0 is the type's mean with count noise); the floor is what real cells score (the type's reference "
             "cells split, seeded, into as many cells as were generated, at most half, and the rest; mean of "
@@ -195,31 +195,31 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
              "what the generated cells explain beyond it comes from the bulk itself "
              "(<code>--bulk_shift</code>).</p>"]
     right: list[str] = []
-    scores = _read_csv(files.get(f"{g}.bulk_qc.csv"))
+    scores = read_csv(files.get(f"{g}.bulk_qc.csv"))
     if scores is not None:
         right.append(df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
     else:
-        right.append(f"<p class='note'>{_esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
-    res = _read_csv(files.get(f"{g}.bulk_residuals.csv"), index_col=0)
+        right.append(f"<p class='note'>{esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
+    res = read_csv(files.get(f"{g}.bulk_residuals.csv"), index_col=0)
     if res is not None and len(res):
         cols = [c for c in ("bulk_log2cpm", "generated_log2cpm", "composition_expected_log2cpm",
                             "residual_generated") if c in res]
         right.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
         right.append(df_table(res[cols].head(10), index_label="gene", digits=2))
-    parts[0] += _grid([_img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}")], right)
-    shifts = _read_csv(files.get(f"{g}.celltype_shifts.csv"))
-    m = _read_json(files.get(f"{g}.metrics.json")) or {}
+    parts[0] += grid([img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}")], right)
+    shifts = read_csv(files.get(f"{g}.celltype_shifts.csv"))
+    m = read_json(files.get(f"{g}.metrics.json")) or {}
     mode = (m.get("bulk_qc") or {}).get("bulk_shift", "none")
     if shifts is None:
-        parts.append(f"<p class='muted'>Bulk-informed generation: {_esc(mode)} (no per-type shifts).</p>")
+        parts.append(f"<p class='muted'>Bulk-informed generation: {esc(mode)} (no per-type shifts).</p>")
     else:
-        parts.append(f"<h3>Per-type shifts from the bulk ({_esc(mode)})</h3>"
+        parts.append(f"<h3>Per-type shifts from the bulk ({esc(mode)})</h3>"
                      f"<p class='muted'>{len(shifts)} (type, gene) shifts applied to the generated cells; "
-                     f"the largest {min(SHIFT_ROWS, len(shifts))} (all in {_esc(g)}.celltype_shifts.csv).</p>")
+                     f"the largest {min(SHIFT_ROWS, len(shifts))} (all in {esc(g)}.celltype_shifts.csv).</p>")
         if len(shifts):
             per = shifts.assign(up=shifts["log2fc"] > 0).groupby("celltype")["up"].agg(
                 n_up="sum", n_shifted="size")
             per["n_down"] = per["n_shifted"] - per["n_up"]
-            parts.append(_grid([df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],
+            parts.append(grid([df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],
                                [df_table(shifts.head(SHIFT_ROWS), index=False, digits=2)]))
     return "\n".join(parts)

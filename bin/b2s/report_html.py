@@ -68,7 +68,7 @@ def render_page(**context: Any) -> str:
     return environment().get_template("report.html.j2").render(css=css(), **context)
 
 
-def _html(text: str) -> Markup:
+def as_html(text: str) -> Markup:
     """Mark ``text`` as HTML already built (and escaped) by the caller."""
     return Markup(text)
 
@@ -105,22 +105,22 @@ LABELS = {
 
 
 
-def _esc(x: Any) -> str:
+def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
 
-def _anchor(name: str) -> str:
+def anchor(name: str) -> str:
     return "g-" + re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
 
-def _is_num(v: Any) -> bool:
+def is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
     """Plain-text rendering: integers with thousands separators, floats with ``digits``
     significant decimals (never scientific notation for ordinary values), lists joined."""
     if v is None:
@@ -148,14 +148,14 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 
-def _pct(v: Any) -> str:
-    return "NA" if not _is_num(v) or math.isnan(float(v)) else f"{100 * float(v):.1f}%"
+def pct(v: Any) -> str:
+    return "NA" if not is_num(v) or math.isnan(float(v)) else f"{100 * float(v):.1f}%"
 
 
 
-def _secs(v: Any) -> str:
-    if not _is_num(v):
-        return _fmt(v)
+def secs(v: Any) -> str:
+    if not is_num(v):
+        return fmt(v)
     s = float(v)
     if s < 60:
         return f"{s:.1f} s"
@@ -163,7 +163,7 @@ def _secs(v: Any) -> str:
 
 
 
-def _human(n: int) -> str:
+def human(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -174,7 +174,7 @@ def _human(n: int) -> str:
 
 
 
-def _img(path: Path | None, alt: str, cls: str = "") -> str:
+def img(path: Path | None, alt: str, cls: str = "") -> str:
     """``<img>`` with the PNG embedded, or a note when the file is absent/unreadable."""
     m = macros()
     if path is None:
@@ -188,16 +188,16 @@ def _img(path: Path | None, alt: str, cls: str = "") -> str:
     return m.img(alt, "ok", data=base64.b64encode(raw).decode("ascii"), cls=cls)
 
 
-def _td(text: str, num: bool = False, cls: str = "") -> str:
+def td(text: str, num: bool = False, cls: str = "") -> str:
     """One cell; ``text`` is HTML (escaped by the caller)."""
-    return macros().td(_html(text), num, cls)
+    return macros().td(as_html(text), num, cls)
 
 
-def _kv_table(d: dict[str, Any], caption: str | None = None,
+def kv_table(d: dict[str, Any], caption: str | None = None,
               formatters: dict[str, Any] | None = None) -> str:
     """Two-column table: human label (raw key as tooltip) and the formatted value."""
     formatters = formatters or {}
-    rows = [(k, LABELS.get(k, k), formatters[k](v) if k in formatters else _fmt(v), _is_num(v))
+    rows = [(k, LABELS.get(k, k), formatters[k](v) if k in formatters else fmt(v), is_num(v))
             for k, v in d.items()]
     return macros().kv_table(rows, caption)
 
@@ -213,12 +213,12 @@ def df_table(df: pd.DataFrame, index: bool = True, digits: int = 3,
     def cell(col: Any, v: Any) -> tuple[Any, bool]:
         if col in formatters:
             return formatters[col](v), True
-        if _is_num(v) and not (isinstance(v, float) and math.isnan(v)):
+        if is_num(v) and not (isinstance(v, float) and math.isnan(v)):
             if isinstance(v, (float, np.floating)) and not float(v).is_integer():
                 return f"{float(v):.{digits}f}", True
-            return _fmt(v), True
+            return fmt(v), True
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-            return _html("<span class='muted'>NA</span>"), True
+            return as_html("<span class='muted'>NA</span>"), True
         return v, False
 
     cols = list(df.columns)
@@ -230,16 +230,16 @@ def df_table(df: pd.DataFrame, index: bool = True, digits: int = 3,
     return macros().df_table(head, rows, index)
 
 
-def _card(value: str, label: str) -> str:
+def card(value: str, label: str) -> str:
     """A summary tile; ``value`` and ``label`` are HTML (escaped by the caller)."""
-    return macros().card(_html(value), _html(label))
+    return macros().card(as_html(value), as_html(label))
 
 
-def _grid(left: list[str], right: list[str]) -> str:
+def grid(left: list[str], right: list[str]) -> str:
     """Two panes side by side; each pane's parts are HTML (escaped by the caller)."""
-    return macros().grid([_html(p) for p in left], [_html(p) for p in right])
+    return macros().grid([as_html(p) for p in left], [as_html(p) for p in right])
 
 
-def _details(summary: str, content: str) -> str:
+def details(summary: str, content: str) -> str:
     """A collapsed block: ``summary`` is plain text (escaped here), ``content`` HTML."""
-    return macros().details(summary, _html(content))
+    return macros().details(summary, as_html(content))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from b2s.report_html import _esc
+from b2s.report_html import esc
 
 GROUP_SUFFIXES = (
     ".metrics.json", ".filter_summary.json", ".cellprop.png", ".cellprop.csv",
@@ -23,7 +23,7 @@ STAGE_SUMMARIES = ("prepare_summary.json", "fractions_summary.json", "preprocess
                    "train_summary.json")
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
+def read_json(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
@@ -32,7 +32,7 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def _read_csv(path: Path | None, **kw: Any) -> pd.DataFrame | None:
+def read_csv(path: Path | None, **kw: Any) -> pd.DataFrame | None:
     if path is None:
         return None
     try:
@@ -41,7 +41,7 @@ def _read_csv(path: Path | None, **kw: Any) -> pd.DataFrame | None:
         return None
 
 
-def _index_files(inputs_dir: Path) -> dict[str, Path]:
+def index_files(inputs_dir: Path) -> dict[str, Path]:
     """basename -> path of every file under ``inputs_dir`` (first in sorted order wins)."""
     found: dict[str, Path] = {}
     for root, dirs, files in os.walk(inputs_dir, followlinks=True):
@@ -59,7 +59,7 @@ def discover_groups(files: dict[str, Path]) -> list[str]:
             if name.endswith(suf) and len(name) > len(suf):
                 groups.add(name[: -len(suf)])
     order: list[str] = []
-    frac = _read_csv(files.get("fractions.csv"), index_col=0)
+    frac = read_csv(files.get("fractions.csv"), index_col=0)
     if frac is not None:
         order = [str(g) for g in frac.index if str(g) in groups]
     return order + sorted(groups - set(order))
@@ -67,7 +67,7 @@ def discover_groups(files: dict[str, Path]) -> list[str]:
 
 def group_names(files: dict[str, Path]) -> dict[str, str]:
     """``{group ID (file-name slug): display name as given}`` from prepare_summary.json."""
-    summ = _read_json(files.get("prepare_summary.json")) or {}
+    summ = read_json(files.get("prepare_summary.json")) or {}
     names = (summ.get("groups") or {}).get("names") or {}
     return {str(k): str(v) for k, v in names.items()}
 
@@ -75,10 +75,10 @@ def group_names(files: dict[str, Path]) -> dict[str, str]:
 def group_label(g: str, files: dict[str, Path]) -> str:
     """The group's display name, with its file name when that differs (HTML-escaped)."""
     name = group_names(files).get(g, g)
-    return _esc(name) if name == g else f"{_esc(name)} <span class='muted'>(files: {_esc(g)})</span>"
+    return esc(name) if name == g else f"{esc(name)} <span class='muted'>(files: {esc(g)})</span>"
 
 
-def _parse_versions(text: str) -> pd.DataFrame | None:
+def parse_versions(text: str) -> pd.DataFrame | None:
     """versions.yml (``process: {tool: version}`` blocks) -> table tool, version(s), processes."""
     import yaml
 

@@ -10,121 +10,121 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from b2s.report_groups import _overview, _structure_cards
+from b2s.report_groups import overview, structure_cards
 from b2s.report_html import (
-    _card,
-    _details,
-    _esc,
-    _fmt,
-    _grid,
-    _human,
-    _img,
-    _is_num,
-    _kv_table,
-    _pct,
-    _secs,
-    _td,
+    card,
+    details,
     df_table,
+    esc,
+    fmt,
+    grid,
+    human,
+    img,
+    is_num,
+    kv_table,
+    pct,
+    secs,
+    td,
 )
 from b2s.report_inputs import (
     STAGE_SUMMARIES,
     TASK_WARNINGS,
-    _parse_versions,
-    _read_csv,
-    _read_json,
     group_names,
+    parse_versions,
+    read_csv,
+    read_json,
     warning_lines,
 )
 
 
-def _section_summary(groups: list[str], files: dict[str, Path], params: dict[str, Any]) -> str:
+def section_summary(groups: list[str], files: dict[str, Path], params: dict[str, Any]) -> str:
     """At-a-glance facts of the run, then one row per group linking to its section."""
     parts = ["<h2 id='summary'>Summary</h2>"]
-    metrics = {g: _read_json(files.get(f"{g}.metrics.json")) or {} for g in groups}
-    filt = {g: _read_json(files.get(f"{g}.filter_summary.json")) or {} for g in groups}
+    metrics = {g: read_json(files.get(f"{g}.metrics.json")) or {} for g in groups}
+    filt = {g: read_json(files.get(f"{g}.filter_summary.json")) or {} for g in groups}
 
     def total(key: str, fkey: str) -> int | None:
         vals = [metrics[g].get(key, filt[g].get(fkey)) for g in groups]
-        vals = [v for v in vals if _is_num(v)]
+        vals = [v for v in vals if is_num(v)]
         return int(sum(vals)) if vals else None
 
     n_gen, n_kept = total("n_generated", "n_cells_in"), total("n_filtered", "n_cells_out")
-    rs = [metrics[g]["marker_r_mean"] for g in groups if _is_num(metrics[g].get("marker_r_mean"))]
-    train = _read_json(files.get("train_summary.json")) or {}
-    frac = _read_json(files.get("fractions_summary.json")) or {}
-    prep = _read_json(files.get("preprocess_summary.json")) or {}
+    rs = [metrics[g]["marker_r_mean"] for g in groups if is_num(metrics[g].get("marker_r_mean"))]
+    train = read_json(files.get("train_summary.json")) or {}
+    frac = read_json(files.get("fractions_summary.json")) or {}
+    prep = read_json(files.get("preprocess_summary.json")) or {}
     fparams = frac.get("params") if isinstance(frac.get("params"), dict) else {}
     method = frac.get("method") or fparams.get("method")
-    cards = [_card(_esc(len(groups)), "groups")]
+    cards = [card(esc(len(groups)), "groups")]
     if n_gen is not None:
-        cards.append(_card(_esc(_fmt(n_gen)), "cells generated"))
+        cards.append(card(esc(fmt(n_gen)), "cells generated"))
     if n_kept is not None:
-        kept = f" ({_pct(n_kept / n_gen)})" if n_gen else ""
-        cards.append(_card(_esc(_fmt(n_kept) + kept), "cells kept after filtering"))
+        kept = f" ({pct(n_kept / n_gen)})" if n_gen else ""
+        cards.append(card(esc(fmt(n_kept) + kept), "cells kept after filtering"))
     if rs:
-        cards.append(_card(_esc(f"{np.mean(rs):.3f}"), "marker r vs reference (mean over groups)"))
+        cards.append(card(esc(f"{np.mean(rs):.3f}"), "marker r vs reference (mean over groups)"))
     ident = [(metrics[g]["n_celltypes_identified"], metrics[g]["n_celltypes_assessed"]) for g in groups
-             if _is_num(metrics[g].get("n_celltypes_identified")) and metrics[g].get("n_celltypes_assessed")]
+             if is_num(metrics[g].get("n_celltypes_identified")) and metrics[g].get("n_celltypes_assessed")]
     if ident:
         k, n = min(ident, key=lambda kn: kn[0] / kn[1])
         cls = " class='warn'" if any(metrics[g].get("warnings") for g in groups) else ""
-        cards.append(_card(f"<span{cls}>{k}/{n}</span>",
+        cards.append(card(f"<span{cls}>{k}/{n}</span>",
                            "cell types told apart" + (" (lowest group)" if len(groups) > 1 else "")))
     typ = [(metrics[g]["typing_accuracy"], metrics[g].get("typing_accuracy_reference")) for g in groups
-           if _is_num(metrics[g].get("typing_accuracy"))]
+           if is_num(metrics[g].get("typing_accuracy"))]
     if typ:
         acc, ref_acc = min(typ, key=lambda t: t[0])
         cls = " class='warn'" if any(metrics[g].get("warnings") for g in groups) else ""
-        ref_txt = f" / {float(ref_acc):.2f}" if _is_num(ref_acc) else ""
-        cards.append(_card(f"<span{cls}>{float(acc):.2f}{_esc(ref_txt)}</span>",
+        ref_txt = f" / {float(ref_acc):.2f}" if is_num(ref_acc) else ""
+        cards.append(card(f"<span{cls}>{float(acc):.2f}{esc(ref_txt)}</span>",
                            "kNN typing accuracy, generated / reference cells"
                            + (" (lowest group)" if len(groups) > 1 else "")))
-    cards += _structure_cards(groups, metrics)
+    cards += structure_cards(groups, metrics)
     if train:
-        cards.append(_card(_esc(_fmt(train.get("device"))), "training device"))
-        ep = _fmt(train.get("epochs_run"))
-        if _is_num(train.get("best_epoch")):
-            ep += f" (best {_fmt(train['best_epoch'])})"
-        cards.append(_card(_esc(ep), "epochs"))
+        cards.append(card(esc(fmt(train.get("device"))), "training device"))
+        ep = fmt(train.get("epochs_run"))
+        if is_num(train.get("best_epoch")):
+            ep += f" (best {fmt(train['best_epoch'])})"
+        cards.append(card(esc(ep), "epochs"))
     elif params.get("vae_weights"):
-        cards.append(_card("pretrained", "VAE weights (no training)"))
+        cards.append(card("pretrained", "VAE weights (no training)"))
     if method:
-        cards.append(_card(_esc(method), "fraction method"))
-    if _is_num(prep.get("n_cells")):
+        cards.append(card(esc(method), "fraction method"))
+    if is_num(prep.get("n_cells")):
         genes = prep.get("n_genes_shared")
-        cards.append(_card(_esc(_fmt(prep["n_cells"])),
-                           "reference cells" + (f" &middot; {_esc(_fmt(genes))} shared genes"
-                                                if _is_num(genes) else "")))
+        cards.append(card(esc(fmt(prep["n_cells"])),
+                           "reference cells" + (f" &middot; {esc(fmt(genes))} shared genes"
+                                                if is_num(genes) else "")))
     if "seed" in params:
-        cards.append(_card(_esc(_fmt(params["seed"])), "seed"))
+        cards.append(card(esc(fmt(params["seed"])), "seed"))
     parts.append("<div class='cards'>" + "".join(cards) + "</div>")
     # warnings first, above the cards: the run may look fine otherwise
-    parts[1:1] = [f'<p class="note warn"><b>WARNING {_esc(where)}</b>: {_esc(w)}</p>'
+    parts[1:1] = [f'<p class="note warn"><b>WARNING {esc(where)}</b>: {esc(w)}</p>'
                   for where, w in warning_lines(groups, metrics, files.get(TASK_WARNINGS), params)]
-    parts.append("<h3 id='groups'>Groups</h3>" + _overview(groups, files))
+    parts.append("<h3 id='groups'>Groups</h3>" + overview(groups, files))
     return "\n".join(parts)
 
 
-def _section_fractions(files: dict[str, Path]) -> str:
+def section_fractions(files: dict[str, Path]) -> str:
     parts = ["<h2 id='fractions'>Cell-type fractions</h2>"]
-    summ = _read_json(files.get("fractions_summary.json"))
+    summ = read_json(files.get("fractions_summary.json"))
     if summ:
         sp = summ.get("params") if isinstance(summ.get("params"), dict) else {}
         method = summ.get("method") or sp.get("method")
         if method:
-            parts.append(f"<p>Estimated from the bulk profiles with method <b>{_esc(method)}</b>"
+            parts.append(f"<p>Estimated from the bulk profiles with method <b>{esc(method)}</b>"
                          "; values are fractions of cells (each group sums to 1).</p>")
-    frac = _read_csv(files.get("fractions.csv"), index_col=0)
+    frac = read_csv(files.get("fractions.csv"), index_col=0)
     if frac is not None:
         frac = frac.rename(index=group_names(files))  # display names as given
-    parts.append(_grid([df_table(frac.T, index_label="cell type") if frac is not None
+    parts.append(grid([df_table(frac.T, index_label="cell type") if frac is not None
                         else '<p class="note">fractions.csv not found.</p>'],
-                       [_img(files.get("fractions_barplot.png"), "Estimated fractions per group")]))
-    samples = _read_csv(files.get("sample_fractions.csv"), index_col=0)
+                       [img(files.get("fractions_barplot.png"), "Estimated fractions per group")]))
+    samples = read_csv(files.get("sample_fractions.csv"), index_col=0)
     if samples is not None and len(samples):
-        parts.append(_details("Fractions per sample (sample_fractions.csv)",
+        parts.append(details("Fractions per sample (sample_fractions.csv)",
                               df_table(samples.T, index_label="cell type")))
-    targets = _read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
+    targets = read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
     if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
         pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
                                     aggfunc="sum", sort=False)
@@ -141,9 +141,9 @@ def _section_fractions(files: dict[str, Path]) -> str:
 def section_bulk_input(files: dict[str, Path]) -> str:
     """How the bulk was read (prepare_summary.json decisions), its units, the rule that set the
     cell numbers (fractions_summary.json) and the group names as given vs in file names."""
-    prep = _read_json(files.get("prepare_summary.json")) or {}
+    prep = read_json(files.get("prepare_summary.json")) or {}
     bulk = prep.get("bulk") or {}
-    frac = _read_json(files.get("fractions_summary.json")) or {}
+    frac = read_json(files.get("fractions_summary.json")) or {}
     rule = frac.get("cell_number_rule") or {}
     if not bulk and not rule:
         return ""
@@ -153,11 +153,11 @@ def section_bulk_input(files: dict[str, Path]) -> str:
     libs = sorted(((frac.get("counting_noise") or {}).get("effective_library") or {}).values())
     if libs:  # wls on TPM/FPKM: no library size, the counting noise was fitted per sample
         info["counting noise"] = f"fitted from the residuals: effective library {libs[0]:.3g}-{libs[-1]:.3g} reads"
-    parts.append(_kv_table({k: v for k, v in info.items() if v is not None}))
+    parts.append(kv_table({k: v for k, v in info.items() if v is not None}))
     decisions = [d.get("message", "") for d in bulk.get("decisions") or []]
     if decisions:
         parts.append("<p class='muted'>Decisions made while reading the inputs:</p><ul>"
-                     + "".join(f"<li>{_esc(d)}</li>" for d in decisions) + "</ul>")
+                     + "".join(f"<li>{esc(d)}</li>" for d in decisions) + "</ul>")
     names = (prep.get("groups") or {}).get("names") or {}
     if any(str(k) != str(v) for k, v in names.items()):
         df = pd.DataFrame({"group (as given)": list(names.values()), "file name": list(names.keys())})
@@ -165,10 +165,10 @@ def section_bulk_input(files: dict[str, Path]) -> str:
     return "\n".join(parts)
 
 
-def _section_fit(files: dict[str, Path]) -> str:
+def section_fit(files: dict[str, Path]) -> str:
     """Goodness of fit per sample (fractions_summary.json): how well each bulk is rebuilt from
     its fractions and the reference's per-type profiles; unexplained samples are named first."""
-    summ = _read_json(files.get("fractions_summary.json")) or {}
+    summ = read_json(files.get("fractions_summary.json")) or {}
     gof = summ.get("goodness_of_fit")
     if not isinstance(gof, dict) or not gof.get("samples"):
         return ""
@@ -178,12 +178,12 @@ def _section_fit(files: dict[str, Path]) -> str:
              "<p class='muted'>Each bulk sample against the bulk its fractions reconstruct from the "
              "reference's per-type mean profiles, on the marker genes: <i>fit r</i> = Pearson r of "
              "log1p(CPM), <i>residual</i> = share of marker reads misplaced (0 = perfect). A sample is "
-             f"flagged when fit r &lt; {_fmt(thr.get('min_fit_r'))} or residual &gt; "
-             f"{_fmt(thr.get('max_residual'))}.</p>"]
+             f"flagged when fit r &lt; {fmt(thr.get('min_fit_r'))} or residual &gt; "
+             f"{fmt(thr.get('max_residual'))}.</p>"]
     bad = [s for s, row in fit.iterrows() if not bool(row.get("explained", True))]
     if bad:
         parts.append(f"<p class='warn'><b>Warning:</b> the reference explains {len(bad)} sample(s) poorly "
-                     f"({_esc(', '.join(map(str, bad[:10])))}{', ...' if len(bad) > 10 else ''}): a cell type "
+                     f"({esc(', '.join(map(str, bad[:10])))}{', ...' if len(bad) > 10 else ''}): a cell type "
                      "may be missing from the reference, or the tissue differs; treat their fractions with "
                      "caution.</p>")
     table = fit[["fit_r", "residual"]].astype(float)
@@ -192,29 +192,29 @@ def _section_fit(files: dict[str, Path]) -> str:
     return "\n".join(parts)
 
 
-def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
+def section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
     """Composition change between groups (composition_contrast.csv) and, per group, the per-type
     expression changes from the bulk (``--bulk_shift contrast``): DE tables and what was not identifiable."""
     parts = ["<h2 id='between'>Between groups</h2>"]
-    frac = _read_csv(files.get("fractions.csv"), index_col=0)  # the cohort's groups, whatever QC ran
+    frac = read_csv(files.get("fractions.csv"), index_col=0)  # the cohort's groups, whatever QC ran
     if (len(frac) if frac is not None else len(groups)) < 2:
         parts.append("<p class='muted'>One group: nothing to compare. Per-type shifts against the reference "
                      "(<code>--bulk_shift weighted</code>) stay opt-in: they also absorb the platform "
                      "differences every sample shares with the reference.</p>")
         return "\n".join(parts)
-    cc = _read_csv(files.get("composition_contrast.csv"), dtype={"group": str, "celltype": str})
+    cc = read_csv(files.get("composition_contrast.csv"), dtype={"group": str, "celltype": str})
     if cc is not None and len(cc):
         flagged = cc[cc["excludes_0"].astype(str).str.lower() == "true"]
         parts.append("<h3>Composition change</h3><p class='muted'>Change of each cell type's fraction in a group "
-                     f"vs {_esc(cc['versus'].iloc[0])}, 95 % interval from a bootstrap over samples "
+                     f"vs {esc(cc['versus'].iloc[0])}, 95 % interval from a bootstrap over samples "
                      f"(composition_contrast.csv); {len(flagged)} of {len(cc)} intervals exclude 0 "
                      "(filled points).</p>"
-                     + _grid([_img(files.get("composition_contrast.png"), "Composition change between groups")],
+                     + grid([img(files.get("composition_contrast.png"), "Composition change between groups")],
                              [df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False)]
                              if len(flagged) else []))
     rows = []
     for g in groups:
-        ident = _read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={"celltype": str})
+        ident = read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={"celltype": str})
         if ident is None:
             continue
         for r in ident.itertuples():
@@ -233,14 +233,14 @@ def _section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
     return "\n".join(parts)
 
 
-def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
+def section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
     parts = ["<h2 id='training'>VAE training</h2>"]
-    summ = _read_json(files.get("train_summary.json"))
+    summ = read_json(files.get("train_summary.json"))
     plot = files.get("loss_plot.png")
     if summ is None and plot is None:
         why = ("pretrained weights were given (--vae_weights), so no training ran"
                if params.get("vae_weights") else "no training outputs were found")
-        parts.append(f'<p class="note">No loss plot: {_esc(why)}.</p>')
+        parts.append(f'<p class="note">No loss plot: {esc(why)}.</p>')
         return "\n".join(parts)
     left = []
     if summ is not None:
@@ -252,18 +252,18 @@ def _section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
         if isinstance(extra, dict):
             shown.update({k: v for k, v in extra.items()
                           if k not in shown and not isinstance(v, (dict, list))})
-        fmts = {"seconds": _secs, "seconds_per_epoch": lambda v: (
-            f"{1000 * float(v):.0f} ms" if _is_num(v) and float(v) < 1 else _secs(v)),
-            "best_loss": lambda v: f"{float(v):.4f}" if _is_num(v) else _fmt(v),
-            "resumed_from": lambda v: "no (fresh start)" if v is None else _fmt(v)}
-        left.append(_kv_table(shown, formatters=fmts))
+        fmts = {"seconds": secs, "seconds_per_epoch": lambda v: (
+            f"{1000 * float(v):.0f} ms" if is_num(v) and float(v) < 1 else secs(v)),
+            "best_loss": lambda v: f"{float(v):.4f}" if is_num(v) else fmt(v),
+            "resumed_from": lambda v: "no (fresh start)" if v is None else fmt(v)}
+        left.append(kv_table(shown, formatters=fmts))
     else:
         left.append('<p class="note">train_summary.json not found.</p>')
-    parts.append(_grid(left, [_img(plot, "Training loss")]))
+    parts.append(grid(left, [img(plot, "Training loss")]))
     return "\n".join(parts)
 
 
-def _section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
+def section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
     """Run parameters and software versions (reference material: placed after the results)."""
     parts = ["<h2 id='run'>Run parameters and software</h2>"]
     if params:
@@ -273,11 +273,11 @@ def _section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
         def ptable(chunk: list[tuple[str, Any]]) -> str:
             rows = []
             for k, v in chunk:
-                text = _esc(_fmt(v))
+                text = esc(fmt(v))
                 path_like = isinstance(v, str) and ("/" in v or "\\" in v)
                 # values are heterogeneous (paths, flags, numbers): all left-aligned
-                rows.append(f"<tr><th>{_esc(k)}</th>"
-                            + _td(text, False, "path" if path_like else "") + "</tr>")
+                rows.append(f"<tr><th>{esc(k)}</th>"
+                            + td(text, False, "path" if path_like else "") + "</tr>")
             return f"<table><tbody>{''.join(rows)}</tbody></table>"
 
         parts.append("<h3>Parameters</h3><div class='params'>" + ptable(items[:half])
@@ -295,35 +295,35 @@ def _section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
     if text is None:
         parts.append('<p class="muted">versions.yml not available.</p>')
     else:
-        table = _parse_versions(text)
+        table = parse_versions(text)
         parts.append(df_table(table, index=False) if table is not None and len(table)
-                     else f"<pre>{_esc(text)}</pre>")
+                     else f"<pre>{esc(text)}</pre>")
     return "\n".join(parts)
 
 
-def _section_stage_summaries(files: dict[str, Path]) -> str:
+def section_stage_summaries(files: dict[str, Path]) -> str:
     parts = []
     for name in STAGE_SUMMARIES:
-        d = _read_json(files.get(name))
+        d = read_json(files.get(name))
         if d is not None:
-            parts.append(_details(name, f"<pre>{_esc(json.dumps(d, indent=2, default=str))}</pre>"))
+            parts.append(details(name, f"<pre>{esc(json.dumps(d, indent=2, default=str))}</pre>"))
     if not parts:
         return ""
     return "<h2 id='stages'>Stage summaries</h2>" + "\n".join(parts)
 
 
-def _section_files(inputs_dir: Path, files: dict[str, Path]) -> str:
+def section_files(inputs_dir: Path, files: dict[str, Path]) -> str:
     rows = []
     for name, p in sorted(files.items()):
         try:
             size = p.stat().st_size
         except OSError:
             size = None
-        rows.append({"file": _esc(name),
-                     "size": "NA" if size is None else _human(size)})
+        rows.append({"file": esc(name),
+                     "size": "NA" if size is None else human(size)})
     if not rows:
         return ""
     return ("<h2 id='files'>File index</h2><p class='muted'>Files given to the report "
-            f"(from {_esc(inputs_dir.name or str(inputs_dir))}); the published results hold "
+            f"(from {esc(inputs_dir.name or str(inputs_dir))}); the published results hold "
             "them in per-stage folders.</p>"
             + pd.DataFrame(rows).to_html(index=False, escape=False, border=0))
