@@ -39,8 +39,8 @@ def trained(split: int, seed: int, mi, path: str | None):
     import torch
 
     import realism
-    from b2s.train import TrainConfig, default_epochs, train_vae
-    from b2s.vae import BetaVAE, GeneSubsetVAE
+    from b2s.model.train import TrainConfig, default_epochs, train_vae
+    from b2s.model.vae import BetaVAE, GeneSubsetVAE
 
     if path and os.path.exists(path):
         ck = torch.load(path, weights_only=False)
@@ -67,8 +67,8 @@ def main() -> None:
     import scipy.sparse as sp
     import torch
 
+    import b2s.generate.cells as G
     import realism
-    from b2s import generate as G
 
     torch.set_num_threads(1)
     data = realism.prepare_split(a.split)

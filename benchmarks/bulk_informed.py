@@ -18,11 +18,11 @@ the type (mean >= 3 counts per 10k in the reference cells of the type) that are 
 200 top markers (largest log fold change vs the other types) nor perturbed in the other type;
 plus 200 control genes drawn the same way and left alone. The other three groups are
 unperturbed. Everything downstream is the pipeline's own stage code: fractions
-(``b2s.fractions``, default method, estimated from the perturbed bulk), model input
-(``b2s.preprocess.model_input``), one training run (``b2s.train.train_vae``, few epochs: the
+(``b2s.fractions.estimate``, default method, estimated from the perturbed bulk), model input
+(``b2s.preprocess.model_input``), one training run (``b2s.model.train.train_vae``, few epochs: the
 per-type calibration of the count sampler makes the per-type means independent of how far
-training went), then ``b2s.generate.generate_cells`` per group and ``--bulk_shift`` mode with the
-shifts of ``b2s.bulkshift.estimate_shifts`` from that group's bulk (``scale_size`` 4 instead of the
+training went), then ``b2s.generate.cells.generate_cells`` per group and ``--bulk_shift`` mode with the
+shifts of ``b2s.generate.bulkshift.estimate_shifts`` from that group's bulk (``scale_size`` 4 instead of the
 pipeline's 2: twice the cells, so the sampling noise of the measured fold changes is small).
 
 Metrics, per perturbed type (perturbed group) and per mode; recovered log2 FC of a gene =
@@ -35,7 +35,7 @@ type + 0.1)):
 - ``false``: unperturbed groups, median |recovered log2 FC| over every type (with >= 20 generated
   cells) on all 280 benchmark genes; ``n_shift``: mean number of (type, gene) shifts per
   unperturbed group;
-- realism on the unperturbed groups (``b2s.qc``): kNN typing accuracy, marker r, types told apart.
+- realism on the unperturbed groups (``b2s.qc.metrics``): kNN typing accuracy, marker r, types told apart.
 
 ``--contrast`` (issue #25, :func:`contrast_grid`): one perturbed group (four types, one per share
 bin), replicate concentration x a per-gene platform bias shared by every sample, ``contrast`` vs
@@ -45,7 +45,7 @@ and the coverage of the composition intervals; benchmarks/README.md "Between-gro
 that changed each gene) and ``--candidates`` alternative estimators: benchmarks/README.md
 "Information ceiling".
 
-``--omicverse`` adds omicverse 2.3.2's generation (``b2s.omicverse_engine.generate_cells``,
+``--omicverse`` adds omicverse 2.3.2's generation (``b2s.engines.omicverse.generate_cells``,
 the same weights): it ignores the bulk, so it should score ~0. The last line printed is JSON.
 """
 
@@ -136,8 +136,9 @@ def prepare(split: int, concentration: float = 200.0, bias_sigma: float = 0.0,
     ``clean_bulk``: the noise-free bulk of the same samples (for the oracles of ``--oracle``): each
     sample's true cell counts per type times the held-out cells' mean counts of the type (with the
     perturbation in the perturbed group), times the same platform factor; no cell sampling, no rounding."""
+    import b2s.fractions.estimate as fractions
+    import b2s.preprocess as preprocess
     import realdata
-    from b2s import fractions, preprocess
 
     adata = realdata.load_hao()
     ref, held = realdata.split_reference(adata, seed=split)
@@ -205,7 +206,7 @@ def recovered_lfc(gen, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(gens: dict[str, Any], data: dict[str, Any], markers: dict | None) -> dict[str, Any]:
     """Metrics of one mode's generated groups (module docstring)."""
-    from b2s import qc
+    import b2s.qc.metrics as qc
 
     types, truth, controls = data["types"], data["truth"], data["controls"]
     all_genes = np.unique(np.r_[controls, *[list(d) for d in truth.values()]]).astype(int)
@@ -244,9 +245,11 @@ def evaluate(gens: dict[str, Any], data: dict[str, Any], markers: dict | None) -
 
 def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism: bool) -> list[dict[str, Any]]:
     """Train once, generate every group in every mode, evaluate."""
-    from b2s import bulkqc, bulkshift, qc
-    from b2s.generate import generate_cells, group_seed
-    from b2s.train import TrainConfig, train_vae
+    import b2s.generate.bulkshift as bulkshift
+    import b2s.qc.bulk as bulkqc
+    import b2s.qc.metrics as qc
+    from b2s.generate.cells import generate_cells, group_seed
+    from b2s.model.train import TrainConfig, train_vae
 
     t0 = time.perf_counter()
     data = prepare(split)
@@ -266,7 +269,7 @@ def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism:
             target = dict(zip(tg["celltype"], tg["n_cells"].astype(int)))
             seed = group_seed(split, grp)
             if mode == "omicverse":
-                from b2s import omicverse_engine as ove
+                import b2s.engines.omicverse as ove
 
                 gens[grp] = ove.generate_cells(res.state_dict, mi, target, seed=seed, device="cpu")
                 continue
@@ -293,10 +296,11 @@ def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism:
 def shift_variants(splits: list[int]) -> list[dict[str, Any]]:
     """The shifts alone (no training, no generation) of each allocation x shrinkage variant, scored as above.
 
-    Used to choose the shrinkage of b2s.bulkshift (its docstring); the recovered log2 FC is the
+    Used to choose the shrinkage of b2s.generate.bulkshift (its docstring); the recovered log2 FC is the
     shift itself, so this is what generation carries at best (no sampling noise).
     """
-    from b2s import bulkqc, bulkshift
+    import b2s.generate.bulkshift as bulkshift
+    import b2s.qc.bulk as bulkqc
 
     rows = []
     for split in splits:
@@ -435,7 +439,7 @@ def posterior_attribution(d: np.ndarray, se: np.ndarray, share: np.ndarray, cand
 def posterior_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: float = 4.0) -> pd.DataFrame:
     """``contrast_shifts`` with the same evidence gate and identifiable types, but each kept gene's
     contrast split over the types by :func:`posterior_attribution` instead of the least-norm split."""
-    from b2s import bulkshift
+    import b2s.generate.bulkshift as bulkshift
 
     res = bulkshift.contrast_shifts(model, group, z=z, max_lfc=max_lfc)
     k = model["groups"].index(str(group))
@@ -457,9 +461,9 @@ def persample_attribution(model: dict[str, Any], d: dict[str, Any], z: float = 2
     changed a gene? For each perturbed gene of the identifiable perturbed types whose contrast passes
     the evidence gate: the samples' excess over the cohort centre, ``y_s = 2^(r_s - c) - 1``, fitted
     by each candidate type alone (``y_s = s_st x``, least squares; candidates: the identifiable types,
-    >= :data:`b2s.bulkshift.MIN_SHARE` of the group, that make the gene); the share of genes whose
+    >= :data:`b2s.generate.bulkshift.MIN_SHARE` of the group, that make the gene); the share of genes whose
     best-fitting type is the true one, and what picking at random would score."""
-    from b2s import bulkshift
+    import b2s.generate.bulkshift as bulkshift
 
     k = model["groups"].index(PERTURBED_GROUP)
     genes = pd.Index(model["genes"])
@@ -554,7 +558,7 @@ def alternative_split(model: dict[str, Any], group: str, allocation: str, spread
     least norm over the identifiable types only (``allocation="identifiable"``: the types that carry
     the shift reproduce the whole contrast), then for ``allocation="samples"`` redistributed with the
     group's samples (:func:`sample_split`)."""
-    from b2s import bulkshift
+    import b2s.generate.bulkshift as bulkshift
 
     res = bulkshift.contrast_shifts(model, group, z=z, max_lfc=max_lfc)
     k = model["groups"].index(str(group))
@@ -598,9 +602,9 @@ def _false_detail(lfcs: dict[str, np.ndarray], d: dict[str, Any]) -> dict[str, f
 
 
 def _coverage(d: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Composition contrast (b2s.composition) of the estimated sample fractions vs the design's true change."""
+    """Composition contrast (b2s.qc.composition) of the estimated sample fractions vs the design's true change."""
     import realdata
-    from b2s.composition import composition_contrast
+    from b2s.qc.composition import composition_contrast
 
     design = pd.DataFrame(realdata.pseudobulk_design(d["types"])).T  # groups x types
     cc = composition_contrast(d["sample_fractions"][d["types"]], d["sheet"], seed=seed)
@@ -667,7 +671,7 @@ def expected_z_lfc(d: dict[str, Any]) -> dict[str, np.ndarray]:
     in proportion to their expected share). With the pipeline's per-sample fractions as theta, the
     same group contrast as :func:`bayesprism_lfc` (per type, log2 of the group's mean CPM + 1 minus
     the median over the groups). Types x model genes per group."""
-    from b2s import bulkqc
+    import b2s.qc.bulk as bulkqc
 
     mi = d["mi"]
     genes = pd.Index(mi.var_names.astype(str))
@@ -699,9 +703,10 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
     ``contrast_model`` (``refit``), ``true_fractions`` (1: the true group fractions), ``allocation``
     (``posterior``: :func:`posterior_shifts`; ``identifiable`` / ``samples`` with ``spread``:
     :func:`alternative_split`), each scored as a further mode (shifts alone)."""
-    from b2s import bulkqc, bulkshift
-    from b2s.generate import generate_cells, group_seed, rate_model
-    from b2s.train import TrainConfig, train_vae
+    import b2s.generate.bulkshift as bulkshift
+    import b2s.qc.bulk as bulkqc
+    from b2s.generate.cells import generate_cells, group_seed, rate_model
+    from b2s.model.train import TrainConfig, train_vae
 
     candidates = candidates or {}
 

@@ -15,7 +15,7 @@ Poisson draw), the same samples as four inputs:
 - ``counts_fl``: full-length-like counts, Poisson(counts x length factor);
 - ``tpm_fl``: TPM of those, (counts_fl / length) scaled per sample to 1e6 (what salmon/RSEM report).
 
-Each is given to ``b2s.fractions.estimate_sample_fractions`` as the pipeline gives it (TPM as
+Each is given to ``b2s.fractions.estimate.estimate_sample_fractions`` as the pipeline gives it (TPM as
 TPM), with the default ``wls`` and the null ``nnls`` (NNLS on type means). Scores: Pearson r and
 RMSE over all sample x type entries against the true cell fractions, and the largest |difference|
 between the fractions from ``tpm`` and from ``counts``. The bundled data (assets/test_data, 6
@@ -39,8 +39,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "bin")]
 
+import b2s.fractions.estimate as fr  # noqa: E402
 import realdata  # noqa: E402
-from b2s import fractions as fr  # noqa: E402
 from realism import machine_info  # noqa: E402
 
 INPUTS = ("counts", "tpm", "counts_fl", "tpm_fl")

@@ -6,7 +6,7 @@
 Runs the native stage functions on assets/test_data (reference and bulk as the `test` profile
 uses them; targets from the truth group fractions), trains once in checkpointed chunks with the
 pipeline's defaults, and after each chunk generates each group and reports the share of types
-told apart, the median margin and the kNN typing accuracy against the reference (b2s.qc).
+told apart, the median margin and the kNN typing accuracy against the reference (b2s.qc.metrics).
 """
 
 from __future__ import annotations
@@ -32,9 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     import pandas as pd
 
-    from b2s import fractions, io, preprocess, qc, reference_io
-    from b2s.generate import generate_cells, group_seed
-    from b2s.train import TrainConfig, train_vae
+    import b2s.fractions.estimate as fractions
+    import b2s.io.reference as reference_io
+    import b2s.io.tables as io
+    import b2s.preprocess as preprocess
+    import b2s.qc.metrics as qc
+    from b2s.generate.cells import generate_cells, group_seed
+    from b2s.model.train import TrainConfig, train_vae
 
     d = ROOT / "assets" / "test_data"
     bulk = io.read_counts(d / "bulk_counts.tsv.gz")

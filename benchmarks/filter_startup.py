@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""FILTER per-task time: the kNN connectivities of b2s.graph vs scanpy/umap's numba kernels.
+"""FILTER per-task time: the kNN connectivities of b2s.cluster.graph vs scanpy/umap's numba kernels.
 
 Every FILTER task is a fresh Python process, so umap's numba kernels (``sc.pp.neighbors`` ->
 ``fuzzy_simplicial_set``, not cached on disk) were compiled in every task. This benchmark runs
 the real stage script ``bin/filter_cells.py`` in fresh processes, alternating
 
 * ``umap``:   the previous graph step (``sc.pp.neighbors(method='umap')`` then leiden), and
-* ``native``: the current one (:func:`b2s.graph.connectivities`, then the same leiden call),
+* ``native``: the current one (:func:`b2s.cluster.graph.connectivities`, then the same leiden call),
 
 on the same inputs, and reports per-task wall time (min / median of repeats), the ratio, and
 whether both give the same clusters and the same kept cells.
@@ -40,14 +40,14 @@ sys.path.insert(0, str(REPO / "bin"))
 
 
 def _umap_leiden(pcs, seed):
-    """The graph + Leiden step as FILTER ran it before b2s.graph (scanpy neighbors, umap)."""
+    """The graph + Leiden step as FILTER ran it before b2s.cluster.graph (scanpy neighbors, umap)."""
     import warnings
 
     import anndata as ad
     import numpy as np
     import scanpy as sc
 
-    from b2s.filter import N_NEIGHBORS
+    from b2s.cluster.filter import N_NEIGHBORS
 
     g = ad.AnnData(X=np.zeros((pcs.shape[0], 1), dtype=np.float32))
     g.obsm["X_pca"] = pcs
@@ -67,9 +67,9 @@ def worker(variant: str, argv: list[str]) -> None:
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     if variant == "umap":
-        import b2s.filter
+        import b2s.cluster.filter
 
-        b2s.filter._leiden = _umap_leiden
+        b2s.cluster.filter._leiden = _umap_leiden
     script.main(argv)
 
 

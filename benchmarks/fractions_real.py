@@ -5,15 +5,15 @@ per-type reference / held-out halving, and 12 pseudo-bulks of 400 held-out cells
 (T-cell dominated, a rare type at 1 %, myeloid, balanced), truth = cell fractions. Also the
 bundled data (``assets/test_data``: 6- and 24-sample sets vs reference.h5ad).
 
-Methods: every native estimator (b2s.fractions.METHODS), omicverse 2.3.2's ``scaden`` and ``tape``
-(``Bulk2Single.predicted_fraction`` through b2s.omicverse_engine) and rectanglepy 1.7.0
+Methods: every native estimator (b2s.fractions.estimate.METHODS), omicverse 2.3.2's ``scaden`` and ``tape``
+(``Bulk2Single.predicted_fraction`` through b2s.engines.omicverse) and rectanglepy 1.7.0
 (Rectangle; a benchmark-only tool, installed into its own venv ``benchmarks/.cache/rect-venv``
 and run with that interpreter on files written here, never imported by the pipeline). Every
 Python job runs in a fresh spawned process; seconds = wall time of the estimation call only.
 Rectangle returns an "Unknown" share beside the types: it is dropped and the rest renormalised
 (the truth has no unknown cells), which can only help its scores.
 
-Metrics: Pearson r, RMSE, Lin's CCC over all sample x type entries (b2s.fractions.fraction_accuracy),
+Metrics: Pearson r, RMSE, Lin's CCC over all sample x type entries (b2s.fractions.estimate.fraction_accuracy),
 per-type bias (mean of estimate - truth), seconds; means over splits. Extra sections: goodness of
 fit (full reference vs one with the monocytes removed) and the time of 100 samples against a
 5,000-cell reference.
@@ -71,12 +71,12 @@ def job_estimate(engine: str, method: str, ref_path: str, bulk_path: str, out_cs
     import anndata
     import pandas as pd
 
-    from b2s import fractions
+    import b2s.fractions.estimate as fractions
 
     ref = anndata.read_h5ad(ref_path)
     bulk = pd.read_csv(bulk_path, index_col=0)
     if engine == "omicverse":
-        from b2s import omicverse_engine
+        import b2s.engines.omicverse as omicverse_engine
 
         omicverse_engine.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
         t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def run_rectangle(ref_path: str, bulk_path: str, out_csv: str, log_path: str, n_
 def score(pred_csv: str, truth, seconds: float) -> dict:
     import pandas as pd
 
-    from b2s.fractions import fraction_accuracy
+    from b2s.fractions.estimate import fraction_accuracy
 
     pred = pd.read_csv(pred_csv, index_col=0)
     pred.index = pred.index.astype(str)
@@ -218,7 +218,7 @@ def real_splits(args, work: Path, methods: list[tuple[str, str]], logs: Path) ->
 def bundled(args, work: Path, methods: list[tuple[str, str]], logs: Path) -> dict:
     import pandas as pd
 
-    from b2s import io
+    import b2s.io.tables as io
 
     td = ROOT / "assets" / "test_data"
     d = work / "bundled"
@@ -249,9 +249,9 @@ def bundled(args, work: Path, methods: list[tuple[str, str]], logs: Path) -> dic
 
 def goodness_section() -> dict:
     """fit_r / residual per group (split 0): the full reference vs references lacking types."""
+    import b2s.fractions.estimate as fractions
     import realdata as rd
-    from b2s import fractions
-    from b2s.fraction_fit import goodness_of_fit
+    from b2s.fractions.fit import goodness_of_fit
 
     adata = rd.load_hao()
     types = list(adata.obs["celltype"].cat.categories)
@@ -279,8 +279,8 @@ def scale_section(seed: int) -> dict:
     """Seconds for 100 bulk samples against a 5,000-cell reference (cells resampled from Hao)."""
     import numpy as np
 
+    import b2s.fractions.estimate as fractions
     import realdata as rd
-    from b2s import fractions
 
     adata = rd.load_hao()
     types = list(adata.obs["celltype"].cat.categories)
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated engine:method keys to run on the real splits alone (e.g. omicverse:scaden); "
                         "with --reuse_peers a later full run takes their results")
     args = p.parse_args(argv)
-    from b2s import fractions
+    import b2s.fractions.estimate as fractions
 
     if args.only:
         return {"goodness": goodness_section, "scale": lambda: scale_section(args.seed)}[args.only]()
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["real"] = real_splits(args, work, main_methods, logs)
     print_table(f"Hao PBMC, {args.splits} split(s), mean", res["real"])
     # bundled data: the acceptance question is the default vs today's nnls (the MLPs' numbers on
-    # these sets are in b2s.fractions' docstring); Rectangle only with --bundled_peers
+    # these sets are in b2s.fractions.estimate' docstring); Rectangle only with --bundled_peers
     res["bundled"] = bundled(args, work, [m for m in main_methods if m[1] in ("wls", "nnls", "rectangle")], logs)
     res["goodness_of_fit"] = goodness_section()
     res["scale"] = scale_section(args.seed)

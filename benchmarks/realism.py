@@ -9,16 +9,16 @@
 Data: the Hao et al. PBMC counts (benchmarks/realdata.py: 11,180 genes; types split per seeded
 split into a reference half and a held-out half; four pseudo-bulk groups summed from held-out
 cells). Per split the model input is built as PREPROCESS builds it (``b2s.preprocess.model_input``)
-and the cell targets as ESTIMATE_FRACTIONS does (``b2s.fractions.cell_targets``) but from the TRUE
+and the cell targets as ESTIMATE_FRACTIONS does (``b2s.fractions.estimate.cell_targets``) but from the TRUE
 group fractions, so generation is measured apart from fraction error.
 
 Units (each in its own fresh process, one after the other; results cached as JSON in
 ``--outdir/units``):
 
-- ``ours``: ``b2s.train.train_vae`` with one trainer variant (the native engine's defaults,
-  ``b2s.train.ENGINE_DEFAULTS``, overridden by the variant), run in chunks up to each of
+- ``ours``: ``b2s.model.train.train_vae`` with one trainer variant (the native engine's defaults,
+  ``b2s.model.train.ENGINE_DEFAULTS``, overridden by the variant), run in chunks up to each of
   ``--epochs`` (``default``: the pipeline's epochs for this reference, a budget of optimizer
-  steps; a checkpoint carries the run on), and after each chunk ``b2s.generate.generate_cells``
+  steps; a checkpoint carries the run on), and after each chunk ``b2s.generate.cells.generate_cells``
   with each generation mode for the four groups; one unit per seed of ``--seeds``;
 - ``null``: ``nb`` = GENERATE's own calibrated NB sampler behind a decoder that returns the same
   output for every cell (each type's mean profile with count noise: what a generator that learned
@@ -29,7 +29,7 @@ Units (each in its own fresh process, one after the other; results cached as JSO
   group's target (at most all of them): the reference half at the cell numbers generated cells are
   scored on;
 - ``ov``: omicverse's seed calls (``Bulk2Single.train`` / ``load`` + ``generate`` through
-  ``b2s.omicverse_engine``) at fixed epochs (patience = epochs) and at its defaults (3500
+  ``b2s.engines.omicverse``) at fixed epochs (patience = epochs) and at its defaults (3500
   epochs, patience 50: its early stop).
 
 Metrics of every (unit, epoch, generation mode), mean over the four groups:
@@ -43,10 +43,10 @@ Metrics of every (unit, epoch, generation mode), mean over the four groups:
   cells per type as the reference half holds (drawn without replacement), to compare with the
   second floor row on equal cell numbers (a correlation matrix from fewer cells scores lower);
 - ``typing``: kNN typing accuracy of the generated cells by a classifier fit on held-out REAL
-  cells (``b2s.qc.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
+  cells (``b2s.qc.metrics.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
   classifier on the reference's real cells, weighted to each group's composition; ``ratio``;
-- ``marker_r``: per-type marker r vs held-out cells (``b2s.qc.marker_correlation`` with held-out
-  markers); ``told_apart`` / ``margin``: the pipeline's identity check (``b2s.qc.identity_summary``
+- ``marker_r``: per-type marker r vs held-out cells (``b2s.qc.metrics.marker_correlation`` with held-out
+  markers); ``told_apart`` / ``margin``: the pipeline's identity check (``b2s.qc.metrics.identity_summary``
   on the correlation with the reference);
 - distribution per type vs held-out real cells (generated cells of all groups pooled per type):
   ``lib`` = median library size ratio gen/real (counts layer vs real counts when the cells carry
@@ -83,7 +83,7 @@ for _p in (ROOT / "bin", ROOT / "benchmarks"):
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-#: Trainer variants measured (keys of b2s.train.TrainConfig over the native engine's defaults).
+#: Trainer variants measured (keys of b2s.model.train.TrainConfig over the native engine's defaults).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     # the defaults before the within-type metrics: every gene in the VAE, the seed's rate and batch
@@ -103,9 +103,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def variant_settings(variant: str) -> dict[str, Any]:
-    """TrainConfig keys of a variant: the native engine's defaults (b2s.train.ENGINE_DEFAULTS, less
+    """TrainConfig keys of a variant: the native engine's defaults (b2s.model.train.ENGINE_DEFAULTS, less
     ``epoch_num``, which ``--epochs`` sets) overridden by the variant's own."""
-    from b2s.train import ENGINE_DEFAULTS
+    from b2s.model.train import ENGINE_DEFAULTS
 
     base = {k: v for k, v in ENGINE_DEFAULTS["native"].items() if k != "epoch_num"}
     return {**base, **VARIANTS[variant]}
@@ -118,8 +118,9 @@ def prepare_split(split: int) -> dict[str, Any]:
     """Reference / held-out halves, model input, held-out log-normalised cells and the cell targets."""
     import pandas as pd
 
+    import b2s.fractions.estimate as fractions
+    import b2s.preprocess as preprocess
     import realdata
-    from b2s import fractions, preprocess
 
     adata = realdata.load_hao()
     ref, held = realdata.split_reference(adata, seed=split)
@@ -202,7 +203,7 @@ class Evaluator:
     """Everything per split that does not depend on the generated cells, computed once."""
 
     def __init__(self, data: dict[str, Any], seed: int = 0) -> None:
-        from b2s import qc
+        import b2s.qc.metrics as qc
 
         self.qc = qc
         self.mi, self.held, self.targets = data["mi"], data["held"], data["targets"]
@@ -304,7 +305,7 @@ class Evaluator:
 def _threads() -> int:
     import torch
 
-    from b2s.train import cpu_count
+    from b2s.model.device import cpu_count
 
     torch.set_num_threads(cpu_count())
     return torch.get_num_threads()
@@ -313,8 +314,8 @@ def _threads() -> int:
 def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str], seed: int,
               patience: int) -> dict[str, Any]:
     """Train one variant in chunks to each epoch count; generate and evaluate after each chunk."""
-    from b2s.generate import DEFAULTS, generate_cells, group_seed
-    from b2s.train import TrainConfig, default_epochs, train_vae, trained_model
+    from b2s.generate.cells import DEFAULTS, generate_cells, group_seed
+    from b2s.model.train import TrainConfig, default_epochs, train_vae, trained_model
 
     threads = _threads()
     data = prepare_split(split)
@@ -358,9 +359,9 @@ def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str],
 
 def unit_ov(split: int, epoch_num: int, patience: int, seed: int) -> dict[str, Any]:
     """omicverse's trainer and generator (seed calls) at one setting."""
-    from b2s import omicverse_engine as ove
-    from b2s.generate import group_seed
-    from b2s.train import TrainConfig
+    import b2s.engines.omicverse as ove
+    from b2s.generate.cells import group_seed
+    from b2s.model.train import TrainConfig
 
     ove.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
@@ -410,8 +411,8 @@ def unit_null(split: int, kind: str, seed: int) -> dict[str, Any]:
     """The two nulls of every table: ``nb`` (per-type mean profile x the source cell's library, NB
     counts: GENERATE's own sampler behind a constant decoder) and ``bootstrap`` (the reference
     cells themselves, cycled to the same targets: copying the reference)."""
-    from b2s.generate import generate_cells, group_seed
-    from b2s.vae import constant_decoder_vae
+    from b2s.generate.cells import generate_cells, group_seed
+    from b2s.model.vae import constant_decoder_vae
 
     data = prepare_split(split)
     ev = Evaluator(data)
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     global CACHED_ONLY
     CACHED_ONLY = a.cached
-    from b2s.train import TrainConfig
+    from b2s.model.train import TrainConfig
 
     splits = [int(s) for s in (a.splits or ("0" if a.quick else "0,1,2")).split(",")]
     epochs = [e if e == "default" else int(e) for e in (a.epochs or ("20,40" if a.quick else "default")).split(",")]

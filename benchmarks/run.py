@@ -12,7 +12,7 @@ Measured:
    24-sample benchmark pseudo-bulk; Pearson r / RMSE / CCC against the truth table; seconds of
    the estimator call (library imports excluded).
 2. train: the same model input (bundled reference, genes shared with the bulk), the same
-   epochs, batch size 512, patience = epochs (no early stop), CPU; native ``b2s.train.train_vae``
+   epochs, batch size 512, patience = epochs (no early stop), CPU; native ``b2s.model.train.train_vae``
    vs omicverse's trainer (``Bulk2Single.train``). s/epoch = trainer seconds / epochs run (the
    model-input conversion outside the trainer is excluded; model construction inside it is
    counted for both); final loss = last epoch's summed loss (same definition in both).
@@ -69,7 +69,7 @@ def quiet_logs(log_path: str) -> None:
 def _threads() -> int:
     import torch
 
-    from b2s.train import cpu_count
+    from b2s.model.device import cpu_count
 
     torch.set_num_threads(cpu_count())  # both engines get the same intra-op threads
     return torch.get_num_threads()
@@ -79,11 +79,13 @@ def job_fractions(engine: str, method: str, data: str, seed: int, kw: dict) -> d
     """Fractions of the 24 benchmark samples with one method; accuracy vs truth."""
     import pandas as pd
 
-    from b2s import fractions, io, reference_io
+    import b2s.fractions.estimate as fractions
+    import b2s.io.reference as reference_io
+    import b2s.io.tables as io
     from memory import StageMemory
 
     if engine == "omicverse":
-        from b2s import omicverse_engine
+        import b2s.engines.omicverse as omicverse_engine
 
         omicverse_engine.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
@@ -108,7 +110,7 @@ def _use_omicverse_sampling() -> None:
     z = eps + mu * exp(logvar / 2), instead of the standard z = mu + eps * exp(logvar / 2)."""
     import torch
 
-    from b2s.vae import BetaVAE
+    from b2s.model.vae import BetaVAE
 
     def sample(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -131,7 +133,7 @@ def loss_terms(state: dict, X: Any, sampling: str, beta: float = 4.0, draws: int
     import scipy.sparse as sp
     import torch
 
-    from b2s.vae import BetaVAE, kl_term, state_dict_shapes
+    from b2s.model.vae import BetaVAE, kl_term, state_dict_shapes
 
     x = torch.as_tensor(X.toarray() if sp.issparse(X) else np.asarray(X), dtype=torch.float32)
     model = BetaVAE(*state_dict_shapes(state))
@@ -164,17 +166,19 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
     ``amp`` and ``sampling`` apply to ours only; ``sampling="omicverse"`` is the diagnostic that
     swaps in omicverse's reparameterisation (see :func:`_use_omicverse_sampling`).
     """
-    from b2s import io, preprocess, reference_io
-    from b2s.train import TrainConfig
+    import b2s.io.reference as reference_io
+    import b2s.io.tables as io
+    import b2s.preprocess as preprocess
+    from b2s.model.train import TrainConfig
     from memory import StageMemory
 
     if engine == "native":
-        from b2s.train import train_vae
+        from b2s.model.train import train_vae
 
         if sampling == "omicverse":
             _use_omicverse_sampling()
     else:
-        from b2s.omicverse_engine import load_omicverse, train_vae
+        from b2s.engines.omicverse import load_omicverse, train_vae
 
         load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
@@ -204,12 +208,12 @@ def job_e2e(engine: str, data: str, epochs: int, seed: int, outdir: str, fractio
     from memory import StageMemory
 
     if engine == "native":
-        import pymde  # noqa: F401  (imported lazily by b2s.qc)
+        import pymde  # noqa: F401  (imported lazily by b2s.qc.metrics)
         import scanpy  # noqa: F401
 
-        import b2s.filter  # noqa: E401,F401
+        import b2s.cluster.filter  # noqa: E401,F401
     else:
-        from b2s.omicverse_engine import load_omicverse
+        from b2s.engines.omicverse import load_omicverse
 
         ov = load_omicverse()
         ov.bulk2single.Bulk2Single  # noqa: B018
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     print(f"benchmark: {'quick' if args.quick else 'full'}; logs and outputs in {outdir}", flush=True)
 
-    from b2s import fractions as native_fractions
+    import b2s.fractions.estimate as native_fractions
 
     result: dict[str, Any] = {"mode": "quick" if args.quick else "full",
                               "default_fraction_method": native_fractions.DEFAULT_METHOD}

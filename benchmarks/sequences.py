@@ -46,10 +46,15 @@ def native_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: Any
     matplotlib.use("Agg")
     import torch
 
-    from b2s import fractions, io, plots, preprocess, qc, reference_io
-    from b2s.filter import filter_cells
-    from b2s.generate import generate_cells
-    from b2s.train import TrainConfig, train_vae
+    import b2s.fractions.estimate as fractions
+    import b2s.io.reference as reference_io
+    import b2s.io.tables as io
+    import b2s.plots as plots
+    import b2s.preprocess as preprocess
+    import b2s.qc.metrics as qc
+    from b2s.cluster.filter import filter_cells
+    from b2s.generate.cells import generate_cells
+    from b2s.model.train import TrainConfig, train_vae
 
     clock = _Clock(meter)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,7 @@ def omicverse_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: 
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from b2s.omicverse_engine import seed_everything
+    from b2s.engines.omicverse import seed_everything
 
     clock = _Clock(meter)
     outdir.mkdir(parents=True, exist_ok=True)

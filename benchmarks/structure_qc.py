@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Does the within-type structure QC (b2s.structure) tell real cells from the per-type NB null?
+"""Does the within-type structure QC (b2s.qc.structure) tell real cells from the per-type NB null?
 
     .venv/bin/python benchmarks/structure_qc.py                 # 3 splits x 3 seeds, ~1 min on one core
     .venv/bin/python benchmarks/structure_qc.py --splits 0 --seeds 0
@@ -15,7 +15,7 @@ half, built as PREPROCESS builds the model input, and a held-out half):
 - ``held-out real, 30/type``: 30 of them per type (a small group: the floor is computed at the
   generated cell count);
 - ``NB null``: NB counts from each type's mean normalised profile x the library of a reference
-  cell of the type, per-gene dispersion from the reference within types (b2s.generate.dispersion),
+  cell of the type, per-gene dispersion from the reference within types (b2s.generate.cells.dispersion),
   as many cells per type as held out: right type, library and about the right variance, nothing
   co-varying inside the type. The QC must flag it;
 - ``resampled reference``: reference cells drawn with replacement (copying the reference).
@@ -41,9 +41,9 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bin"), str(ROOT / "benchmarks")]
 
-from b2s.generate import type_dispersion  # noqa: E402
+from b2s.generate.cells import type_dispersion  # noqa: E402
 from b2s.preprocess import model_input, normalize_single  # noqa: E402
-from b2s.structure import within_type_structure  # noqa: E402
+from b2s.qc.structure import within_type_structure  # noqa: E402
 from realdata import load_hao, split_reference  # noqa: E402
 from realism import machine_info  # noqa: E402
 
@@ -118,12 +118,12 @@ def run(splits: list[int], seeds: list[int]) -> list[dict[str, Any]]:
 
 def bundled(settings: list[str]) -> None:
     """The QC on the bundled data's own generated cells: per ``epochs:learning_rate:batch_size[:vae_genes]``,
-    ``b2s.train.train_vae`` on the model input, ``generate_cells`` at the defaults (targets 2x each
+    ``b2s.model.train.train_vae`` on the model input, ``generate_cells`` at the defaults (targets 2x each
     type's reference cells), then the VAE identity and the within-type QC."""
-    from b2s.generate import generate_cells
-    from b2s.qc import vae_identity_of
-    from b2s.structure import summary_line, within_type_qc
-    from b2s.train import ENGINE_DEFAULTS, TrainConfig, train_vae, trained_model
+    from b2s.generate.cells import generate_cells
+    from b2s.model.train import ENGINE_DEFAULTS, TrainConfig, train_vae, trained_model
+    from b2s.qc.metrics import vae_identity_of
+    from b2s.qc.structure import summary_line, within_type_qc
 
     ref = ad.read_h5ad(ROOT / "assets" / "test_data" / "reference.h5ad")
     mi = model_input(ref, ref.var_names)

@@ -12,13 +12,13 @@ import argparse
 import time
 from pathlib import Path
 
-from b2s import fractions as fr
-from b2s.composition import composition_contrast
+import b2s.fractions.estimate as fr
 from b2s.errors import InputError, run_cli
-from b2s.fraction_fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
-from b2s.fraction_markers import read_markers
-from b2s.io import params_from_args, read_prepared, warn, write_json
+from b2s.fractions.fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
+from b2s.fractions.markers import read_markers
+from b2s.io.tables import params_from_args, read_prepared, warn, write_json
 from b2s.plots import plot_composition_contrast, plot_fractions
+from b2s.qc.composition import composition_contrast
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
           f"method {args.method}, engine {args.engine}", flush=True)
     t0 = time.perf_counter()
     if args.engine == "omicverse":
-        from b2s import omicverse_engine  # lazy: importing omicverse takes tens of seconds
+        import b2s.engines.omicverse as omicverse_engine  # lazy: importing omicverse takes tens of seconds
 
         sample_fr = omicverse_engine.estimate_sample_fractions(bulk, reference, args.method, args.seed)
     else:

@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def filter_group(args: argparse.Namespace) -> None:
     """Filter one group's generated cells (``args.input``, ``args.group``) and write its outputs."""
-    from b2s import io
-    from b2s.filter import filter_summary, parse_uns_record
-    from b2s.qc import read_cells
+    import b2s.io.tables as io
+    from b2s.cluster.filter import filter_summary, parse_uns_record
+    from b2s.qc.metrics import read_cells
 
     out_h5ad = os.path.join(args.outdir, f"{args.group}.filtered.h5ad")
     out_json = os.path.join(args.outdir, f"{args.group}.filter_summary.json")
@@ -60,11 +60,11 @@ def filter_group(args: argparse.Namespace) -> None:
     print(f"[filter] {args.group}: read {generated.n_obs} cells x {generated.n_vars} genes "
           f"(engine {args.engine})", flush=True)
     if args.engine == "omicverse":
-        from b2s import omicverse_engine  # lazy: omicverse takes long to import
+        import b2s.engines.omicverse as omicverse_engine  # lazy: omicverse takes long to import
 
         filtered = omicverse_engine.filter_cells(generated, args.leiden_size, args.seed)
     else:
-        from b2s.filter import filter_cells
+        from b2s.cluster.filter import filter_cells
 
         filtered = filter_cells(generated, args.leiden_size, args.seed)
     params = io.params_from_args(args)

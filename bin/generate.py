@@ -7,7 +7,7 @@ native engine and --counts nb|poisson also integer counts in layers['counts'] an
 obs['total_counts']).
 Several groups (``--group a b c``, --groups_per_task of the pipeline) are generated one after the
 other in this one process: the model and the model input are loaded once, and each group's cells
-are exactly those of a run with that group alone (seed b2s.generate.group_seed(--seed, group)).
+are exactly those of a run with that group alone (seed b2s.generate.cells.group_seed(--seed, group)).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import os
 
 import pandas as pd
 
-from b2s.bulkshift import DEFAULT_SHIFT, SHIFT_CHOICES
 from b2s.errors import InputError, run_cli
-from b2s.generate import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS, DISPERSION_CHOICES
-from b2s.vae import REPARAM_CHOICES
+from b2s.generate.bulkshift import DEFAULT_SHIFT, SHIFT_CHOICES
+from b2s.generate.cells import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS, DISPERSION_CHOICES
+from b2s.model.vae import REPARAM_CHOICES
 
 TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="latent sampling form the weights were trained with (TRAIN_VAE --reparam)")
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--bulk_shift", choices=("auto", *SHIFT_CHOICES), default="auto",
-                   help="bulk-informed generation (b2s.bulkshift): contrast (each group vs the cohort, per type), "
+                   help="bulk-informed generation (b2s.generate.bulkshift): contrast (each group vs the cohort, per type), "
                         "allocate | weighted (vs the reference), none; auto: "
                         f"{DEFAULT_SHIFT} with >= 2 groups and the native engine, else none")
     p.add_argument("--reference_group", help="--bulk_shift contrast: the group the others are compared "
@@ -89,9 +89,10 @@ def read_targets(path: str, group: str) -> dict[str, int]:
 
 
 def bulk_shifts(args: argparse.Namespace, model_input, cohort: dict | None = None) -> dict:
-    """Per-type shifts of ``args.group`` (b2s.bulkshift), written to ``<group>.celltype_shifts.csv``
+    """Per-type shifts of ``args.group`` (b2s.generate.bulkshift), written to ``<group>.celltype_shifts.csv``
     (``cohort``: :func:`contrast_cohort` of the task, for ``--bulk_shift contrast``)."""
-    from b2s import bulkqc, bulkshift
+    import b2s.generate.bulkshift as bulkshift
+    import b2s.qc.bulk as bulkqc
     if args.bulk_shift == "contrast":
         res = bulkshift.contrast_shifts(cohort or contrast_cohort(args, model_input), args.group)
     else:
@@ -118,7 +119,7 @@ def bulk_shifts(args: argparse.Namespace, model_input, cohort: dict | None = Non
 
 def resolve_shift(args: argparse.Namespace) -> str:
     """``--bulk_shift auto`` -> the mode (one console line, recorded in ``uns['bulk_shift']``); returns why."""
-    from b2s import bulkqc
+    import b2s.qc.bulk as bulkqc
 
     if args.bulk_shift != "auto":
         if args.bulk_shift != "none" and args.engine == "omicverse":
@@ -145,8 +146,9 @@ def resolve_shift(args: argparse.Namespace) -> str:
 
 
 def contrast_cohort(args: argparse.Namespace, model_input) -> dict:
-    """:func:`b2s.bulkshift.contrast_model` of the whole cohort (every group's bulk and fractions), once per task."""
-    from b2s import bulkqc, bulkshift
+    """:func:`b2s.generate.bulkshift.contrast_model` of the whole cohort (every group's bulk and fractions), once per task."""
+    import b2s.generate.bulkshift as bulkshift
+    import b2s.qc.bulk as bulkqc
 
     bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
     rows = pd.read_csv(args.targets, dtype={"group": str, "celltype": str})
@@ -159,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     """Generate the cells of each ``--group`` and write ``<group>.generated.h5ad``."""
     args = parse_args(argv)
     from b2s.errors import warning_group
-    from b2s.train import read_model_input, resolve_device
-    from b2s.vae import GeneSubsetVAE, load_weights
-    from b2s.weights import check_weights, subset_positions
+    from b2s.io.weights import check_weights, subset_positions
+    from b2s.model.device import resolve_device
+    from b2s.model.train import read_model_input
+    from b2s.model.vae import GeneSubsetVAE, load_weights
 
     os.makedirs(args.outdir, exist_ok=True)
     groups = args.group
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 def shared_rates(args: argparse.Namespace, model, model_input, device):
     """The rate model of a batch of groups, once (None when it depends on the group's seed or is unused):
     with ``--decode mean`` decoding the reference is deterministic, so every group would compute the same."""
-    from b2s.generate import rate_model
+    from b2s.generate.cells import rate_model
 
     if args.engine != "native" or args.decode != "mean" or args.counts == "none" or "counts" not in model_input.layers:
         return None
@@ -207,8 +210,8 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
     """Generate the cells of ``args.group`` (one group) and write ``<group>.generated.h5ad``
     (``rates``: :func:`shared_rates` of the batch, or None to compute them for this group;
     ``cohort``: :func:`contrast_cohort` of the task, or None)."""
-    from b2s.generate import generate_cells, group_seed
-    from b2s.io import write_h5ad
+    from b2s.generate.cells import generate_cells, group_seed
+    from b2s.io.tables import write_h5ad
 
     known = set(model_input.obs["celltype"].astype(str))
     unknown = [t for t in targets if t not in known]
@@ -224,7 +227,7 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
     if args.bulk_shift != "none":
         shift = bulk_shifts(args, model_input, cohort)
     if args.engine == "omicverse":
-        from b2s import omicverse_engine  # lazy: omicverse takes long to import
+        import b2s.engines.omicverse as omicverse_engine  # lazy: omicverse takes long to import
 
         adata = omicverse_engine.generate_cells(model.state_dict(), model_input, targets, **kwargs)
     else:

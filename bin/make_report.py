@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """REPORT: one self-contained HTML page (bulk2single_report.html) summarising a run, and the
-same results as MultiQC custom content (multiqc/*_mqc.tsv|yaml, b2s.multiqc).
+same results as MultiQC custom content (multiqc/*_mqc.tsv|yaml, b2s.report.multiqc).
 
 --inputs is a folder holding the stage outputs (fractions, training, per-group FILTER and QC
 files); missing optional files are reported in the page, not as errors.
@@ -47,7 +47,7 @@ def read_params(path: str | None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Build ``bulk2single_report.html`` in ``--outdir``."""
     args = parse_args(argv)
-    from b2s.report import build_report
+    from b2s.report.build import build_report
 
     if not os.path.isdir(args.inputs):
         raise InputError(f"--inputs {args.inputs} is not a folder; pass the folder holding the "
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     out = os.path.join(args.outdir, "bulk2single_report.html")
     build_report(args.inputs, out, params, args.versions)
     print(f"[report] wrote {out} ({os.path.getsize(out) / 1024:.0f} KB)", flush=True)
-    from b2s.multiqc import write_multiqc
+    from b2s.report.multiqc import write_multiqc
 
     mqc = write_multiqc(args.inputs, os.path.join(args.outdir, "multiqc"), params)
     print(f"[report] MultiQC custom content: {', '.join(os.path.basename(p) for p in mqc)}", flush=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from b2s import preprocess as pp
+import b2s.preprocess as pp
 from b2s.errors import run_cli
-from b2s.io import params_from_args, read_prepared, write_h5ad, write_json
+from b2s.io.tables import params_from_args, read_prepared, write_h5ad, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,7 @@
 Writes <group>.cellprop.png/.csv (reference vs target vs generated vs filtered proportions),
 <group>.correlation.png/.csv (marker correlation; also <group>.correlation_matrix.csv),
 <group>.mde.png (joint MDE of reference and filtered cells) and <group>.metrics.json; with --bulk and
---groups also the QC against the group's bulk (b2s.bulkqc): <group>.bulk_qc.csv (scores of the
+--groups also the QC against the group's bulk (b2s.qc.bulk): <group>.bulk_qc.csv (scores of the
 generated, filtered and composition-only pseudo-bulks), <group>.bulk_residuals.csv (genes with the
 largest residuals) and <group>.bulk_scatter.png.
 Several groups (``--group a b --generated ... --filtered ...``, --groups_per_task of the pipeline)
@@ -47,9 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def bulk_section(args: argparse.Namespace, g: str, out: dict[str, str], reference, generated, filtered,
                  targets) -> dict:
-    """QC against the group's bulk (b2s.bulkqc): writes its table, residuals and scatter; returns its metrics."""
-    from b2s import bulkqc, plots
-    from b2s.qc import ordered_types
+    """QC against the group's bulk (b2s.qc.bulk): writes its table, residuals and scatter; returns its metrics."""
+    import b2s.plots as plots
+    import b2s.qc.bulk as bulkqc
+    from b2s.qc.metrics import ordered_types
 
     bulk, groups = bulkqc.read_bulk_inputs(args.bulk, args.groups)
     types = ordered_types(reference)
@@ -75,7 +76,8 @@ def bulk_section(args: argparse.Namespace, g: str, out: dict[str, str], referenc
 def main(argv: list[str] | None = None) -> None:
     """Run the QC of each ``--group`` and write its plots, tables and metrics."""
     args = parse_args(argv)
-    from b2s import plots, qc
+    import b2s.plots as plots
+    import b2s.qc.metrics as qc
     from b2s.errors import InputError, warning_group
 
     if args.top_markers < 1:
@@ -100,9 +102,12 @@ def main(argv: list[str] | None = None) -> None:
 def qc_group(args: argparse.Namespace, shared: dict) -> None:
     """The QC of one group (``args.generated``, ``args.filtered``, ``args.group``); ``shared`` holds
     the reference and what is computed from it alone (filled on first use)."""
-    from b2s import io, plots, qc, structure
+    import b2s.io.tables as io
+    import b2s.plots as plots
+    import b2s.qc.metrics as qc
+    import b2s.qc.structure as structure
+    from b2s.cluster.filter import filter_summary
     from b2s.errors import InputError, warn
-    from b2s.filter import filter_summary
 
     g = args.group
     out = {k: os.path.join(args.outdir, f"{g}.{k}") for k in (

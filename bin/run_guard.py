@@ -7,9 +7,9 @@ metadata and, at the end, ``end``). Standard library only, except jsonschema for
 checks (skipped with a warning without it).
 
     run_guard.py start  --facts F   checks of params and inputs (bin/validate_params.py), then the
-                                    outdir lock (b2s.outdir_lock); a leftover staging folder is deleted
-    run_guard.py finish --facts F   the staging folder published or discarded (b2s.staging), the
-                                    task warnings and a failed task's error line (b2s.task_messages),
+                                    outdir lock (b2s.head.outdir_lock); a leftover staging folder is deleted
+    run_guard.py finish --facts F   the staging folder published or discarded (b2s.head.staging), the
+                                    task warnings and a failed task's error line (b2s.head.task_messages),
                                     the lock released
     run_guard.py hold --lock L --session-id S --pid P
                                     keep the lock fresh while the Nextflow process P lives (started
@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from b2s import outdir_lock as lk
-from b2s import staging as st
-from b2s import task_messages as tm
-from b2s.preflight import is_remote
+import b2s.head.outdir_lock as lk
+import b2s.head.staging as st
+import b2s.head.task_messages as tm
+from b2s.head.preflight import is_remote
 
 EXIT_REFUSED = 2
 
@@ -94,8 +94,8 @@ def check_params(params: dict[str, Any], workflow: dict[str, Any]) -> list[str]:
         log("WARN", "python3 on this machine has no jsonschema module, so parameters are not validated against "
                     "nextflow_schema.json here; each task's script still checks its inputs")
         return []
+    import b2s.head.params as bp
     import validate_params as vp
-    from b2s import params as bp
 
     schema_path = Path(workflow["project_dir"]) / "nextflow_schema.json"
     res = vp.validate(params, bp.load_schema(schema_path), schema_path, executor=workflow.get("executor") or "local")

@@ -2,7 +2,7 @@
 """TRAIN_VAE: train the Bulk2Single beta-VAE on the model input (once per run, reused by every group).
 
 Writes vae.pth (state dict, CPU tensors), vae.pth.json (its genes in order and settings,
-b2s.weights), loss_history.csv, loss_plot.png and train_summary.json into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
+b2s.io.weights), loss_history.csv, loss_plot.png and train_summary.json into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
 epochs to <dir>/vae_checkpoint.pt and a rerun with the same data and settings resumes from it.
 """
 
@@ -13,11 +13,11 @@ import os
 
 import torch
 
-import b2s.train as btrain
+import b2s.model.train as btrain
 from b2s.errors import InputError, run_cli
-from b2s.io import write_json
-from b2s.vae import REPARAM_CHOICES
-from b2s.weights import write_sidecar
+from b2s.io.tables import write_json
+from b2s.io.weights import write_sidecar
+from b2s.model.vae import REPARAM_CHOICES
 
 CHECKPOINT_NAME = "vae_checkpoint.pt"
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     if args.engine == "omicverse":
-        from b2s import omicverse_engine  # lazy: omicverse takes long to import
+        import b2s.engines.omicverse as omicverse_engine  # lazy: omicverse takes long to import
 
         result = omicverse_engine.train_vae(adata, config)  # it needs obs['celltype'] for Bulk2Single
     else:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = os.path.join(args.outdir, "vae.pth")
     torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, weights + ".tmp")
     os.replace(weights + ".tmp", weights)
-    # the genes and settings the weights belong to, readable without torch (b2s.weights)
+    # the genes and settings the weights belong to, readable without torch (b2s.io.weights)
     import b2s
 
     genes = adata.var_names if result.genes is None else adata.var_names[result.genes]

@@ -31,14 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-samplesheet", action="store_true", help="do not open --samplesheet")
     p.add_argument("--executor", default=None,
                    help="the run's process executor (e.g. local, slurm): also run the head-node checks of "
-                        "files, folders and the device (b2s.preflight)")
+                        "files, folders and the device (b2s.head.preflight)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Validate, print one line per problem, exit 2 on errors."""
     args = parse_args(argv)
-    from b2s import params as bp
+    import b2s.head.params as bp
 
     schema_path = Path(args.schema)
     try:
@@ -74,16 +74,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def validate(params: dict, schema: dict, schema_path: Path, executor: str | None = None,
              check_samplesheet: bool = True):
-    """The schema and head-node checks of ``params`` (``b2s.params.validate_params``), and that a
+    """The schema and head-node checks of ``params`` (``b2s.head.params.validate_params``), and that a
     ``--vae_weights`` sidecar fits the settings: a result with ``errors`` and ``warnings`` lines.
     Needs jsonschema."""
-    from b2s import params as bp
+    import b2s.head.params as bp
 
     res = bp.validate_params(params, schema, schema_dir=schema_path.resolve().parent,
                              check_samplesheet=check_samplesheet, executor=executor)
-    # --vae_weights: its sidecar must fit the settings (b2s.weights, stdlib only)
+    # --vae_weights: its sidecar must fit the settings (b2s.io.weights, stdlib only)
     if params.get("vae_weights") and Path(str(params["vae_weights"])).is_file():
-        from b2s.weights import check_weights
+        from b2s.io.weights import check_weights
 
         try:
             hidden = params.get("hidden_size")

@@ -92,7 +92,7 @@ workflow BULK2SINGLE {
 
     // The WARNING: lines of every task (its declared task_warnings.txt), one block per task, each
     // line as 'STAGE<TAB>group<TAB>WARNING: text': for the report's top and the console summary at
-    // exit, which map staged names to the user's paths and order the stages (b2s.task_messages).
+    // exit, which map staged names to the user's paths and order the stages (b2s.head.task_messages).
     // The empty item makes the file exist when no task warned.
     ch_warnings = Channel.empty()
         .mix(

@@ -46,7 +46,7 @@ def warn(msg: str, file: TextIO | None = None) -> None:
     ``msg`` is one line naming the file or parameter and what was done about it; it is also
     appended to :data:`WARNINGS` (untagged) and, in a pipeline task, to the task's warnings
     file (``$B2S_WARNINGS_FILE``), which the workflow collects for the console summary and the
-    report (b2s.task_messages).
+    report (b2s.head.task_messages).
     """
     line = " ".join(str(msg).split())
     WARNINGS.append(line)

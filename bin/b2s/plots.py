@@ -144,7 +144,7 @@ def plot_cellprop(props: pd.DataFrame, path: str, title: str = "",
     """Cell-type proportions of reference, target, generated and filtered cells as stacked bars.
 
     ``props``: index = cell type; fraction columns among ``reference, target, generated,
-    filtered`` (as returned by :func:`b2s.qc.celltype_proportions`); optional ``n_<source>``
+    filtered`` (as returned by :func:`b2s.qc.metrics.celltype_proportions`); optional ``n_<source>``
     count columns are shown in the bar labels.
     """
     sources = [s for s in ("reference", "target", "generated", "filtered") if s in props]
@@ -236,7 +236,7 @@ def plot_bulk_scatter(log_cpm: pd.DataFrame, path: str, title: str = "",
     """Generated pseudo-bulk vs the group's bulk (log2 CPM per gene), beside the composition-only expectation.
 
     ``log_cpm``: columns ``bulk_log2cpm``, ``generated_log2cpm`` and optionally
-    ``composition_expected_log2cpm`` (:func:`b2s.bulkqc.bulk_qc`); ``scores``: its summary frame
+    ``composition_expected_log2cpm`` (:func:`b2s.qc.bulk.bulk_qc`); ``scores``: its summary frame
     (Pearson r and variance explained shown in the panel titles). The ``n_label`` genes furthest
     from the diagonal in the generated panel are named.
     """
@@ -266,7 +266,7 @@ def plot_bulk_scatter(log_cpm: pd.DataFrame, path: str, title: str = "",
 
 
 def plot_composition_contrast(table: pd.DataFrame, path: str, title: str = "") -> None:
-    """Change of each type's fraction per group (b2s.composition): points with 95 % intervals,
+    """Change of each type's fraction per group (b2s.qc.composition): points with 95 % intervals,
     one panel per group; filled where the interval excludes 0."""
     groups = list(pd.unique(table["group"]))
     types = sorted(pd.unique(table["celltype"]), key=_sort_key)

@@ -126,7 +126,7 @@ def model_input(reference: anndata.AnnData, bulk_genes) -> anndata.AnnData:
     out = norm[:, cols].copy()
     if sparse.issparse(out.X):
         out.X = sparse.csr_matrix(out.X, dtype=np.float32)
-    # GENERATE draws counts from the reference's libraries and per-gene dispersion (b2s.generate)
+    # GENERATE draws counts from the reference's libraries and per-gene dispersion (b2s.generate.cells)
     raw = reference.X
     out.obs["total_counts"] = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
     out.layers["counts"] = sparse.csr_matrix(raw[:, cols], dtype=np.float32) if sparse.issparse(raw) \

@@ -69,7 +69,7 @@ def test_salmon_tpm_with_odd_group_names_end_to_end(tmp_path):
 
     if shutil.which("multiqc") is None:
         pytest.fail("multiqc is not installed: `make env` installs requirements-dev.txt")
-    from b2s.multiqc import SECTIONS
+    from b2s.report.multiqc import SECTIONS
     from tests.unit.test_multiqc import run_multiqc
 
     assert run_multiqc(out, tmp_path / "multiqc") == set(SECTIONS.values())

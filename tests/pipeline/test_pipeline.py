@@ -82,7 +82,7 @@ def test_qc_outputs_per_group(full_run):
         # The VAE by itself tells every type apart, judged before the per-type calibration (which
         # types the output right whatever the VAE learnt: a randomly initialised VAE passes the
         # checks above but tells 0/10 apart, tests/unit/test_structure.py), and the QC's
-        # within-type structure and VAE identity warnings (b2s.structure) stay silent.
+        # within-type structure and VAE identity warnings (b2s.qc.structure) stay silent.
         gen = ad.read_h5ad(full_run.outdir / "generate" / f"{group}.generated.h5ad", backed="r")
         vae = json.loads(gen.uns["vae_identity"])
         assert vae["told_apart"] == vae["n_types"] == len(ref_types), vae

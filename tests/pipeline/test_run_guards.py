@@ -2,7 +2,7 @@
 parameter or input is refused (on the head node, or by a task after others finished: tasks publish
 into <outdir>/.nf-bulk2single.staging, moved into place only when the run succeeds), the failed
 task's ERROR line as the last console line, and task warnings in the console summary and the report.
-The guards themselves are bin/run_guard.py (b2s.outdir_lock, b2s.staging, b2s.task_messages), run by
+The guards themselves are bin/run_guard.py (b2s.head.outdir_lock, b2s.head.staging, b2s.head.task_messages), run by
 subworkflows/local/utils_bulk2single_pipeline; their unit tests are tests/unit/test_head_node.py.
 
 -stub-run wherever the behaviour shows with it (a stub run takes ~30 s). The head-node checks
@@ -11,7 +11,7 @@ pipeline runs them before any task and leaves no file behind. A new case is one 
 
 Issue 12's numbered problems and the tests that show each one fixed. Every test listed FAILS on
 de4d37a (main before issue 12; the tests copied there and run; harness adaptations: validate_params
-called without --executor, the sidecar written without b2s.weights) and passes on this branch:
+called without --executor, the sidecar written without b2s.io.weights) and passes on this branch:
   1 stale checkpoint       unit test_train: test_stale_checkpoint_never_changes_the_result (old:
                            resumed_from 6 for a 2-epoch request); resume on the console:
                            test_checkpoint_resume_is_bit_identical, test_train_vae_script_kill_and_resume
@@ -116,7 +116,7 @@ def test_lock_of_a_dead_run_is_taken_over(tmp_path):
 
 
 # Two runs racing for one stale lock end with one holder: the lock is Python on the head node
-# (b2s.outdir_lock), so that race runs without Nextflow, 8 processes x 20 rounds, in
+# (b2s.head.outdir_lock), so that race runs without Nextflow, 8 processes x 20 rounds, in
 # tests/unit/test_head_node.py (test_runs_racing_for_one_stale_lock_end_with_one_holder).
 
 
@@ -167,7 +167,7 @@ def _published(outdir) -> list[str]:
 
 def _weights_of_other_genes(tmp_path) -> str:
     """A vae.pth whose sidecar lists 3 genes the test reference lacks (the check reads the sidecar first)."""
-    from b2s.weights import write_sidecar
+    from b2s.io.weights import write_sidecar
 
     pth = tmp_path / "other_genes" / "vae.pth"
     pth.parent.mkdir()

@@ -200,7 +200,7 @@ def test_leiden_size_that_filters_nothing_warns(capsys):
     """--leiden_size larger than any cluster (issue 12: 100000 was silently ignored)."""
     import scanpy as sc
 
-    from b2s.filter import filter_cells
+    from b2s.cluster.filter import filter_cells
 
     a = ad.read_h5ad(TEST_DATA / "reference.h5ad")
     sc.pp.normalize_total(a, target_sum=1e4)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import b2s.io as bio
+import b2s.io.tables as bio
 from b2s.errors import InputError
 from tests.helpers import load_script
 
@@ -196,7 +196,7 @@ def _tiny_reference(n_per_type=(30, 20)):
 
 def test_cell_number_rules():
     """counts: library size (omicverse); TPM/FPKM: the reference's cell number; --cells_per_group: that."""
-    from b2s import fractions as F
+    import b2s.fractions.estimate as F
 
     ref = _tiny_reference()
     groups = pd.DataFrame({"group": ["G", "G"], "sample": ["s1", "s2"]})
@@ -216,7 +216,7 @@ def test_cell_number_rules():
 
 
 def test_preprocess_scales_tpm_per_sample_and_keeps_deseq2_for_counts():
-    from b2s import preprocess as pp
+    import b2s.preprocess as pp
 
     groups = pd.DataFrame({"group": ["G", "G"], "sample": ["s1", "s2"]})
     fpkm = pd.DataFrame({"s1": [10.0, 30.0, 60.0], "s2": [1.0, 3.0, 6.0]}, index=["a", "b", "c"])
@@ -257,7 +257,7 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled, capsys):
     assert fs["counting_noise"]["rule"] == "fitted"
     assert set(fs["counting_noise"]["effective_library"]) == set(bundled.columns)
     assert "fpkm carries no library size, so the counting noise of each sample was fitted" in capsys.readouterr().out
-    from b2s.report import section_bulk_input
+    from b2s.report.sections import section_bulk_input
 
     html = section_bulk_input({"prepare_summary.json": out / "prepare_summary.json",
                                 "fractions_summary.json": tmp_path / "fr" / "fractions_summary.json"})
@@ -277,7 +277,7 @@ def test_tpm_fractions_match_counts_on_the_bundled_samples(bundled):
     sample from the residuals (taking TPM as 1e6 reads gave 0.0103 here); nnls is scale-free."""
     import anndata as ad
 
-    from b2s import fractions as F
+    import b2s.fractions.estimate as F
 
     ref = ad.read_h5ad(TEST_DATA / "reference.h5ad")
     counts = bundled.copy()

@@ -1,4 +1,4 @@
-"""QC against the bulk (b2s.bulkqc) and bulk-informed generation (b2s.bulkshift, GENERATE --bulk_shift)."""
+"""QC against the bulk (b2s.qc.bulk) and bulk-informed generation (b2s.generate.bulkshift, GENERATE --bulk_shift)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from b2s import bulkqc, bulkshift
+import b2s.generate.bulkshift as bulkshift
+import b2s.qc.bulk as bulkqc
 from b2s.errors import InputError
-from b2s.generate import generate_cells
-from b2s.vae import BetaVAE
+from b2s.generate.cells import generate_cells
+from b2s.model.vae import BetaVAE
 from tests.helpers import load_script
 
 TYPES = ["A", "B", "C"]
@@ -248,7 +249,7 @@ def test_generate_and_qc_scripts_with_the_bulk(tmp_path, reference):
 
 
 def test_report_shows_bulk_qc_and_shifts(tmp_path):
-    from b2s.report import build_report
+    from b2s.report.build import build_report
 
     d = tmp_path / "in"
     d.mkdir()
@@ -266,7 +267,7 @@ def test_report_shows_bulk_qc_and_shifts(tmp_path):
 
 
 def test_params_warn_bulk_shift_with_omicverse():
-    from b2s.params import load_schema, validate_params
+    from b2s.head.params import load_schema, validate_params
     from tests.helpers import REPO
 
     schema = load_schema(REPO / "nextflow_schema.json")

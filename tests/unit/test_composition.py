@@ -1,4 +1,4 @@
-"""Composition change between groups with 95 % intervals (b2s.composition)."""
+"""Composition change between groups with 95 % intervals (b2s.qc.composition)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from b2s.composition import COLUMNS, composition_contrast
 from b2s.errors import InputError
+from b2s.qc.composition import COLUMNS, composition_contrast
 
 TYPES = ["A", "B", "C", "D"]
 DESIGN = {"g1": [0.4, 0.3, 0.2, 0.1], "g2": [0.4, 0.3, 0.2, 0.1], "g3": [0.2, 0.5, 0.2, 0.1]}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from b2s import params as bp
+import b2s.head.params as bp
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"

@@ -1,4 +1,4 @@
-"""Between-group shifts (b2s.bulkshift.contrast_model / contrast_shifts, GENERATE --bulk_shift contrast|auto)."""
+"""Between-group shifts (b2s.generate.bulkshift.contrast_model / contrast_shifts, GENERATE --bulk_shift contrast|auto)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from b2s import bulkqc, bulkshift
+import b2s.generate.bulkshift as bulkshift
+import b2s.qc.bulk as bulkqc
 from b2s.errors import InputError
-from b2s.vae import BetaVAE
+from b2s.model.vae import BetaVAE
 from tests.helpers import load_script
 from tests.unit.test_bulkqc import N_GENES, TYPES, reference  # noqa: F401 (fixture)
 

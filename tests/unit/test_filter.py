@@ -1,4 +1,4 @@
-"""FILTER: Leiden-based removal of small clusters of generated cells (b2s.filter, bin/filter_cells.py)."""
+"""FILTER: Leiden-based removal of small clusters of generated cells (b2s.cluster.filter, bin/filter_cells.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from b2s.cluster.filter import filter_cells, filter_summary
 from b2s.errors import InputError
-from b2s.filter import filter_cells, filter_summary
 from tests.helpers import load_script, pbmc_model_input
 
 N_OUTLIERS = 12
@@ -172,14 +172,14 @@ def test_filter_script_missing_input(tmp_path):
 
 
 def test_clusters_match_scanpy_umap_graph(gen, filtered, monkeypatch):
-    """The b2s.graph connectivities give the clusters FILTER got from sc.pp.neighbors (umap)."""
+    """The b2s.cluster.graph connectivities give the clusters FILTER got from sc.pp.neighbors (umap)."""
     import warnings
 
     import scanpy as sc
 
-    import b2s.filter as bf
+    import b2s.cluster.filter as bf
 
-    def scanpy_leiden(pcs, seed):  # the graph step as it was before b2s.graph
+    def scanpy_leiden(pcs, seed):  # the graph step as it was before b2s.cluster.graph
         g = ad.AnnData(X=np.zeros((pcs.shape[0], 1), dtype=np.float32))
         g.obsm["X_pca"] = pcs
         with warnings.catch_warnings():

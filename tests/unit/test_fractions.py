@@ -1,4 +1,4 @@
-"""Tests of b2s.fractions: estimators, group means, target cell numbers, metrics, the script."""
+"""Tests of b2s.fractions.estimate: estimators, group means, target cell numbers, metrics, the script."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from scipy.optimize import nnls
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 
-from b2s import fractions as F  # noqa: E402
+import b2s.fractions.estimate as F  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 
 TYPES = ["B cell", "Mono/Mac", "NK+", "T"]  # unsorted-looking names with / + and space

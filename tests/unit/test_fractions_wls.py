@@ -17,12 +17,12 @@ from scipy.optimize import nnls
 BIN = Path(__file__).resolve().parents[2] / "bin"
 REPO = BIN.parent
 
-from b2s import fractions as F  # noqa: E402
-from b2s import params as bp  # noqa: E402
+import b2s.fractions.estimate as F  # noqa: E402
+import b2s.head.params as bp  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
-from b2s.fraction_fit import goodness_of_fit  # noqa: E402
-from b2s.fraction_markers import pairwise_markers, read_markers  # noqa: E402
-from b2s.fraction_wls import batched_nnls_gram  # noqa: E402
+from b2s.fractions.fit import goodness_of_fit  # noqa: E402
+from b2s.fractions.markers import pairwise_markers, read_markers  # noqa: E402
+from b2s.fractions.wls import batched_nnls_gram  # noqa: E402
 
 TYPES = ["B", "CD4 T", "CD8 T", "Mono", "NK"]
 
@@ -253,7 +253,7 @@ def test_script_writes_fit_and_uses_markers(tmp_path, data):
 
 
 def test_report_shows_goodness_of_fit_and_warns(tmp_path):
-    from b2s.report import build_report
+    from b2s.report.build import build_report
 
     summary = {"method": "wls", "goodness_of_fit": {
         "thresholds": {"min_fit_r": 0.9, "max_residual": 0.12},
@@ -294,7 +294,7 @@ def test_errors_in_variables_correction_reduces_the_small_type_bias(data):
 def test_fit_bulk_scale_recovers_the_counting_noise_of_a_bulk_without_library_size(scale, phi):
     """TPM/FPKM carry no library size; the counting-noise scale p (CPM per read) is fitted from the
     residuals. Residuals drawn with a known p (plus reference-mean and phi*mu^2 terms) give it back."""
-    from b2s.fraction_wls import fit_bulk_scale
+    from b2s.fractions.wls import fit_bulk_scale
 
     rng = np.random.default_rng(3)
     n_samples, n_genes = 4, 600

@@ -1,4 +1,4 @@
-"""Each type's generated cells take that type's calibration (b2s.generate, --counts nb, --calibrate type)."""
+"""Each type's generated cells take that type's calibration (b2s.generate.cells, --counts nb, --calibrate type)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from b2s.generate import generate_cells
-from b2s.vae import BetaVAE
+from b2s.generate.cells import generate_cells
+from b2s.model.vae import BetaVAE
 
 N_GENES, LATENT = 40, 4
 TYPES = {"T": 50, "B": 30, "NK": 20}

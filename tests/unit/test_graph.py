@@ -1,4 +1,4 @@
-"""b2s.graph: the fuzzy kNN connectivities FILTER clusters on, checked against umap and scanpy."""
+"""b2s.cluster.graph: the fuzzy kNN connectivities FILTER clusters on, checked against umap and scanpy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from b2s import graph
+import b2s.cluster.graph as graph
 
 
 def _umap_fss(idx: np.ndarray, dist: np.ndarray):

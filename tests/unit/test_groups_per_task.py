@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import warning_group, warning_line
-from b2s.vae import BetaVAE
+from b2s.model.vae import BetaVAE
 from tests.helpers import pbmc_model_input
 from tests.pipeline.nfrun import NUMBA_SHARED
 

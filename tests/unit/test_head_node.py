@@ -1,6 +1,6 @@
 """The head node's run guards (bin/run_guard.py), without a pipeline run: the outdir lock
-(b2s.outdir_lock), publishing all or nothing (b2s.staging), the task warnings and a failed task's
-ERROR line as the user reads them (b2s.task_messages), and the `start` / `finish` commands the
+(b2s.head.outdir_lock), publishing all or nothing (b2s.head.staging), the task warnings and a failed task's
+ERROR line as the user reads them (b2s.head.task_messages), and the `start` / `finish` commands the
 pipeline calls. The same behaviours through `nextflow run` are in tests/pipeline/test_run_guards.py
 (lock, staging, failure line) and tests/pipeline/test_resources.py (warnings).
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from b2s import errors
-from b2s import outdir_lock as lk
-from b2s import staging as st
-from b2s import task_messages as tm
+import b2s.errors as errors
+import b2s.head.outdir_lock as lk
+import b2s.head.staging as st
+import b2s.head.task_messages as tm
 from tests.helpers import load_script
 
 REPO = Path(__file__).resolve().parents[2]

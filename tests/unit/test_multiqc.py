@@ -1,4 +1,4 @@
-"""MultiQC custom content (b2s.multiqc, issue 26) and display names in the report: the files are
+"""MultiQC custom content (b2s.report.multiqc, issue 26) and display names in the report: the files are
 written by REPORT and `multiqc` (a test-only dependency, requirements-dev.txt) finds their sections."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from b2s.multiqc import SECTIONS, write_multiqc
-from b2s.report import build_report
+from b2s.report.build import build_report
+from b2s.report.multiqc import SECTIONS, write_multiqc
 from tests.unit.test_report import _write_run
 
 NAMES = {"ctrl": "Day 0", "treated.v2": "IFN-b/6h", "T&<x>": "T&<x>"}

@@ -11,11 +11,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from b2s import io, preprocess, reference_io
-from b2s import omicverse_engine as oe
+import b2s.engines.omicverse as oe
+import b2s.io.reference as reference_io
+import b2s.io.tables as io
+import b2s.preprocess as preprocess
 from b2s.errors import InputError
-from b2s.train import TrainConfig, TrainResult
-from b2s.vae import BetaVAE
+from b2s.model.train import TrainConfig, TrainResult
+from b2s.model.vae import BetaVAE
 
 TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"
 

@@ -1,4 +1,4 @@
-"""nextflow_schema.json, the samplesheet schema, parameter validation (b2s.params,
+"""nextflow_schema.json, the samplesheet schema, parameter validation (b2s.head.params,
 bin/validate_params.py) and --help (validate_params.py --print-help, which `nextflow run . --help` prints)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from b2s import params as bp
+import b2s.head.params as bp
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO / "assets" / "test_data"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from b2s import plots
+import b2s.plots as plots
 
 TYPES = ["T cell", "B cell", "NK", "Monocyte/Macrophage (CD14+)", "DC"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ from scipy import sparse
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 
-from b2s import preprocess as pp  # noqa: E402
+import b2s.preprocess as pp  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 
 COUNTS = pd.DataFrame({"s1": [10, 5, 0, 8], "s2": [20, 10, 4, 2]}, index=["g1", "g2", "g3", "g4"])

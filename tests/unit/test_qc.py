@@ -1,4 +1,4 @@
-"""QC: proportions, marker correlation, MDE embedding, metrics (b2s.qc, bin/qc.py)."""
+"""QC: proportions, marker correlation, MDE embedding, metrics (b2s.qc.metrics, bin/qc.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from b2s import qc
+import b2s.qc.metrics as qc
 from b2s.errors import InputError
 from tests.helpers import load_script, pbmc_model_input
 

@@ -1,4 +1,4 @@
-"""REPORT: the self-contained HTML page (b2s.report, bin/make_report.py)."""
+"""REPORT: the self-contained HTML page (b2s.report.build, bin/make_report.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from b2s import plots
+import b2s.plots as plots
 from b2s.errors import InputError
-from b2s.report import build_report, discover_groups
+from b2s.report.build import build_report
+from b2s.report.inputs import discover_groups
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
@@ -222,7 +223,7 @@ def test_report_between_groups_section(tmp_path):
 
     import pandas as _pd
 
-    from b2s.report import build_report
+    from b2s.report.build import build_report
 
     d = tmp_path / "in"
     d.mkdir()
@@ -249,9 +250,9 @@ def test_report_between_groups_section(tmp_path):
 
 
 def test_report_rendered_from_templates(tmp_path):
-    """The page comes from bin/b2s/templates: skeleton, inlined report.css, navigation and the
+    """The page comes from bin/b2s/report/templates: skeleton, inlined report.css, navigation and the
     sections in order; user text escaped as html.escape does, HTML never escaped twice."""
-    from b2s.report_html import TEMPLATES, df_table
+    from b2s.report.markup import TEMPLATES, df_table
 
     _write_run(tmp_path)
     out = tmp_path / "r.html"

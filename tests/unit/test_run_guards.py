@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from b2s import cache, preflight
-from b2s import params as bp
+import b2s.cache as cache
+import b2s.head.params as bp
+import b2s.head.preflight as preflight
 from b2s.errors import InputError
-from b2s.report import warning_lines
+from b2s.report.inputs import warning_lines
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO / "assets" / "test_data"
@@ -108,7 +109,7 @@ def test_gpu_visibility_respects_cuda_visible_devices(monkeypatch):
 # the schema and the stage scripts agree on every bound
 # --------------------------------------------------------------------------------------------
 def _train(name):
-    from b2s.train import TrainConfig
+    from b2s.model.train import TrainConfig
 
     return lambda v: TrainConfig(**{name: v}).validate()
 
@@ -123,7 +124,7 @@ def _script(module: str, entry: str, *argv: str):
 
 
 def _filter(v):
-    from b2s.filter import filter_cells
+    from b2s.cluster.filter import filter_cells
 
     filter_cells(None, v, 0)
 

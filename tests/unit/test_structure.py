@@ -1,4 +1,4 @@
-"""Within-type structure QC (b2s.structure): scores, floor, variance ratio, warnings, QC and report wiring."""
+"""Within-type structure QC (b2s.qc.structure): scores, floor, variance ratio, warnings, QC and report wiring."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from b2s import structure
-from b2s.structure import structure_warnings, within_type_qc, within_type_structure
+import b2s.qc.structure as structure
+from b2s.qc.structure import structure_warnings, within_type_qc, within_type_structure
 from tests.helpers import REPO, load_script
 
 TYPES = ("A", "B", "C")
@@ -70,7 +70,7 @@ def type_mean_null(ref: ad.AnnData, n: int, seed: int, nb: bool = True) -> ad.An
     """The null: NB (or Poisson) counts from each type's mean normalised profile x a reference cell's
     library, NB dispersion per gene estimated from the reference within types (as GENERATE's):
     right type, right library, about the right variance, nothing co-varying inside the type."""
-    from b2s.generate import type_dispersion
+    from b2s.generate.cells import type_dispersion
 
     rng = np.random.default_rng(seed)
     labels = ref.obs["celltype"].astype(str).to_numpy()
@@ -147,7 +147,7 @@ def test_warning_fires_for_the_type_mean_null_and_not_for_resampled_cells(ref):
     assert len(null) == 1 and "3 of 3 cell types" in null[0]
     assert "--epoch_num" in null[0] and "-profile gpu" in null[0]
     assert structure_warnings(within_type_structure(ref, resampled(ref, 300, seed=2), seed=0)) == []
-    # the VAE's own separation (uns['vae_identity'] via b2s.qc.vae_identity_of)
+    # the VAE's own separation (uns['vae_identity'] via b2s.qc.metrics.vae_identity_of)
     ok = within_type_structure(ref, resampled(ref, 300, seed=2), seed=0)
     vae_bad = structure_warnings(ok, {"vae_celltypes_identified": 4, "vae_celltypes_assessed": 10})
     assert len(vae_bad) == 1 and "4 of 10 cell types apart" in vae_bad[0] and "--epoch_num" in vae_bad[0]
@@ -170,9 +170,9 @@ def test_an_untrained_vae_fails_the_vaes_own_identity_and_triggers_the_qc_warnin
     tells fewer than half the types apart, and the QC warns."""
     import torch
 
-    from b2s.generate import generate_cells
-    from b2s.qc import vae_identity_of
-    from b2s.vae import BetaVAE
+    from b2s.generate.cells import generate_cells
+    from b2s.model.vae import BetaVAE
+    from b2s.qc.metrics import vae_identity_of
 
     mi = bundled
     torch.manual_seed(0)
@@ -192,9 +192,9 @@ def test_both_warnings_fire_after_ten_epochs_at_lr_1e4(bundled):
     """The trainer settings before #24 (10 epochs, lr 1e-4, batch 512: 10 optimizer steps on the
     bundled data): the VAE tells no type apart and the judged types keep no within-type structure
     (measured: 0 of 10, 3 of 3 judged types flagged; benchmarks/README.md)."""
-    from b2s.generate import generate_cells
-    from b2s.qc import vae_identity_of
-    from b2s.train import TrainConfig, train_vae
+    from b2s.generate.cells import generate_cells
+    from b2s.model.train import TrainConfig, train_vae
+    from b2s.qc.metrics import vae_identity_of
 
     res = train_vae(bundled.X, TrainConfig(epoch_num=10, learning_rate=1e-4, batch_size=512, device="cpu",
                                            seed=42, log_every=10**6))
@@ -208,7 +208,7 @@ def test_both_warnings_fire_after_ten_epochs_at_lr_1e4(bundled):
 
 
 def test_qc_script_writes_the_within_type_metrics_and_the_report_shows_the_warning(tmp_path, ref):
-    from b2s.report import build_report
+    from b2s.report.build import build_report
 
     gen = type_mean_null(ref, 60, seed=4)
     gen.uns["vae_identity"] = json.dumps({"n_types": 3, "told_apart": 1, "median_margin": 0.0})

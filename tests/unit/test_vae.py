@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from b2s.errors import InputError
-from b2s.vae import BetaVAE, kl_penalty, kl_term, load_weights, vae_loss
+from b2s.model.vae import BetaVAE, kl_penalty, kl_term, load_weights, vae_loss
 
 N_GENES, LATENT = 100, 16
 

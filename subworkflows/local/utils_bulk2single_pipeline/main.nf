@@ -1,6 +1,6 @@
 /*
  * Initialisation and completion of nf-bulk2single. Every decision is made by bin/run_guard.py on
- * the head node (b2s.outdir_lock, b2s.staging, b2s.task_messages; tested in tests/unit); this file
+ * the head node (b2s.head.outdir_lock, b2s.head.staging, b2s.head.task_messages; tested in tests/unit); this file
  * gives it the run's facts and shows what it says.
  *   PIPELINE_INITIALISATION(executor)  --help, then parameter and input checks and the outdir lock
  *   PIPELINE_COMPLETION(warnings)      at exit: staging published or discarded, the task warnings

@@ -1,0 +1,1 @@
+"""FILTER: the kNN graph and Leiden clustering that keep the cells of coherent clusters."""

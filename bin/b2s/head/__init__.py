@@ -1,0 +1,1 @@
+"""What runs on the head node: parameter checks, preflight, outdir lock, staging, task messages."""

@@ -1,0 +1,1 @@
+"""The VAE, its training, the device it runs on and its checkpoints."""

@@ -1,0 +1,93 @@
+"""REPORT stage: one self-contained HTML page summarising a run.
+
+Images are embedded as base64 PNG data URIs and tables as HTML, with the style sheet inlined,
+so the file can be mailed or opened offline: it references no external resource. Files are
+found by the names of docs/architecture.md; every optional file may be missing (e.g. no loss
+plot when pretrained weights were given) and the page says so instead of failing.
+
+The page is rendered from Jinja2 templates (b2s/report/templates: the skeleton, the table/image/card
+macros and report.css); the sections are built by b2s.report.sections (run level) and
+b2s.report.groups (per group) from the inputs read by b2s.report.inputs. The names other modules
+import from here are re-exported below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from b2s.report.groups import section_group
+from b2s.report.inputs import (  # noqa: F401
+    GROUP_SUFFIXES,
+    STAGE_SUMMARIES,
+    TASK_WARNINGS,
+    discover_groups,
+    group_label,
+    group_names,
+    index_files,
+    read_csv,
+    read_json,
+    read_task_warnings,
+    warning_lines,
+)
+from b2s.report.markup import LABELS, anchor, as_html, render_page  # noqa: F401  (re-exported)
+from b2s.report.sections import (  # noqa: F401
+    section_between_groups,
+    section_bulk_input,
+    section_files,
+    section_fit,
+    section_fractions,
+    section_run,
+    section_stage_summaries,
+    section_summary,
+    section_training,
+)
+
+
+def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
+                 versions_yaml: str | None = None) -> None:
+    """Write the self-contained HTML report of a run.
+
+    Parameters
+    ----------
+    inputs_dir
+        Folder holding the stage outputs (searched recursively, by file name).
+    out_path
+        HTML file to write (atomically).
+    params
+        Run parameters shown in the header.
+    versions_yaml
+        Path of the collected versions.yml, or None.
+    """
+    import b2s
+
+    root = Path(inputs_dir)
+    files = index_files(root) if root.is_dir() else {}
+    groups = discover_groups(files)
+    nav: list[tuple[str, str] | None] = [("summary", "Summary"), ("fractions", "Fractions"),
+                                         ("between", "Between groups"), ("training", "Training")]
+    if groups:
+        names = group_names(files)
+        nav += [None, *[(anchor(g), names.get(g, g)) for g in groups], None]
+    nav += [("run", "Parameters & versions"), ("files", "Files")]
+    # results first (summary, fractions, training, groups); run metadata after them
+    body = [
+        section_summary(groups, files, params),
+        section_fractions(files),
+        section_bulk_input(files),
+        section_fit(files),
+        section_between_groups(groups, files),
+        section_training(files, params),
+        *[section_group(g, files) for g in groups],
+        section_run(params, versions_yaml),
+        section_stage_summaries(files),
+        section_files(root, files),
+    ]
+    page = render_page(n_groups=len(groups), version=b2s.__version__, nav=nav,
+                       sections=[as_html(s) for s in body if s])
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
