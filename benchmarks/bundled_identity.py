@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     import b2s.fractions.estimate as fractions
+    import b2s.io as io
     import b2s.io.reference as reference_io
-    import b2s.io.tables as io
     import b2s.preprocess as preprocess
     import b2s.qc.metrics as qc
     from b2s.generate.cells import generate_cells, group_seed

@@ -218,7 +218,7 @@ def real_splits(args, work: Path, methods: list[tuple[str, str]], logs: Path) ->
 def bundled(args, work: Path, methods: list[tuple[str, str]], logs: Path) -> dict:
     import pandas as pd
 
-    import b2s.io.tables as io
+    import b2s.io as io
 
     td = ROOT / "assets" / "test_data"
     d = work / "bundled"

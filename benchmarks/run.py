@@ -80,8 +80,8 @@ def job_fractions(engine: str, method: str, data: str, seed: int, kw: dict) -> d
     import pandas as pd
 
     import b2s.fractions.estimate as fractions
+    import b2s.io as io
     import b2s.io.reference as reference_io
-    import b2s.io.tables as io
     from memory import StageMemory
 
     if engine == "omicverse":
@@ -166,8 +166,8 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
     ``amp`` and ``sampling`` apply to ours only; ``sampling="omicverse"`` is the diagnostic that
     swaps in omicverse's reparameterisation (see :func:`_use_omicverse_sampling`).
     """
+    import b2s.io as io
     import b2s.io.reference as reference_io
-    import b2s.io.tables as io
     import b2s.preprocess as preprocess
     from b2s.model.train import TrainConfig
     from memory import StageMemory

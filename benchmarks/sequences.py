@@ -47,8 +47,8 @@ def native_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: Any
     import torch
 
     import b2s.fractions.estimate as fractions
+    import b2s.io as io
     import b2s.io.reference as reference_io
-    import b2s.io.tables as io
     import b2s.plots as plots
     import b2s.preprocess as preprocess
     import b2s.qc.metrics as qc

@@ -16,7 +16,8 @@ import b2s.fractions.estimate as fr
 from b2s.errors import InputError, run_cli
 from b2s.fractions.fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
 from b2s.fractions.markers import read_markers
-from b2s.io.tables import params_from_args, read_prepared, warn, write_json
+from b2s.io.artifacts import params_from_args, read_prepared, write_json
+from b2s.io.tables import warn
 from b2s.plots import plot_composition_contrast, plot_fractions
 from b2s.qc.composition import composition_contrast
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def filter_group(args: argparse.Namespace) -> None:
     """Filter one group's generated cells (``args.input``, ``args.group``) and write its outputs."""
-    import b2s.io.tables as io
+    import b2s.io as io
     from b2s.cluster.filter import filter_summary, parse_uns_record
     from b2s.qc.metrics import read_cells
 

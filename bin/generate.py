@@ -161,10 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     """Generate the cells of each ``--group`` and write ``<group>.generated.h5ad``."""
     args = parse_args(argv)
     from b2s.errors import warning_group
-    from b2s.io.weights import check_weights, subset_positions
     from b2s.model.device import resolve_device
     from b2s.model.train import read_model_input
     from b2s.model.vae import GeneSubsetVAE, load_weights
+    from b2s.model.weights import check_weights, subset_positions
 
     os.makedirs(args.outdir, exist_ok=True)
     groups = args.group
@@ -211,7 +211,7 @@ def generate_group(args: argparse.Namespace, targets: dict[str, int], model, mod
     (``rates``: :func:`shared_rates` of the batch, or None to compute them for this group;
     ``cohort``: :func:`contrast_cohort` of the task, or None)."""
     from b2s.generate.cells import generate_cells, group_seed
-    from b2s.io.tables import write_h5ad
+    from b2s.io.artifacts import write_h5ad
 
     known = set(model_input.obs["celltype"].astype(str))
     unknown = [t for t in targets if t not in known]

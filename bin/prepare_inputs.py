@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import b2s.io as bio
 import b2s.io.reference as refio
-import b2s.io.tables as bio
 from b2s.errors import WARNINGS, InputError, run_cli
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import b2s.preprocess as pp
 from b2s.errors import run_cli
-from b2s.io.tables import params_from_args, read_prepared, write_h5ad, write_json
+from b2s.io.artifacts import params_from_args, read_prepared, write_h5ad, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

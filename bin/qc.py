@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 def qc_group(args: argparse.Namespace, shared: dict) -> None:
     """The QC of one group (``args.generated``, ``args.filtered``, ``args.group``); ``shared`` holds
     the reference and what is computed from it alone (filled on first use)."""
-    import b2s.io.tables as io
+    import b2s.io as io
     import b2s.plots as plots
     import b2s.qc.metrics as qc
     import b2s.qc.structure as structure

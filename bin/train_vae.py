@@ -2,7 +2,7 @@
 """TRAIN_VAE: train the Bulk2Single beta-VAE on the model input (once per run, reused by every group).
 
 Writes vae.pth (state dict, CPU tensors), vae.pth.json (its genes in order and settings,
-b2s.io.weights), loss_history.csv, loss_plot.png and train_summary.json into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
+b2s.model.weights), loss_history.csv, loss_plot.png and train_summary.json into --outdir. With --checkpoint_dir, the full training state is saved every --checkpoint_every
 epochs to <dir>/vae_checkpoint.pt and a rerun with the same data and settings resumes from it.
 """
 
@@ -15,9 +15,9 @@ import torch
 
 import b2s.model.train as btrain
 from b2s.errors import InputError, run_cli
-from b2s.io.tables import write_json
-from b2s.io.weights import write_sidecar
+from b2s.io.artifacts import write_json
 from b2s.model.vae import REPARAM_CHOICES
+from b2s.model.weights import write_sidecar
 
 CHECKPOINT_NAME = "vae_checkpoint.pt"
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = os.path.join(args.outdir, "vae.pth")
     torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, weights + ".tmp")
     os.replace(weights + ".tmp", weights)
-    # the genes and settings the weights belong to, readable without torch (b2s.io.weights)
+    # the genes and settings the weights belong to, readable without torch (b2s.model.weights)
     import b2s
 
     genes = adata.var_names if result.genes is None else adata.var_names[result.genes]

@@ -81,9 +81,9 @@ def validate(params: dict, schema: dict, schema_path: Path, executor: str | None
 
     res = bp.validate_params(params, schema, schema_dir=schema_path.resolve().parent,
                              check_samplesheet=check_samplesheet, executor=executor)
-    # --vae_weights: its sidecar must fit the settings (b2s.io.weights, stdlib only)
+    # --vae_weights: its sidecar must fit the settings (b2s.model.weights, stdlib only)
     if params.get("vae_weights") and Path(str(params["vae_weights"])).is_file():
-        from b2s.io.weights import check_weights
+        from b2s.model.weights import check_weights
 
         try:
             hidden = params.get("hidden_size")

@@ -11,7 +11,7 @@ pipeline runs them before any task and leaves no file behind. A new case is one 
 
 Issue 12's numbered problems and the tests that show each one fixed. Every test listed FAILS on
 de4d37a (main before issue 12; the tests copied there and run; harness adaptations: validate_params
-called without --executor, the sidecar written without b2s.io.weights) and passes on this branch:
+called without --executor, the sidecar written without b2s.model.weights) and passes on this branch:
   1 stale checkpoint       unit test_train: test_stale_checkpoint_never_changes_the_result (old:
                            resumed_from 6 for a 2-epoch request); resume on the console:
                            test_checkpoint_resume_is_bit_identical, test_train_vae_script_kill_and_resume
@@ -167,7 +167,7 @@ def _published(outdir) -> list[str]:
 
 def _weights_of_other_genes(tmp_path) -> str:
     """A vae.pth whose sidecar lists 3 genes the test reference lacks (the check reads the sidecar first)."""
-    from b2s.io.weights import write_sidecar
+    from b2s.model.weights import write_sidecar
 
     pth = tmp_path / "other_genes" / "vae.pth"
     pth.parent.mkdir()

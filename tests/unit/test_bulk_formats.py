@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import b2s.io.tables as bio
+import b2s.io as bio
 from b2s.errors import InputError
 from tests.helpers import load_script
 

@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "bin"
 TEST_DATA = REPO / "assets" / "test_data"
 
+import b2s.io as bio  # noqa: E402
 import b2s.io.reference as refio  # noqa: E402
-import b2s.io.tables as bio  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 
 

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 import torch
 
 import b2s.engines.omicverse as oe
+import b2s.io as io
 import b2s.io.reference as reference_io
-import b2s.io.tables as io
 import b2s.preprocess as preprocess
 from b2s.errors import InputError
 from b2s.model.train import TrainConfig, TrainResult

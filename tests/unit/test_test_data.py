@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import b2s.io as bio
 import b2s.io.reference as refio
-import b2s.io.tables as bio
 from tests.helpers import load_script
 
 REPO = Path(__file__).resolve().parents[2]

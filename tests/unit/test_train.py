@@ -185,8 +185,8 @@ def test_vae_genes_subset_round_trip(tmp_path):
     loader maps them back into the model input (decoded 0 elsewhere)."""
     import torch
 
-    from b2s.io.weights import read_sidecar, subset_positions
     from b2s.model.vae import GeneSubsetVAE, load_weights, variable_genes
+    from b2s.model.weights import read_sidecar, subset_positions
 
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)

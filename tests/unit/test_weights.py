@@ -1,4 +1,4 @@
-"""Weights carry their genes and settings (vae.pth.json, b2s.io.weights): checks, reordering, stdlib-only."""
+"""Weights carry their genes and settings (vae.pth.json, b2s.model.weights): checks, reordering, stdlib-only."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import InputError
-from b2s.io.weights import check_weights, read_sidecar, sidecar_path, write_sidecar
 from b2s.model.vae import BetaVAE, load_weights
+from b2s.model.weights import check_weights, read_sidecar, sidecar_path, write_sidecar
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
@@ -88,7 +88,7 @@ def test_weights_module_needs_no_torch(tmp_path):
     pth = _weights(tmp_path)
     code = ("import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None; sys.modules['pandas'] = None\n"
             f"sys.path.insert(0, {str(BIN)!r})\n"
-            "from b2s.io.weights import check_weights\n"
+            "from b2s.model.weights import check_weights\n"
             f"print(check_weights({str(pth)!r}, None, {LATENT}))")
     res = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "None", res.stderr

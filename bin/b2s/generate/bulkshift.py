@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from b2s.errors import InputError
-from b2s.io.groupnames import group_id
+from b2s.groupnames import group_id
 from b2s.qc.bulk import cpm
 
 SHIFT_CHOICES = ("none", "allocate", "weighted", "contrast")

@@ -343,9 +343,9 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
 
 def validate_reference_group(values: Mapping[str, Any], read_sheet: bool = True) -> list[str]:
     """``--reference_group`` names a bulk group: one of the samplesheet's (as shown there or as its file
-    name, :func:`b2s.io.groupnames.group_id`); with ``--bulk_group`` there is a single group to compare
+    name, :func:`b2s.groupnames.group_id`); with ``--bulk_group`` there is a single group to compare
     with nothing. Without either, every bulk sample is its own group and GENERATE checks the name."""
-    from b2s.io.groupnames import group_id, group_slug
+    from b2s.groupnames import group_id, group_slug
 
     ref = str(values["reference_group"])
     if values.get("bulk_group"):

@@ -6,7 +6,7 @@ missing GPU stops before anything is published. Standard library only (the head 
 a bare ``python3``). Every problem is ONE line: the parameter and value, what is wrong, the fix.
 
 Checks that need the data (weights fitting the reference, columns, counts) stay with the stage
-scripts or ``b2s.io.weights``; remote paths (``s3://``, ``gs://``, ...) are staged by Nextflow and
+scripts or ``b2s.model.weights``; remote paths (``s3://``, ``gs://``, ...) are staged by Nextflow and
 not checked here.
 """
 

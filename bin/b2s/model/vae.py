@@ -206,7 +206,7 @@ def load_weights(
 ) -> BetaVAE:
     """Load a state dict written by TRAIN_VAE (or omicverse's ``Bulk2Single.train``) into a BetaVAE.
 
-    ``gene_index`` (from :func:`b2s.io.weights.check_weights`) reorders the gene-facing layers so
+    ``gene_index`` (from :func:`b2s.model.weights.check_weights`) reorders the gene-facing layers so
     the weights follow the model input's gene order.
 
     Raises:

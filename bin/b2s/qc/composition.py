@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from b2s.errors import InputError
-from b2s.io.groupnames import group_id
+from b2s.groupnames import group_id
 
 N_BOOT = 2000
 COLUMNS = ["group", "versus", "celltype", "fraction", "fraction_versus", "change", "se", "ci_low",
