@@ -16,6 +16,7 @@ import b2s.fractions.estimate as fr
 from b2s.errors import InputError, run_cli
 from b2s.fractions.fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
 from b2s.fractions.markers import read_markers
+from b2s.fractions.signature import CELLTYPE_KEY
 from b2s.io.artifacts import params_from_args, read_prepared, write_json
 from b2s.io.tables import warn
 from b2s.plots import plot_composition_contrast, plot_fractions
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     kwargs = {}
     if args.markers:
         shared = sorted(set(map(str, bulk.index)) & set(map(str, reference.var_names)))
-        types = sorted(set(reference.obs[fr.CELLTYPE_KEY].astype(str)))
+        types = sorted(set(reference.obs[CELLTYPE_KEY].astype(str)))
         kwargs["markers"] = read_markers(args.markers, types, shared)
         print(f"using {sum(map(len, kwargs['markers'].values()))} curated markers from {args.markers}", flush=True)
     print(f"estimating fractions: {bulk.shape[1]} samples, {reference.n_obs} reference cells, "

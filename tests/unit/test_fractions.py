@@ -18,6 +18,8 @@ BIN = Path(__file__).resolve().parents[2] / "bin"
 
 import b2s.fractions.estimate as F  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
+from b2s.fractions.mlp import simulate_pseudobulk  # noqa: E402
+from b2s.fractions.signature import batched_nnls  # noqa: E402
 
 TYPES = ["B cell", "Mono/Mac", "NK+", "T"]  # unsorted-looking names with / + and space
 
@@ -106,7 +108,7 @@ def test_batched_nnls_matches_scipy():
     a = rng.random((200, 6))
     truth = rng.random((6, 12)) * (rng.random((6, 12)) > 0.3)
     b = a @ truth + rng.normal(0, 0.05, (200, 12))
-    got = F._batched_nnls(a, b)
+    got = batched_nnls(a, b)
     ref = np.array([nnls(a, b[:, j])[0] for j in range(b.shape[1])]).T
     np.testing.assert_allclose(got, ref, atol=1e-6)
     assert (got >= 0).all()
@@ -118,7 +120,7 @@ def test_simulate_pseudobulk_sums_drawn_cells():
     x = sparse.csr_matrix(np.eye(3, dtype=np.float32)[lab])
     ref = ad.AnnData(x, obs=pd.DataFrame({"celltype": pd.Categorical(np.array(["a", "b", "c"])[lab])},
                                          index=[f"c{i}" for i in range(10)]))
-    summed, frac, types = F.simulate_pseudobulk(ref, 50, 20, np.random.default_rng(0))
+    summed, frac, types = simulate_pseudobulk(ref, 50, 20, np.random.default_rng(0))
     assert types == ["a", "b", "c"]
     assert summed.shape == (50, 3) and sparse.issparse(summed)
     np.testing.assert_allclose(summed.toarray(), frac * 20)

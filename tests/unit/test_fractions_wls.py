@@ -22,6 +22,7 @@ import b2s.head.params as bp  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 from b2s.fractions.fit import goodness_of_fit  # noqa: E402
 from b2s.fractions.markers import pairwise_markers, read_markers  # noqa: E402
+from b2s.fractions.signature import type_profiles  # noqa: E402
 from b2s.fractions.wls import batched_nnls_gram  # noqa: E402
 
 TYPES = ["B", "CD4 T", "CD8 T", "Mono", "NK"]
@@ -214,7 +215,7 @@ def test_goodness_of_fit_flags_a_type_missing_from_the_reference(data):
 
 def test_goodness_of_fit_is_perfect_for_an_exact_mixture(data):
     ref, _, _, _ = data
-    prof = F.type_profiles(ref)
+    prof = type_profiles(ref)
     fr = np.array([[0.2, 0.3, 0.1, 0.3, 0.1]])
     b = pd.DataFrame((fr @ prof["mean"]).T * 400, index=ref.var_names, columns=["x"])
     fit = goodness_of_fit(b, ref, pd.DataFrame(fr, index=["x"], columns=prof["types"]))

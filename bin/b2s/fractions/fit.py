@@ -40,7 +40,7 @@ def goodness_of_fit(bulk: pd.DataFrame, reference: anndata.AnnData, fractions: p
         reference: raw counts, ``obs['celltype']``.
         fractions: samples x types cell fractions (any estimator's; types absent there count 0).
     """
-    from b2s.fractions.estimate import bulk_matrix, shared_genes, type_profiles
+    from b2s.fractions.signature import bulk_matrix, shared_genes, type_profiles
 
     ref_pos, bulk_pos = shared_genes(bulk, reference)
     prof = type_profiles(reference, ref_pos)
