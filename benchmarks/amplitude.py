@@ -39,7 +39,8 @@ def trained(split: int, seed: int, mi, path: str | None):
     import torch
 
     import realism
-    from b2s.model.train import TrainConfig, default_epochs, train_vae
+    from b2s.model.config import TrainConfig, default_epochs
+    from b2s.model.train import train_vae
     from b2s.model.vae import BetaVAE, GeneSubsetVAE
 
     if path and os.path.exists(path):

@@ -249,7 +249,8 @@ def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism:
     import b2s.qc.bulk as bulkqc
     import b2s.qc.metrics as qc
     from b2s.generate.cells import generate_cells, group_seed
-    from b2s.model.train import TrainConfig, train_vae
+    from b2s.model.config import TrainConfig
+    from b2s.model.train import train_vae
 
     t0 = time.perf_counter()
     data = prepare(split)
@@ -706,7 +707,8 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
     import b2s.generate.bulkshift as bulkshift
     import b2s.qc.bulk as bulkqc
     from b2s.generate.cells import generate_cells, group_seed, rate_model
-    from b2s.model.train import TrainConfig, train_vae
+    from b2s.model.config import TrainConfig
+    from b2s.model.train import train_vae
 
     candidates = candidates or {}
 

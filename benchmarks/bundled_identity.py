@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     import b2s.preprocess as preprocess
     import b2s.qc.metrics as qc
     from b2s.generate.cells import generate_cells, group_seed
-    from b2s.model.train import TrainConfig, train_vae
+    from b2s.model.config import TrainConfig
+    from b2s.model.train import train_vae
 
     d = ROOT / "assets" / "test_data"
     bulk = io.read_counts(d / "bulk_counts.tsv.gz")

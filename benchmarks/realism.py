@@ -16,7 +16,7 @@ Units (each in its own fresh process, one after the other; results cached as JSO
 ``--outdir/units``):
 
 - ``ours``: ``b2s.model.train.train_vae`` with one trainer variant (the native engine's defaults,
-  ``b2s.model.train.ENGINE_DEFAULTS``, overridden by the variant), run in chunks up to each of
+  ``b2s.model.config.ENGINE_DEFAULTS``, overridden by the variant), run in chunks up to each of
   ``--epochs`` (``default``: the pipeline's epochs for this reference, a budget of optimizer
   steps; a checkpoint carries the run on), and after each chunk ``b2s.generate.cells.generate_cells``
   with each generation mode for the four groups; one unit per seed of ``--seeds``;
@@ -83,7 +83,7 @@ for _p in (ROOT / "bin", ROOT / "benchmarks"):
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-#: Trainer variants measured (keys of b2s.model.train.TrainConfig over the native engine's defaults).
+#: Trainer variants measured (keys of b2s.model.config.TrainConfig over the native engine's defaults).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     # the defaults before the within-type metrics: every gene in the VAE, the seed's rate and batch
@@ -103,9 +103,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def variant_settings(variant: str) -> dict[str, Any]:
-    """TrainConfig keys of a variant: the native engine's defaults (b2s.model.train.ENGINE_DEFAULTS, less
+    """TrainConfig keys of a variant: the native engine's defaults (b2s.model.config.ENGINE_DEFAULTS, less
     ``epoch_num``, which ``--epochs`` sets) overridden by the variant's own."""
-    from b2s.model.train import ENGINE_DEFAULTS
+    from b2s.model.config import ENGINE_DEFAULTS
 
     base = {k: v for k, v in ENGINE_DEFAULTS["native"].items() if k != "epoch_num"}
     return {**base, **VARIANTS[variant]}
@@ -315,7 +315,8 @@ def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str],
               patience: int) -> dict[str, Any]:
     """Train one variant in chunks to each epoch count; generate and evaluate after each chunk."""
     from b2s.generate.cells import DEFAULTS, generate_cells, group_seed
-    from b2s.model.train import TrainConfig, default_epochs, train_vae, trained_model
+    from b2s.model.config import TrainConfig, default_epochs
+    from b2s.model.train import train_vae, trained_model
 
     threads = _threads()
     data = prepare_split(split)
@@ -361,7 +362,7 @@ def unit_ov(split: int, epoch_num: int, patience: int, seed: int) -> dict[str, A
     """omicverse's trainer and generator (seed calls) at one setting."""
     import b2s.engines.omicverse as ove
     from b2s.generate.cells import group_seed
-    from b2s.model.train import TrainConfig
+    from b2s.model.config import TrainConfig
 
     ove.load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     global CACHED_ONLY
     CACHED_ONLY = a.cached
-    from b2s.model.train import TrainConfig
+    from b2s.model.config import TrainConfig
 
     splits = [int(s) for s in (a.splits or ("0" if a.quick else "0,1,2")).split(",")]
     epochs = [e if e == "default" else int(e) for e in (a.epochs or ("20,40" if a.quick else "default")).split(",")]

@@ -169,7 +169,7 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
     import b2s.io as io
     import b2s.io.reference as reference_io
     import b2s.preprocess as preprocess
-    from b2s.model.train import TrainConfig
+    from b2s.model.config import TrainConfig
     from memory import StageMemory
 
     if engine == "native":

@@ -54,7 +54,8 @@ def native_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: Any
     import b2s.qc.metrics as qc
     from b2s.cluster.filter import filter_cells
     from b2s.generate.cells import generate_cells
-    from b2s.model.train import TrainConfig, train_vae
+    from b2s.model.config import TrainConfig
+    from b2s.model.train import train_vae
 
     clock = _Clock(meter)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,8 @@ def bundled(settings: list[str]) -> None:
     ``b2s.model.train.train_vae`` on the model input, ``generate_cells`` at the defaults (targets 2x each
     type's reference cells), then the VAE identity and the within-type QC."""
     from b2s.generate.cells import generate_cells
-    from b2s.model.train import ENGINE_DEFAULTS, TrainConfig, train_vae, trained_model
+    from b2s.model.config import ENGINE_DEFAULTS, TrainConfig
+    from b2s.model.train import train_vae, trained_model
     from b2s.qc.metrics import vae_identity_of
     from b2s.qc.structure import summary_line, within_type_qc
 

@@ -7,7 +7,7 @@
 The 662-cell reference is the Hao PBMC reference half of ``--split`` (benchmarks/realism.py); the
 5,000-cell one resamples its cells per type (with replacement, each count Poisson-redrawn, so no
 two cells are identical), keeping the type shares. Both train with the native engine's defaults
-(``b2s.model.train.ENGINE_DEFAULTS``; epochs from the step budget, so the larger reference trains as many
+(``b2s.model.config.ENGINE_DEFAULTS``; epochs from the step budget, so the larger reference trains as many
 optimizer steps in fewer epochs), then generate the four benchmark groups and score them against
 the held-out half (``realism.Evaluator``: within-type structure, variance ratio, typing). The last
 line printed is JSON.
@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     import realism
     from b2s.generate.cells import generate_cells, group_seed
+    from b2s.model.config import TrainConfig, default_epochs
     from b2s.model.device import cpu_threads
-    from b2s.model.train import TrainConfig, default_epochs, train_vae, trained_model
+    from b2s.model.train import train_vae, trained_model
 
     data = realism.prepare_split(a.split)
     ev = realism.Evaluator(data)

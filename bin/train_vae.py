@@ -13,6 +13,9 @@ import os
 
 import torch
 
+import b2s.model.checkpoint as bckpt
+import b2s.model.config as bconfig
+import b2s.model.device as bdevice
 import b2s.model.train as btrain
 from b2s.errors import InputError, run_cli
 from b2s.io.artifacts import write_json
@@ -24,17 +27,17 @@ CHECKPOINT_NAME = "vae_checkpoint.pt"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of TRAIN_VAE (docs/architecture.md)."""
-    d = btrain.TrainConfig()
+    d = bconfig.TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="model_input.h5ad from PREPROCESS")
     p.add_argument("--hidden_size", type=int, default=d.hidden_size, help="latent size (default %(default)s)")
-    unset = {k: ", ".join(f"{e} {v[k]}" for e, v in btrain.ENGINE_DEFAULTS.items())
-             for k in btrain.ENGINE_DEFAULTS["native"]}
+    unset = {k: ", ".join(f"{e} {v[k]}" for e, v in bconfig.ENGINE_DEFAULTS.items())
+             for k in bconfig.ENGINE_DEFAULTS["native"]}
     p.add_argument("--batch_size", type=int, default=None, help=f"mini-batch size (default: {unset['batch_size']})")
     p.add_argument("--learning_rate", type=float, default=None, help=f"AdamW rate (default: {unset['learning_rate']})")
     p.add_argument("--epoch_num", type=int, default=None,
-                   help=f"maximum epochs (default: native about {btrain.NATIVE_STEPS} optimizer steps, omicverse "
-                        f"{btrain.ENGINE_DEFAULTS['omicverse']['epoch_num']})")
+                   help=f"maximum epochs (default: native about {bconfig.NATIVE_STEPS} optimizer steps, omicverse "
+                        f"{bconfig.ENGINE_DEFAULTS['omicverse']['epoch_num']})")
     p.add_argument("--beta", type=float, default=None,
                    help=f"weight of the KL term (default: {unset['beta']}; omicverse fixes 4)")
     p.add_argument("--vae_genes", type=int, default=None,
@@ -45,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint_dir", default=None, help="folder for vae_checkpoint.pt (resume); none = no checkpoints")
     p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
     p.add_argument("--log_every", type=int, default=d.log_every)
-    p.add_argument("--amp", choices=btrain.AMP_CHOICES, default=d.amp,
+    p.add_argument("--amp", choices=bdevice.AMP_CHOICES, default=d.amp,
                    help="mixed precision: auto = bf16 autocast where the hardware has native bf16, on, off (fp32)")
     p.add_argument("--free_bits", type=float, default=d.free_bits,
                    help="nats per latent dimension the KL term does not charge (native; default %(default)s)")
@@ -56,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=["native", "omicverse"], default="native")
     p.add_argument("--outdir", default=".")
     args = p.parse_args(argv)
-    for key, value in btrain.ENGINE_DEFAULTS[args.engine].items():
+    for key, value in bconfig.ENGINE_DEFAULTS[args.engine].items():
         if getattr(args, key) is None:
             setattr(args, key, value)  # the native epoch_num stays None: it follows the step budget
     if args.engine == "omicverse" and args.vae_genes:
@@ -79,11 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     history_path = os.path.join(args.outdir, "loss_history.csv")
     adata = btrain.read_model_input(args.input)
     if args.epoch_num is None:
-        args.epoch_num = btrain.default_epochs(adata.n_obs, args.batch_size)
-        args.epoch_num_rule = f"about {btrain.NATIVE_STEPS} optimizer steps (--epoch_num unset)"
-        print(f"--epoch_num unset: {args.epoch_num} epochs, about {btrain.NATIVE_STEPS} optimizer steps of "
+        args.epoch_num = bconfig.default_epochs(adata.n_obs, args.batch_size)
+        args.epoch_num_rule = f"about {bconfig.NATIVE_STEPS} optimizer steps (--epoch_num unset)"
+        print(f"--epoch_num unset: {args.epoch_num} epochs, about {bconfig.NATIVE_STEPS} optimizer steps of "
               f"{args.batch_size} of the {adata.n_obs} cells (native default)", flush=True)
-    config = btrain.TrainConfig(
+    config = bconfig.TrainConfig(
         hidden_size=args.hidden_size,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -103,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         beta=args.beta,
     )
     config.validate()
-    device = btrain.resolve_device(args.device)  # fail fast on --device cuda without a GPU
+    device = bdevice.resolve_device(args.device)  # fail fast on --device cuda without a GPU
     if device.type == "cpu":
-        where = f"{device} ({btrain.cpu_threads()} threads)"
+        where = f"{device} ({bdevice.cpu_threads()} threads)"
     else:
         where = f"{device} ({torch.cuda.get_device_name(device)})"
     print(
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         "engine": args.engine, "reparam": args.reparam, "free_bits": args.free_bits, "kl_warmup": args.kl_warmup,
         "seed": args.seed, "epoch_num": args.epoch_num, "patience": args.patience,
         "epochs_run": int(result.epochs_run), "best_epoch": int(result.best_epoch),
-        "trainer_code": btrain.trainer_code_version() if args.engine == "native" else None,
+        "trainer_code": bckpt.trainer_code_version() if args.engine == "native" else None,
         "b2s_version": b2s.__version__, "torch": str(torch.__version__),
     })
     btrain.write_history(result.history, history_path)

@@ -16,7 +16,7 @@ import b2s.io as io
 import b2s.io.reference as reference_io
 import b2s.preprocess as preprocess
 from b2s.errors import InputError
-from b2s.model.train import TrainConfig, TrainResult
+from b2s.model.config import TrainConfig, TrainResult
 from b2s.model.vae import BetaVAE
 
 TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"

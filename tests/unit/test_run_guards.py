@@ -109,7 +109,7 @@ def test_gpu_visibility_respects_cuda_visible_devices(monkeypatch):
 # the schema and the stage scripts agree on every bound
 # --------------------------------------------------------------------------------------------
 def _train(name):
-    from b2s.model.train import TrainConfig
+    from b2s.model.config import TrainConfig
 
     return lambda v: TrainConfig(**{name: v}).validate()
 

@@ -193,7 +193,8 @@ def test_both_warnings_fire_after_ten_epochs_at_lr_1e4(bundled):
     bundled data): the VAE tells no type apart and the judged types keep no within-type structure
     (measured: 0 of 10, 3 of 3 judged types flagged; benchmarks/README.md)."""
     from b2s.generate.cells import generate_cells
-    from b2s.model.train import TrainConfig, train_vae
+    from b2s.model.config import TrainConfig
+    from b2s.model.train import train_vae
     from b2s.qc.metrics import vae_identity_of
 
     res = train_vae(bundled.X, TrainConfig(epoch_num=10, learning_rate=1e-4, batch_size=512, device="cpu",

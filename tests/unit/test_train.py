@@ -18,8 +18,9 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import InputError
+from b2s.model.config import TrainConfig
 from b2s.model.device import resolve_device
-from b2s.model.train import TrainConfig, train_vae
+from b2s.model.train import train_vae
 from tests.helpers import load_script
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
@@ -131,7 +132,7 @@ def test_stale_checkpoint_never_changes_the_result(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "patience 100 (now 5)" in err and "resuming" not in err
     # other trainer code: ignored
-    import b2s.model.train as bt
+    import b2s.model.checkpoint as bt
 
     bt_code = bt.trainer_code_version
     bt.trainer_code_version = lambda: "0" * 16
@@ -152,7 +153,7 @@ def _write_model_input(path: Path) -> None:
 
 def test_train_vae_script_defaults_depend_on_the_engine(tmp_path):
     """Unset training settings take the engine's defaults: the native ones, or omicverse's seed values."""
-    from b2s.model.train import ENGINE_DEFAULTS
+    from b2s.model.config import ENGINE_DEFAULTS
 
     native, ov = ENGINE_DEFAULTS["native"], ENGINE_DEFAULTS["omicverse"]
     assert ov == {"epoch_num": 3500, "learning_rate": 1e-4, "batch_size": 512, "vae_genes": 0, "beta": 4.0}
@@ -172,7 +173,7 @@ def test_train_vae_script_defaults_depend_on_the_engine(tmp_path):
     assert {k: getattr(args, k) for k in ov} == ov
     assert script.parse_args(["--input", "x", "--epoch_num", "7", "--learning_rate", "0.01"]).learning_rate == 0.01
     # unset native epochs follow a budget of optimizer steps: a larger reference gets fewer epochs
-    from b2s.model.train import NATIVE_STEPS, default_epochs
+    from b2s.model.config import NATIVE_STEPS, default_epochs
 
     assert default_epochs(662, 128) == -(-NATIVE_STEPS // 6) and default_epochs(5000, 128) == -(-NATIVE_STEPS // 40)
     assert default_epochs(10, 128, steps=5) == 5

@@ -250,16 +250,16 @@ def train_vae(X: Any, config: Any) -> Any:
     Args:
         X: model input (AnnData with ``obs['celltype']``, or a cells x genes array/sparse/tensor),
             already log-normalised.
-        config: ``b2s.model.train.TrainConfig``. omicverse fixes beta=4 and weight_decay=5e-4, has no
+        config: ``b2s.model.config.TrainConfig``. omicverse fixes beta=4 and weight_decay=5e-4, has no
             checkpoints, mixed precision or progress interval: ``checkpoint_*``, ``amp`` and
             ``log_every`` are ignored; other beta/weight_decay values are refused.
 
     Returns:
-        ``b2s.model.train.TrainResult``: the best (lowest summed epoch loss) weights; history has
+        ``b2s.model.config.TrainResult``: the best (lowest summed epoch loss) weights; history has
         omicverse's per-epoch summed loss, ``recon``/``kl`` are NaN (omicverse records only the
         total); epochs are numbered from 1.
     """
-    from b2s.model.train import TrainResult
+    from b2s.model.config import TrainResult
 
     for name, fixed in OMICVERSE_FIXED.items():
         value = getattr(config, name, fixed)

@@ -1,9 +1,13 @@
-"""Where and how the VAE computes: the device (``--device``), the CPU threads and autocast (``--amp``)."""
+"""Where and how the VAE computes: the device (``--device``), the CPU threads, autocast (``--amp``)
+and the model input held on the device (:class:`DeviceMatrix`)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from b2s.errors import InputError
@@ -79,3 +83,48 @@ def resolve_device(spec: str) -> torch.device:
             raise InputError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible; use --device cuda")
         return dev
     raise InputError(f"--device {spec} is not a device; use auto, cpu or cuda")
+
+
+class DeviceMatrix:
+    """The model input held once on the device; ``batch(rows)`` returns dense float32 rows.
+
+    Sparse input stays sparse (CSR triplet) and only each mini-batch is densified, so a large
+    reference never exists densely; row lengths are kept on the CPU so batch sizes are known
+    without a device sync.
+    """
+
+    def __init__(self, X: Any, device: torch.device) -> None:
+        self.device = device
+        self.shape = tuple(int(s) for s in X.shape)
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+            if not X.has_canonical_format:
+                X = X.copy()
+                X.sum_duplicates()
+            self.sparse = True
+            indptr = X.indptr.astype(np.int64)
+            self._row_nnz = np.diff(indptr)
+            self._indptr = torch.from_numpy(indptr).to(device)
+            self._indices = torch.from_numpy(X.indices.astype(np.int64)).to(device)
+            self._data = torch.from_numpy(np.asarray(X.data, dtype=np.float32)).to(device)
+        else:
+            self.sparse = False
+            self._dense = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
+
+    def batch(self, rows: torch.Tensor, rows_cpu: np.ndarray) -> torch.Tensor:
+        """Dense ``(len(rows), genes)`` float32 tensor of the given rows (``rows`` on the device)."""
+        if not self.sparse:
+            return self._dense.index_select(0, rows)
+        counts_cpu = self._row_nnz[rows_cpu]
+        total = int(counts_cpu.sum())
+        out = torch.zeros((len(rows_cpu), self.shape[1]), dtype=torch.float32, device=self.device)
+        if total == 0:
+            return out
+        counts = torch.from_numpy(counts_cpu).to(self.device, non_blocking=True)
+        starts = self._indptr.index_select(0, rows)
+        # position k of row r's run maps to starts[r] + k; build all positions at once
+        row_of = torch.repeat_interleave(torch.arange(len(rows_cpu), device=self.device), counts, output_size=total)
+        run_start = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(total, device=self.device) + torch.repeat_interleave(starts - run_start, counts, output_size=total)
+        out[row_of, self._indices.index_select(0, pos)] = self._data.index_select(0, pos)
+        return out
