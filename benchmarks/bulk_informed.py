@@ -206,7 +206,7 @@ def recovered_lfc(gen, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(gens: dict[str, Any], data: dict[str, Any], markers: dict | None) -> dict[str, Any]:
     """Metrics of one mode's generated groups (module docstring)."""
-    import b2s.qc.metrics as qc
+    import b2s.qc as qc
 
     types, truth, controls = data["types"], data["truth"], data["controls"]
     all_genes = np.unique(np.r_[controls, *[list(d) for d in truth.values()]]).astype(int)
@@ -246,8 +246,8 @@ def evaluate(gens: dict[str, Any], data: dict[str, Any], markers: dict | None) -
 def run_split(split: int, epochs: int, modes: list[str], with_ov: bool, realism: bool) -> list[dict[str, Any]]:
     """Train once, generate every group in every mode, evaluate."""
     import b2s.generate.bulkshift as bulkshift
+    import b2s.qc as qc
     import b2s.qc.bulk as bulkqc
-    import b2s.qc.metrics as qc
     from b2s.generate.cells import generate_cells, group_seed
     from b2s.model.config import TrainConfig
     from b2s.model.train import train_vae

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     import b2s.io as io
     import b2s.io.reference as reference_io
     import b2s.preprocess as preprocess
-    import b2s.qc.metrics as qc
+    import b2s.qc as qc
     from b2s.generate.cells import generate_cells, group_seed
     from b2s.model.config import TrainConfig
     from b2s.model.train import train_vae

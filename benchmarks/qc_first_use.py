@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """First-use cost of QC's steps in a fresh process (numba compilation, lazy imports).
 
-Runs ``b2s.qc.metrics.reference_markers`` and ``b2s.qc.metrics.embed`` (pymde) on the bundled data's source
+Runs ``b2s.qc.markers.reference_markers`` and ``b2s.qc.embed.embed`` (pymde) on the bundled data's source
 (pbmc68k_reduced, 700 reference + 840 resampled "generated" cells), then ``embed`` again in the
 same process, under cProfile; prints wall and CPU seconds per step and the time spent in numba's
 ``_compile_for_args``. Run it twice with the same empty ``NUMBA_CACHE_DIR`` to see cold vs warm:
@@ -26,7 +26,7 @@ def main() -> None:
     t0 = time.perf_counter()
     import numpy as np
 
-    import b2s.qc.metrics as qc
+    import b2s.qc as qc
     from tests.helpers import pbmc_model_input
 
     ref = pbmc_model_input()

@@ -43,9 +43,9 @@ Metrics of every (unit, epoch, generation mode), mean over the four groups:
   cells per type as the reference half holds (drawn without replacement), to compare with the
   second floor row on equal cell numbers (a correlation matrix from fewer cells scores lower);
 - ``typing``: kNN typing accuracy of the generated cells by a classifier fit on held-out REAL
-  cells (``b2s.qc.metrics.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
+  cells (``b2s.qc.knn.knn_typing``: PCA of the held-out cells, 15 neighbours); ``ceiling``: the same
   classifier on the reference's real cells, weighted to each group's composition; ``ratio``;
-- ``marker_r``: per-type marker r vs held-out cells (``b2s.qc.metrics.marker_correlation`` with held-out
+- ``marker_r``: per-type marker r vs held-out cells (``b2s.qc.markers.marker_correlation`` with held-out
   markers); ``told_apart`` / ``margin``: the pipeline's identity check (``b2s.qc.metrics.identity_summary``
   on the correlation with the reference);
 - distribution per type vs held-out real cells (generated cells of all groups pooled per type):
@@ -203,7 +203,7 @@ class Evaluator:
     """Everything per split that does not depend on the generated cells, computed once."""
 
     def __init__(self, data: dict[str, Any], seed: int = 0) -> None:
-        import b2s.qc.metrics as qc
+        import b2s.qc as qc
 
         self.qc = qc
         self.mi, self.held, self.targets = data["mi"], data["held"], data["targets"]

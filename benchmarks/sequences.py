@@ -51,7 +51,7 @@ def native_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: Any
     import b2s.io.reference as reference_io
     import b2s.plots as plots
     import b2s.preprocess as preprocess
-    import b2s.qc.metrics as qc
+    import b2s.qc as qc
     from b2s.cluster.filter import filter_cells
     from b2s.generate.cells import generate_cells
     from b2s.model.config import TrainConfig

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the QC of each ``--group`` and write its plots, tables and metrics."""
     args = parse_args(argv)
     import b2s.plots as plots
-    import b2s.qc.metrics as qc
+    import b2s.qc as qc
     from b2s.errors import InputError, warning_group
 
     if args.top_markers < 1:
@@ -104,7 +104,7 @@ def qc_group(args: argparse.Namespace, shared: dict) -> None:
     the reference and what is computed from it alone (filled on first use)."""
     import b2s.io as io
     import b2s.plots as plots
-    import b2s.qc.metrics as qc
+    import b2s.qc as qc
     import b2s.qc.structure as structure
     from b2s.cluster.filter import filter_summary
     from b2s.errors import InputError, warn

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-import b2s.qc.metrics as qc
+import b2s.qc as qc
 from b2s.errors import InputError
 from tests.helpers import load_script, pbmc_model_input
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from typing import Any
 
 import anndata as ad
@@ -24,16 +23,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from b2s.errors import InputError
-from b2s.utils import indicator
 
 CELLTYPE = "celltype"
 
 
-def _log(msg: str) -> None:
+def qc_log(msg: str) -> None:
     print(f"[qc] {msg}", flush=True)
 
 
-def _types(adata: ad.AnnData) -> pd.Series:
+def celltypes_of(adata: ad.AnnData) -> pd.Series:
     if CELLTYPE not in adata.obs:
         raise InputError(f"AnnData has no obs['{CELLTYPE}'] column (found: "
                          f"{', '.join(map(str, adata.obs.columns)) or 'none'}); pass the "
@@ -65,10 +63,10 @@ def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated
                          "cell_targets.csv written by ESTIMATE_FRACTIONS (group,celltype,fraction,n_cells)")
     tgt = targets.assign(celltype=targets["celltype"].astype(str)).groupby("celltype")["n_cells"].sum()
     counts = {
-        "reference": _types(reference).value_counts(),
+        "reference": celltypes_of(reference).value_counts(),
         "target": tgt,
-        "generated": _types(generated).value_counts(),
-        "filtered": _types(filtered).value_counts(),
+        "generated": celltypes_of(generated).value_counts(),
+        "filtered": celltypes_of(filtered).value_counts(),
     }
     order = ordered_types(reference)
     extra = sorted(set().union(*[set(c.index) for c in counts.values()]) - set(order))
@@ -82,356 +80,11 @@ def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated
     return out
 
 
-def _group_means(x: Any, labels: np.ndarray, groups: list[str]) -> np.ndarray:
-    """Mean row of ``x`` (cells x genes, sparse or dense) per label, as groups x genes."""
-    ind = indicator(pd.Categorical(labels, categories=groups).codes, len(groups))
-    sums = ind @ x  # sparse product: no densification of the cell matrix
-    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
-    n = np.asarray(ind.sum(axis=1)).ravel()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / n[:, None]
-
-
-def _pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r between every row of ``a`` and every row of ``b`` (NaN where a row is constant)."""
-    ac = a - a.mean(axis=1, keepdims=True)
-    bc = b - b.mean(axis=1, keepdims=True)
-    na = np.sqrt((ac**2).sum(axis=1))
-    nb = np.sqrt((bc**2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (ac @ bc.T) / np.outer(na, nb)
-    r[~np.isfinite(r)] = np.nan
-    return np.clip(r, -1.0, 1.0)
-
-
-def reference_markers(reference: ad.AnnData, top_n: int = 200) -> dict[str, list[str]]:
-    """Top ``top_n`` wilcoxon markers (one type vs the rest) per reference cell type.
-
-    Uses X (log-normalised), never ``.raw``. Types with fewer than 2 cells cannot be tested and get
-    no markers. (The seed asks scanpy for its default 100 genes and then takes ``head(200)``, i.e.
-    100 markers; here ``top_n`` markers are really requested.)
-    """
-    import scanpy as sc
-
-    labels = _types(reference)
-    counts = labels.value_counts()
-    testable = [t for t in ordered_types(reference) if counts.get(t, 0) >= 2]
-    markers: dict[str, list[str]] = {t: [] for t in ordered_types(reference)}
-    if not testable or len(counts) < 2:
-        _log("fewer than 2 cell types (or none with >= 2 cells): no wilcoxon markers")
-        return markers
-    light = ad.AnnData(X=reference.X, obs=pd.DataFrame({"ct": pd.Categorical(labels)},
-                                                         index=reference.obs_names.copy()),
-                       var=pd.DataFrame(index=reference.var_names.copy()))
-    n_genes = int(min(top_n, light.n_vars))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.tl.rank_genes_groups(light, "ct", groups=testable, reference="rest", method="wilcoxon",
-                                n_genes=n_genes, use_raw=False)
-    names = light.uns["rank_genes_groups"]["names"]
-    for t in testable:
-        markers[t] = [str(g) for g in names[t]]
-    return markers
-
-
-def marker_correlation(reference: ad.AnnData, generated: ad.AnnData, top_n: int = 200,
-                       markers: dict[str, list[str]] | None = None
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Correlation of per-type mean marker expression between reference and generated cells.
-
-    Markers: the top ``top_n`` wilcoxon markers of each reference type (computed unless
-    ``markers`` is given); their union, restricted to genes present in ``generated``, is the gene
-    set of the correlation matrix (as in the seed).
-
-    Returns
-    -------
-    summary
-        One row per reference type: ``celltype, pearson_r`` (r between the type's reference and
-        generated mean profiles over the union of markers, i.e. the matrix diagonal),
-        ``n_markers`` (size of that union), ``pearson_r_own`` / ``n_own_markers`` (the same r on the
-        type's own markers only), ``best_match`` (the generated type with the highest r in the
-        type's matrix row), ``r_margin`` (r with its own generated type minus the highest r with
-        any other generated type: > 0 when the generated cells of the type are told apart from
-        the others; NaN without a finite r or with fewer than 2 generated types),
-        ``n_reference``, ``n_generated`` and ``note`` (why r is NaN).
-    matrix
-        Pearson r, reference types (rows) x generated types (columns).
-    """
-    if markers is None:
-        markers = reference_markers(reference, top_n)
-    ref_types = ordered_types(reference)
-    gen_labels = _types(generated).to_numpy()
-    gen_counts = pd.Series(gen_labels).value_counts()
-    gen_types = [t for t in ref_types if t in gen_counts.index] + sorted(
-        set(gen_counts.index) - set(ref_types))
-    gen_genes = pd.Index(generated.var_names)
-    union: list[str] = list(dict.fromkeys(g for t in ref_types for g in markers.get(t, [])
-                                          if g in gen_genes))
-    ref_labels = _types(reference).to_numpy()
-    ref_counts = pd.Series(ref_labels).value_counts()
-
-    if union and gen_types:
-        ref_pos = pd.Index(reference.var_names).get_indexer(union)
-        if (ref_pos < 0).any():
-            raise InputError("marker genes missing from the reference; pass the same "
-                             "model_input.h5ad that the markers were computed on")
-        gen_pos = gen_genes.get_indexer(union)
-        ref_mean = _group_means(reference.X[:, ref_pos], ref_labels, ref_types)
-        gen_mean = _group_means(generated.X[:, gen_pos], gen_labels, gen_types)
-        mat = _pearson_matrix(ref_mean, gen_mean)
-    else:
-        ref_mean = gen_mean = None
-        mat = np.full((len(ref_types), len(gen_types)), np.nan)
-    matrix = pd.DataFrame(mat, index=pd.Index(ref_types, name="reference"),
-                          columns=pd.Index(gen_types, name="generated"))
-
-    best_match, margin = _row_identity(matrix)
-    rows = []
-    union_pos = {g: i for i, g in enumerate(union)}
-    for i, t in enumerate(ref_types):
-        note = ""
-        r = r_own = np.nan
-        own = [union_pos[g] for g in markers.get(t, []) if g in union_pos]
-        if t not in gen_counts.index:
-            note = "absent from generated cells"
-        elif not union:
-            note = "no marker genes shared with generated cells"
-        else:
-            j = gen_types.index(t)
-            r = matrix.iloc[i, j]
-            if own and ref_mean is not None:
-                r_own = _pearson_matrix(ref_mean[i:i + 1, own], gen_mean[j:j + 1, own])[0, 0]
-            if not own:
-                note = "no wilcoxon markers (fewer than 2 reference cells)"
-            if not np.isfinite(r):
-                note = note or "constant mean profile: r undefined"
-        rows.append({"celltype": t, "pearson_r": r, "n_markers": len(union),
-                     "pearson_r_own": r_own, "n_own_markers": len(own),
-                     "best_match": best_match[i], "r_margin": margin[i],
-                     "n_reference": int(ref_counts.get(t, 0)),
-                     "n_generated": int(gen_counts.get(t, 0)), "note": note})
-    summary = pd.DataFrame(rows, columns=["celltype", "pearson_r", "n_markers", "pearson_r_own",
-                                          "n_own_markers", "best_match", "r_margin", "n_reference",
-                                          "n_generated", "note"])
-    return summary, matrix
-
-
-def _row_identity(matrix: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """Per reference type (row): the best-matching generated type and the own-vs-best-other margin.
-
-    An undertrained VAE generates nearly the same average cell for every type: each row of the
-    matrix is then flat, r is high everywhere and the margin is ~0, which r alone cannot show.
-    """
-    m = matrix.to_numpy(dtype=float)
-    cols = list(matrix.columns)
-    filled = np.where(np.isfinite(m), m, -np.inf)
-    best_match = [str(cols[j]) if np.isfinite(filled[i, j]) else "" for i, j in
-                  enumerate(filled.argmax(axis=1))] if cols else [""] * len(m)
-    own_col = np.array([cols.index(t) if t in cols else -1 for t in matrix.index])
-    margin = np.full(len(m), np.nan)
-    if len(cols) >= 2:
-        rows = np.flatnonzero(own_col >= 0)
-        own = m[rows, own_col[rows]]
-        others = filled[rows].copy()
-        others[np.arange(len(rows)), own_col[rows]] = -np.inf
-        best_other = others.max(axis=1)
-        ok = np.isfinite(own) & np.isfinite(best_other)
-        margin[rows[ok]] = own[ok] - best_other[ok]
-    return best_match, margin
-
-
-class KnnTyper:
-    """kNN cell-type classifier fit on ``train`` cells: PCA of ``train`` alone (its ``n_top_genes``
-    most variable genes, centred, ``n_comps`` components), then ``n_neighbors`` nearest neighbours.
-
-    Cells are log-normalised (normalize_total 1e4 + log1p). The test cells cannot shape the space.
-    """
-
-    def __init__(self, train: ad.AnnData, n_neighbors: int = 15, n_comps: int = 50,
-                 n_top_genes: int = 2000, seed: int = 0) -> None:
-        from sklearn.decomposition import PCA
-        from sklearn.neighbors import KNeighborsClassifier
-
-        self.labels = _types(train).to_numpy()
-        self.genes = pd.Index(train.var_names)
-        xt = sp.csr_matrix(train.X, dtype=np.float32)
-        mean = np.asarray(xt.mean(axis=0)).ravel()
-        var = np.asarray(xt.multiply(xt).mean(axis=0)).ravel() - mean ** 2
-        self.top = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, len(self.genes))])
-        dense = xt[:, self.top].toarray()
-        k = int(max(1, min(n_comps, dense.shape[0] - 1, dense.shape[1])))
-        self.pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(dense)
-        self.train_pcs = self.pca.transform(dense)
-        self.knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(self.labels))).fit(
-            self.train_pcs, self.labels)
-        self._loo: np.ndarray | None = None
-
-    def transform(self, cells: ad.AnnData) -> np.ndarray:
-        """PCA coordinates of ``cells`` (their genes aligned to the training genes; missing = 0)."""
-        pos = pd.Index(cells.var_names).get_indexer(self.genes[self.top])
-        if (pos < 0).all():
-            raise InputError("reference and generated cells share no genes; pass the model_input.h5ad "
-                             "the VAE was trained on")
-        x = sp.csr_matrix(cells.X, dtype=np.float32)
-        dense = np.zeros((x.shape[0], len(pos)), dtype=np.float32)
-        dense[:, pos >= 0] = x[:, pos[pos >= 0]].toarray()
-        return self.pca.transform(dense)
-
-    def predict(self, cells: ad.AnnData) -> np.ndarray:
-        """Predicted cell type of each cell."""
-        if cells.n_obs == 0:
-            return np.zeros(0, dtype=object)
-        return self.knn.predict(self.transform(cells))
-
-    def predict_train_loo(self) -> np.ndarray:
-        """Leave-one-out prediction of the training cells (each cell's neighbours exclude itself)."""
-        if self._loo is None:  # cached: QC of several groups asks once per group
-            self._loo = self._train_loo()
-        return self._loo.copy()
-
-    def _train_loo(self) -> np.ndarray:
-        k = self.knn.n_neighbors
-        if len(self.labels) <= k:
-            k = len(self.labels) - 1
-        if k < 1:
-            return self.labels.copy()
-        _, idx = self.knn.kneighbors(self.train_pcs, n_neighbors=k + 1)
-        votes = self.labels[idx[:, 1:]]
-        cats, inv = np.unique(votes, return_inverse=True)
-        counts = np.zeros((len(self.labels), len(cats)), dtype=np.int64)
-        np.add.at(counts, (np.repeat(np.arange(len(self.labels)), k), inv.ravel()), 1)
-        return cats[counts.argmax(axis=1)]
-
-
-def knn_typing(train: ad.AnnData, test: ad.AnnData, n_neighbors: int = 15, n_comps: int = 50,
-               n_top_genes: int = 2000, seed: int = 0) -> np.ndarray:
-    """Cell type of each ``test`` cell by a :class:`KnnTyper` fit on ``train``."""
-    return KnnTyper(train, n_neighbors, n_comps, n_top_genes, seed).predict(test)
-
-
-def reference_loo_typing(reference: ad.AnnData, n_neighbors: int = 15, n_comps: int = 50,
-                         n_top_genes: int = 2000, seed: int = 0) -> np.ndarray:
-    """Leave-one-out kNN typing of the reference's own cells (each cell's neighbours exclude itself)."""
-    return KnnTyper(reference, n_neighbors, n_comps, n_top_genes, seed).predict_train_loo()
-
-
-#: Below this ratio of generated-cell typing accuracy to the reference's own (leave-one-out)
-#: accuracy the QC warns (benchmarks/README.md, realism section).
-MIN_TYPING_RATIO = 0.6
-
-
-def typing_summary(reference: ad.AnnData, generated: ad.AnnData, seed: int = 0,
-                   typer: KnnTyper | None = None) -> dict[str, Any]:
-    """Typing accuracy of generated cells by a classifier fit on the reference, and the reference's own.
-
-    ``typer``: a :class:`KnnTyper` already fit on ``reference`` with ``seed`` (QC of several groups
-    in one process fits it once); None fits it here.
-
-    Returns ``typing_accuracy`` (share of generated cells whose kNN type is their label),
-    ``typing_accuracy_reference`` (leave-one-out accuracy of the reference cells, weighted to the
-    generated cells' type composition so the two compare), their ratio, ``typing_per_celltype``
-    and ``warnings``.
-    """
-    gen_labels = _types(generated).to_numpy()
-    if generated.n_obs == 0 or reference.n_obs < 3:
-        return {"typing_accuracy": None, "typing_accuracy_reference": None, "typing_ratio": None,
-                "typing_per_celltype": {}, "warnings": []}
-    typer = KnnTyper(reference, seed=seed) if typer is None else typer
-    pred = typer.predict(generated)
-    ref_labels = typer.labels
-    loo = typer.predict_train_loo()
-    per_type = {}
-    weights, ref_acc = [], []
-    for t in pd.unique(gen_labels):
-        m = gen_labels == t
-        r = ref_labels == t
-        acc_ref = float((loo[r] == t).mean()) if r.any() else np.nan
-        per_type[str(t)] = {"generated": _nan_to_none(float((pred[m] == t).mean())),
-                            "reference": _nan_to_none(acc_ref)}
-        weights.append(m.sum())
-        ref_acc.append(acc_ref)
-    acc = float((pred == gen_labels).mean())
-    w = np.asarray(weights, float)
-    ra = np.asarray(ref_acc, float)
-    ok = np.isfinite(ra)
-    ref_w = float((w[ok] * ra[ok]).sum() / w[ok].sum()) if ok.any() else np.nan
-    ratio = acc / ref_w if np.isfinite(ref_w) and ref_w > 0 else np.nan
-    warnings = []
-    if np.isfinite(ratio) and ratio < MIN_TYPING_RATIO:
-        warnings.append(
-            f"generated cells are typed far worse than the reference's own cells (kNN typing accuracy "
-            f"{acc:.2f} vs {ref_w:.2f} for reference cells, a classifier fit on the reference): the cell "
-            "types are mixed; the VAE is likely undertrained or collapsed: raise --epoch_num and check "
-            "that the training loss has left its early plateau")
-    return {"typing_accuracy": _nan_to_none(acc), "typing_accuracy_reference": _nan_to_none(ref_w),
-            "typing_ratio": _nan_to_none(ratio), "typing_per_celltype": per_type, "warnings": warnings}
-
-
-def subsample(adata: ad.AnnData, max_cells: int | None, seed: int) -> ad.AnnData:
-    """At most ``max_cells`` cells drawn without replacement (seeded); original order kept."""
-    if max_cells is None or adata.n_obs <= max_cells:
-        return adata
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(adata.n_obs, size=int(max_cells), replace=False))
-    return adata[idx]
-
-
-def embed(adata_ref: ad.AnnData, adata_gen: ad.AnnData, seed: int = 42, n_comps: int = 30,
-          n_top_genes: int = 2000) -> np.ndarray:
-    """2-D MDE of reference and generated cells together (rows: reference cells, then generated).
-
-    Joint PCA on the log-normalised values of the shared genes (the ``n_top_genes`` most variable
-    across both sets, sparse and implicitly centred), then ``pymde.preserve_neighbors`` with the
-    settings of the seed's ``ov.utils.mde`` (2 dims, Standardized constraint, repulsive fraction
-    0.7, 15 neighbours), seeded with ``pymde.seed(seed)``, initialised from the first two PCs and
-    run on one CPU thread, so the same seed gives the same coordinates.
-    """
-    import pymde
-    import scanpy as sc
-
-    genes = pd.Index(adata_ref.var_names).intersection(pd.Index(adata_gen.var_names), sort=False)
-    if len(genes) == 0:
-        raise InputError("reference and generated cells share no genes; pass the model_input.h5ad "
-                         "the VAE was trained on")
-    xr = adata_ref[:, genes].X
-    xg = adata_gen[:, genes].X
-    x = sp.vstack([sp.csr_matrix(xr), sp.csr_matrix(xg)], format="csr", dtype=np.float32)
-    n = x.shape[0]
-    if n < 3:
-        return np.zeros((n, 2), dtype=np.float32)
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2
-    top = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, x.shape[1])])
-    x = x[:, top]
-    k = min(n_comps, n - 1, x.shape[1] - 1)
-    if k < 2:
-        dense = x.toarray()
-        return np.pad(dense, ((0, 0), (0, max(0, 2 - dense.shape[1]))))[:, :2].astype(np.float32)
-    pcs = np.asarray(sc.pp.pca(x, n_comps=k, svd_solver="arpack", random_state=seed),
-                     dtype=np.float32)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-reproducible, and far faster than oversubscribed threads
-    try:
-        pymde.seed(seed)
-        mde = pymde.preserve_neighbors(pcs, embedding_dim=2, constraint=pymde.Standardized(),
-                                       repulsive_fraction=0.7, n_neighbors=min(15, n - 1),
-                                       init="random", device="cpu", verbose=False)
-        # Start from the first two PCs instead of pymde's spectral init: that one calls ARPACK
-        # with an unseeded start vector (not reproducible) and converges slowly.
-        init = pymde.util.proj_standardized(torch.from_numpy(pcs[:, :2].copy()), demean=True)
-        emb = mde.embed(X=init, verbose=False)
-    finally:
-        torch.set_num_threads(threads)
-    return emb.detach().cpu().numpy().astype(np.float32)
-
-
 def _l1(p: pd.Series, q: pd.Series) -> float:
     return float(np.abs(p.to_numpy(float) - q.to_numpy(float)).sum())
 
 
-def _nan_to_none(x: float) -> float | None:
+def nan_to_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
@@ -456,7 +109,7 @@ def vae_identity_of(generated: ad.AnnData) -> dict[str, Any] | None:
     if not isinstance(d, dict) or d.get("told_apart") is None:
         return None
     return {"vae_celltypes_identified": int(d["told_apart"]), "vae_celltypes_assessed": int(d["n_types"]),
-            "vae_margin_median": _nan_to_none(d.get("median_margin"))}
+            "vae_margin_median": nan_to_none(d.get("median_margin"))}
 
 
 def identity_summary(corr_summary: pd.DataFrame) -> dict[str, Any]:
@@ -482,7 +135,7 @@ def identity_summary(corr_summary: pd.DataFrame) -> dict[str, Any]:
             "--epoch_num and --patience (the loss must be well past its early plateau) and check the "
             "typing accuracy below")
     return {"n_celltypes_identified": n_ok, "n_celltypes_assessed": n,
-            "celltype_identity_rate": _nan_to_none(rate), "marker_r_margin_median": _nan_to_none(med),
+            "celltype_identity_rate": nan_to_none(rate), "marker_r_margin_median": nan_to_none(med),
             "warnings": warnings}
 
 
@@ -504,8 +157,8 @@ def qc_metrics(props: pd.DataFrame, corr_summary: pd.DataFrame, params: dict[str
     per_type = {
         str(t): {"reference": int(row.n_reference), "target": int(row.n_target),
                  "generated": int(row.n_generated), "filtered": int(row.n_filtered),
-                 "pearson_r": _nan_to_none(by_type["pearson_r"].get(t, np.nan)),
-                 "r_margin": _nan_to_none(by_type["r_margin"].get(t, np.nan))
+                 "pearson_r": nan_to_none(by_type["pearson_r"].get(t, np.nan)),
+                 "r_margin": nan_to_none(by_type["r_margin"].get(t, np.nan))
                  if "r_margin" in by_type else None}
         for t, row in props.iterrows()}
     identity = identity_summary(corr_summary)
@@ -513,13 +166,13 @@ def qc_metrics(props: pd.DataFrame, corr_summary: pd.DataFrame, params: dict[str
         "n_target": int(props["n_target"].sum()),
         "n_generated": n_gen,
         "n_filtered": n_filt,
-        "fraction_kept": _nan_to_none(n_filt / n_gen) if n_gen else None,
+        "fraction_kept": nan_to_none(n_filt / n_gen) if n_gen else None,
         "n_celltypes_reference": int((props["n_reference"] > 0).sum()),
         "n_celltypes_generated": int((props["n_generated"] > 0).sum()),
         "n_celltypes_filtered": int((props["n_filtered"] > 0).sum()),
-        "marker_r_mean": _nan_to_none(np.nanmean(r)) if np.isfinite(r).any() else None,
-        "marker_r_median": _nan_to_none(np.nanmedian(r)) if np.isfinite(r).any() else None,
-        "marker_r_min": _nan_to_none(np.nanmin(r)) if np.isfinite(r).any() else None,
+        "marker_r_mean": nan_to_none(np.nanmean(r)) if np.isfinite(r).any() else None,
+        "marker_r_median": nan_to_none(np.nanmedian(r)) if np.isfinite(r).any() else None,
+        "marker_r_min": nan_to_none(np.nanmin(r)) if np.isfinite(r).any() else None,
         "n_markers": int(corr_summary["n_markers"].max()) if len(corr_summary) else 0,
         "celltypes_without_r": missing,
         **{k: v for k, v in identity.items() if k != "warnings"},
@@ -532,7 +185,7 @@ def qc_metrics(props: pd.DataFrame, corr_summary: pd.DataFrame, params: dict[str
     }
     if corr_summary_unfiltered is not None:
         ru = corr_summary_unfiltered["pearson_r"].to_numpy(float)
-        out["marker_r_mean_unfiltered"] = (_nan_to_none(np.nanmean(ru))
+        out["marker_r_mean_unfiltered"] = (nan_to_none(np.nanmean(ru))
                                            if np.isfinite(ru).any() else None)
     if filter_summary is not None:
         out["filter"] = {k: v for k, v in filter_summary.items() if k != "params"}
