@@ -69,6 +69,7 @@ def main() -> None:
     import torch
 
     import b2s.generate.cells as G
+    import b2s.generate.rates as R
     import realism
 
     torch.set_num_threads(1)
@@ -79,7 +80,7 @@ def main() -> None:
     types = list(dict.fromkeys(labels))
     codes = np.array([types.index(t) for t in labels])
     X = sp.csr_matrix(mi.X)
-    decode = G._decode_batches
+    decode = R.decode_batches
     with torch.inference_mode():
         dec = np.vstack(list(decode(model, X, np.arange(mi.n_obs), "mean", None, torch.device("cpu"), 4096)))
     real = X.toarray()
@@ -106,7 +107,7 @@ def main() -> None:
             pos += len(block)
             yield np.maximum(centre[c] + scale["k"] * (block - centre[c]), 0).astype(np.float32)
 
-    G._decode_batches = amplified
+    R.decode_batches = amplified
     rows = []
     for k in (float(x) for x in a.k.split(",")):
         scale["k"] = k

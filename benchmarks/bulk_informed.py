@@ -706,7 +706,8 @@ def contrast_grid(splits: list[int], concentrations: list[float], sigmas: list[f
     :func:`alternative_split`), each scored as a further mode (shifts alone)."""
     import b2s.generate.bulkshift as bulkshift
     import b2s.qc.bulk as bulkqc
-    from b2s.generate.cells import generate_cells, group_seed, rate_model
+    from b2s.generate.cells import generate_cells, group_seed
+    from b2s.generate.rates import rate_model
     from b2s.model.config import TrainConfig
     from b2s.model.train import train_vae
 

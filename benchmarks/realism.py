@@ -314,7 +314,8 @@ def _threads() -> int:
 def unit_ours(split: int, variant: str, epochs: list[int], gen_modes: list[str], seed: int,
               patience: int) -> dict[str, Any]:
     """Train one variant in chunks to each epoch count; generate and evaluate after each chunk."""
-    from b2s.generate.cells import DEFAULTS, generate_cells, group_seed
+    from b2s.generate.cells import generate_cells, group_seed
+    from b2s.generate.rates import DEFAULTS
     from b2s.model.config import TrainConfig, default_epochs
     from b2s.model.train import train_vae, trained_model
 

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bin"), str(ROOT / "benchmarks")]
 
-from b2s.generate.cells import type_dispersion  # noqa: E402
+from b2s.generate.rates import type_dispersion  # noqa: E402
 from b2s.preprocess import model_input, normalize_single  # noqa: E402
 from b2s.qc.structure import within_type_structure  # noqa: E402
 from realdata import load_hao, split_reference  # noqa: E402

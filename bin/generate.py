@@ -20,7 +20,7 @@ import pandas as pd
 
 from b2s.errors import InputError, run_cli
 from b2s.generate.bulkshift import DEFAULT_SHIFT, SHIFT_CHOICES
-from b2s.generate.cells import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS, DISPERSION_CHOICES
+from b2s.generate.rates import CALIBRATE_CHOICES, COUNTS_CHOICES, DECODE_CHOICES, DEFAULTS, DISPERSION_CHOICES
 from b2s.model.vae import REPARAM_CHOICES
 
 TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 def shared_rates(args: argparse.Namespace, model, model_input, device):
     """The rate model of a batch of groups, once (None when it depends on the group's seed or is unused):
     with ``--decode mean`` decoding the reference is deterministic, so every group would compute the same."""
-    from b2s.generate.cells import rate_model
+    from b2s.generate.rates import rate_model
 
     if args.engine != "native" or args.decode != "mean" or args.counts == "none" or "counts" not in model_input.layers:
         return None

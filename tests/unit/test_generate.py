@@ -165,7 +165,7 @@ def test_counts_layer_is_integer_consistent_with_x_and_seeded(model, model_input
 
 def test_calibrated_rates_reproduce_the_reference_means(model, model_input):
     """Per type and gene, the mean rate of the decoded reference cells is their real mean normalised count."""
-    from b2s.generate.cells import calibration_from, profile, reference_counts, type_sums
+    from b2s.generate.rates import calibration_from, profile, reference_counts, type_sums
 
     mi = _with_counts(model_input, seed=1)
     counts, lib = reference_counts(mi)
@@ -187,7 +187,7 @@ def test_calibrated_rates_reproduce_the_reference_means(model, model_input):
 
 def test_profile_keeps_each_cells_composition_at_the_normalised_total():
     """Decoded cells are rescaled to sum to 1e4 (as library-normalised real cells), all-zero rows stay 0."""
-    from b2s.generate.cells import profile
+    from b2s.generate.rates import profile
 
     block = np.log1p(np.array([[1.0, 3.0, 0.0], [10.0, 30.0, 60.0], [0.0, 0.0, 0.0]], dtype=np.float32))
     out = profile(block)
@@ -227,7 +227,7 @@ def test_generated_libraries_follow_the_source_cells(model, model_input):
 
 
 def test_dispersion_recovers_nb_overdispersion():
-    from b2s.generate.cells import type_dispersion as dispersion
+    from b2s.generate.rates import type_dispersion as dispersion
 
     rng = np.random.default_rng(0)
     n, g, phi = 4000, 6, np.array([0.05, 0.2, 0.5, 1.0, 2.0, 0.01])
@@ -257,7 +257,7 @@ def test_counts_without_reference_counts_fall_back_to_log_values(model, model_in
 
 def test_vae_identity_tells_a_decoder_that_separates_types_from_one_that_does_not():
     """Decoded type means equal to the reference's: all told apart; one average cell for every type: none."""
-    from b2s.generate.cells import vae_identity
+    from b2s.generate.rates import vae_identity
 
     rng = np.random.default_rng(0)
     n = np.array([30.0, 20.0, 25.0, 40.0])
@@ -287,7 +287,7 @@ def test_generated_cells_record_the_vaes_own_identity(model, model_input):
 def test_a_rate_model_computed_once_gives_each_group_the_same_cells(model, model_input):
     """GENERATE computes the rate model once per batch of groups (posterior mean: no seed in it);
     each group's cells are then exactly those of a run that computes it itself."""
-    from b2s.generate.cells import rate_model
+    from b2s.generate.rates import rate_model
 
     mi = _with_counts(model_input)
     kw = dict(hidden_size=LATENT, device="cpu", batch_size=16)
@@ -308,7 +308,7 @@ def test_residual_dispersion_is_measured_around_each_cells_own_rate(model_input)
     calibrated rate (brute force), is close to the pooled per-type one for a decoder that learned
     nothing, and is far smaller for a decoder that reproduces each cell (its own deviations are then
     not drawn a second time as noise)."""
-    from b2s.generate.cells import PHI_RANGE, profile, rate_model, reference_counts, type_dispersion
+    from b2s.generate.rates import PHI_RANGE, profile, rate_model, reference_counts, type_dispersion
 
     mi = _with_counts(model_input)
     cts, lib = reference_counts(mi)

@@ -70,7 +70,7 @@ def type_mean_null(ref: ad.AnnData, n: int, seed: int, nb: bool = True) -> ad.An
     """The null: NB (or Poisson) counts from each type's mean normalised profile x a reference cell's
     library, NB dispersion per gene estimated from the reference within types (as GENERATE's):
     right type, right library, about the right variance, nothing co-varying inside the type."""
-    from b2s.generate.cells import type_dispersion
+    from b2s.generate.rates import type_dispersion
 
     rng = np.random.default_rng(seed)
     labels = ref.obs["celltype"].astype(str).to_numpy()

@@ -100,7 +100,7 @@ MIN_MEDIAN_MARGIN = 0.01
 
 def vae_identity_of(generated: ad.AnnData) -> dict[str, Any] | None:
     """The VAE's own type separation that GENERATE recorded (``uns['vae_identity']``, see
-    :func:`b2s.generate.cells.vae_identity`) as metrics keys, or None when the cells carry none."""
+    :func:`b2s.generate.rates.vae_identity`) as metrics keys, or None when the cells carry none."""
     raw = generated.uns.get("vae_identity") if hasattr(generated, "uns") else None
     try:
         d = json.loads(raw) if isinstance(raw, str) else None

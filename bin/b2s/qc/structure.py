@@ -22,7 +22,7 @@ A type with fewer than :data:`MIN_CELLS` reference or generated cells, or fewer 
 genes, is not assessed; one whose floor is under :data:`MIN_FLOOR` (the reference itself shows
 no reproducible structure) is not judged. The QC warns (:func:`structure_warnings`) when a
 type keeps under :data:`MIN_FLOOR_SHARE` of its floor, or when the VAE by itself (``uns['vae_identity']``,
-b2s.generate.cells.vae_identity) tells fewer than half the types apart.
+b2s.generate.rates.vae_identity) tells fewer than half the types apart.
 
 Why these thresholds (benchmarks/README.md, "QC without held-out data: within-type structure",
 ``benchmarks/structure_qc.py``): on the Hao PBMC reference held-out real cells score above their
