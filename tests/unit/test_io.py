@@ -19,6 +19,7 @@ BIN = REPO / "bin"
 TEST_DATA = REPO / "assets" / "test_data"
 
 import b2s.io as bio  # noqa: E402
+import b2s.io.h5ad as h5read  # noqa: E402
 import b2s.io.reference as refio  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 
@@ -326,7 +327,7 @@ def _layout(a: ad.AnnData, where: str, fmt: str) -> ad.AnnData:
 
 def _whole_file(path, *args, **kw) -> ad.AnnData:
     """read_reference as it was before partial reads: the whole file in memory, same selection."""
-    src = refio._MemoryReference(ad.read_h5ad(path))
+    src = h5read.MemoryReference(ad.read_h5ad(path))
     return refio._select_reference(src, f"--reference {path}", path, *args, **kw)
 
 
@@ -349,8 +350,8 @@ def test_partial_read_gives_the_whole_file_result(tmp_path, monkeypatch, where, 
     expect = _whole_file(path, "cluster", 120, 5)
     expect_all = _whole_file(path, "cluster", None, 5)
     # small read blocks so spans, gaps and CSC blocks are all exercised on this small file
-    monkeypatch.setattr(refio, "_READ_BLOCK", 97)
-    monkeypatch.setattr(refio, "_READ_GAP", 5)
+    monkeypatch.setattr(h5read, "_READ_BLOCK", 97)
+    monkeypatch.setattr(h5read, "_READ_GAP", 5)
 
     def no_whole_read(*_a, **_k):
         raise AssertionError("the whole file was read")
@@ -394,9 +395,9 @@ def test_unknown_layout_falls_back_to_whole_file(tmp_path, monkeypatch, capsys):
     a.write_h5ad(path)
 
     def unknown(self, f):
-        raise refio._Unsupported("test layout")
+        raise h5read.Unsupported("test layout")
 
-    monkeypatch.setattr(refio._H5Reference, "__init__", unknown)
+    monkeypatch.setattr(h5read.H5Reference, "__init__", unknown)
     got = refio.read_reference(path, "cluster", 50, 1)
     monkeypatch.undo()
     _assert_same_reference(got, refio.read_reference(path, "cluster", 50, 1))
@@ -532,7 +533,7 @@ def test_cell_names_are_read_for_the_chosen_cells_only(tmp_path, monkeypatch):
     a = _atlas(n=1000)
     path = tmp_path / "atlas.h5ad"
     a.write_h5ad(path)
-    monkeypatch.setattr(refio, "_NAME_BLOCK", 64)  # many blocks, some without a chosen cell
+    monkeypatch.setattr(h5read, "_NAME_BLOCK", 64)  # many blocks, some without a chosen cell
     got = refio.read_reference(path, "cluster", 50, 4)
     monkeypatch.undo()
     _assert_same_reference(got, _whole_file(path, "cluster", 50, 4))
@@ -540,5 +541,5 @@ def test_cell_names_are_read_for_the_chosen_cells_only(tmp_path, monkeypatch):
 
     with h5py.File(path, "r") as f:
         rows = np.array([0, 63, 64, 65, 999])
-        names = refio._h5_index_rows(f["obs"][f["obs"].attrs["_index"]], rows)
+        names = h5read._h5_index_rows(f["obs"][f["obs"].attrs["_index"]], rows)
     assert list(names) == [f"cell{i}" for i in rows]
