@@ -94,11 +94,11 @@ def check_params(params: dict[str, Any], workflow: dict[str, Any]) -> list[str]:
         log("WARN", "python3 on this machine has no jsonschema module, so parameters are not validated against "
                     "nextflow_schema.json here; each task's script still checks its inputs")
         return []
-    import b2s.head.params as bp
+    import b2s.head.schema as bschema
     import validate_params as vp
 
     schema_path = Path(workflow["project_dir"]) / "nextflow_schema.json"
-    res = vp.validate(params, bp.load_schema(schema_path), schema_path, executor=workflow.get("executor") or "local")
+    res = vp.validate(params, bschema.load_schema(schema_path), schema_path, executor=workflow.get("executor") or "local")
     for line in res.warnings:
         log("WARN", line)
     return list(res.errors)

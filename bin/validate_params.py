@@ -38,15 +38,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Validate, print one line per problem, exit 2 on errors."""
     args = parse_args(argv)
-    import b2s.head.params as bp
+    import b2s.head.schema as bschema
 
     schema_path = Path(args.schema)
     try:
-        schema = bp.load_schema(schema_path)
+        schema = bschema.load_schema(schema_path)
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"--schema {schema_path}: cannot be read ({err}); pass the pipeline's nextflow_schema.json")
     if args.print_help:
-        print(bp.help_text(schema), end="")
+        print(bschema.help_text(schema), end="")
         return
     if not args.params_json:
         raise InputError("--params-json is missing; pass the JSON file of the run's params")

@@ -267,7 +267,8 @@ def test_report_shows_bulk_qc_and_shifts(tmp_path):
 
 
 def test_params_warn_bulk_shift_with_omicverse():
-    from b2s.head.params import load_schema, validate_params
+    from b2s.head.params import validate_params
+    from b2s.head.schema import load_schema
     from tests.helpers import REPO
 
     schema = load_schema(REPO / "nextflow_schema.json")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import b2s.head.params as bp
+import b2s.head.schema as bschema
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"
@@ -233,8 +234,8 @@ def test_docker_gpu_profile():
         assert cfg[f"{engine}.enabled"] == "false"
     assert cfg["process.'withLabel:process_gpu'.accelerator"] == "1"
     # Profiles change no params: -profile docker,gpu runs with the schema's defaults.
-    schema = bp.load_schema(REPO / "nextflow_schema.json")
-    defaults = {k: v for k, v in bp.schema_defaults(schema).items()}
+    schema = bschema.load_schema(REPO / "nextflow_schema.json")
+    defaults = {k: v for k, v in bschema.schema_defaults(schema).items()}
     assert config_params(cfg) == defaults
 
 
@@ -254,7 +255,7 @@ def test_singularity_gpu_profile_with_test_params():
     assert cfg["docker.enabled"] == "false" and cfg["apptainer.enabled"] == "false"
     assert cfg["process.'withLabel:process_gpu'.accelerator"] == "1"
     # The bundled test profile's params pass the pipeline's own validation (files exist).
-    schema = bp.load_schema(REPO / "nextflow_schema.json")
+    schema = bschema.load_schema(REPO / "nextflow_schema.json")
     res = bp.validate_params(config_params(cfg), schema, schema_dir=REPO)
     assert res.errors == [] and res.warnings == []
 
@@ -272,7 +273,7 @@ def test_apptainer_gpu_profile_with_test_full_params():
     assert params["bulk_group"] == "dg_d_1,dg_d_2,dg_d_3"
     assert params["celltype_key"] == "clusters" and params["epoch_num"] == 3500
     assert "internet" in (REPO / "conf" / "test_full.config").read_text().lower()
-    schema = bp.load_schema(REPO / "nextflow_schema.json")
+    schema = bschema.load_schema(REPO / "nextflow_schema.json")
     res = bp.validate_params(params, schema, schema_dir=REPO)
     assert res.errors == [] and res.warnings == []
 

@@ -18,7 +18,9 @@ BIN = Path(__file__).resolve().parents[2] / "bin"
 REPO = BIN.parent
 
 import b2s.fractions.estimate as F  # noqa: E402
+import b2s.head.inputs as binputs  # noqa: E402
 import b2s.head.params as bp  # noqa: E402
+import b2s.head.schema as bschema  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 from b2s.fractions.fit import goodness_of_fit  # noqa: E402
 from b2s.fractions.markers import pairwise_markers, read_markers  # noqa: E402
@@ -179,14 +181,14 @@ def test_bad_markers_files_are_one_line_errors(tmp_path, data, text, match):
 ])
 def test_params_validator_checks_markers_before_tasks(tmp_path, text, match):
     path = _write(tmp_path / "markers.csv", text)
-    errs = bp.validate_markers_file(path)
+    errs = binputs.validate_markers_file(path)
     assert len(errs) == 1 and match in errs[0] and errs[0].startswith(f"--markers {path}:")
     ok = _write(tmp_path / "ok.csv", "celltype,gene\nB,g0\n")
-    assert bp.validate_markers_file(ok) == []
+    assert binputs.validate_markers_file(ok) == []
 
 
 def test_params_validator_refuses_markers_with_omicverse(tmp_path):
-    schema = bp.load_schema(REPO / "nextflow_schema.json")
+    schema = bschema.load_schema(REPO / "nextflow_schema.json")
     ok = _write(tmp_path / "ok.csv", "celltype,gene\nB,g0\n")
     base = {"bulk": str(REPO / "assets/test_data/bulk_counts.tsv.gz"),
             "reference": str(REPO / "assets/test_data/reference.h5ad"), "markers": ok}

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
+import b2s.head.inputs as binputs
 import b2s.head.params as bp
+import b2s.head.schema as bschema
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO / "assets" / "test_data"
@@ -25,12 +27,12 @@ SEE = "(see nextflow run . --help)"
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    return bp.load_schema(SCHEMA_PATH)
+    return bschema.load_schema(SCHEMA_PATH)
 
 
 @pytest.fixture(scope="module")
 def sheet_schema() -> dict:
-    return bp.load_schema(SHEET_SCHEMA_PATH)
+    return bschema.load_schema(SHEET_SCHEMA_PATH)
 
 
 def parse_flat_params(text: str) -> dict:
@@ -85,7 +87,7 @@ def test_schema_is_valid_draft_2020_12_with_nf_core_groups(schema):
     assert list(schema["$defs"]) == groups
     assert schema["allOf"] == [{"$ref": f"#/$defs/{g}"} for g in groups]
     assert schema["$defs"]["input_output_options"]["required"] == ["bulk", "reference"]
-    for name, prop in bp.schema_properties(schema).items():
+    for name, prop in bschema.schema_properties(schema).items():
         assert prop.get("type") in ("string", "integer", "number", "boolean"), name
         assert prop.get("description", "").strip(), name
         assert prop.get("fa_icon", "").startswith("fa"), name
@@ -96,12 +98,12 @@ def test_schema_is_valid_draft_2020_12_with_nf_core_groups(schema):
 def test_samplesheet_schema_is_valid_and_referenced(schema, sheet_schema):
     Draft202012Validator.check_schema(sheet_schema)
     assert sheet_schema["items"]["required"] == ["group", "sample"]
-    assert bp.schema_properties(schema)["samplesheet"]["schema"] == "assets/schema_samplesheet.json"
+    assert bschema.schema_properties(schema)["samplesheet"]["schema"] == "assets/schema_samplesheet.json"
 
 
 def test_schema_covers_exactly_the_config_params_with_the_same_defaults(schema):
     cfg = config_params()
-    props = bp.schema_properties(schema)
+    props = bschema.schema_properties(schema)
     assert set(props) == set(cfg), (sorted(set(cfg) - set(props)), sorted(set(props) - set(cfg)))
     for name, value in cfg.items():
         if value is None:
@@ -114,7 +116,7 @@ def test_schema_covers_exactly_the_config_params_with_the_same_defaults(schema):
 
 
 def test_enums_and_bounds(schema):
-    props = bp.schema_properties(schema)
+    props = bschema.schema_properties(schema)
     assert props["engine"]["enum"] == ["native", "omicverse"]
     assert props["fraction_method"]["enum"] == ["wls", "nnls", "tape", "scaden"]
     assert props["device"]["enum"] == ["auto", "cpu", "cuda"]
@@ -189,7 +191,7 @@ def test_transport_types_are_coerced_exactly(schema):
                                          monochrome_logs="true"), schema)
     assert res.ok, res.errors
     assert bp.coerce_params({"epoch_num": "10", "learning_rate": "1e-4", "bulk_group": 7, "x": None},
-                            bp.schema_properties(schema)) == {"epoch_num": 10, "learning_rate": 1e-4,
+                            bschema.schema_properties(schema)) == {"epoch_num": 10, "learning_rate": 1e-4,
                                                               "bulk_group": "7"}
 
 
@@ -234,16 +236,16 @@ def test_nnls_is_refused_with_the_omicverse_engine(schema):
 # samplesheet
 # --------------------------------------------------------------------------------------------
 def test_bundled_and_tsv_samplesheets_pass(sheet_schema, tmp_path):
-    assert bp.validate_samplesheet(TEST_DATA / "samplesheet.csv", sheet_schema) == []
-    rows = bp.read_samplesheet(TEST_DATA / "samplesheet.csv")
+    assert binputs.validate_samplesheet(TEST_DATA / "samplesheet.csv", sheet_schema) == []
+    rows = binputs.read_samplesheet(TEST_DATA / "samplesheet.csv")
     assert rows[0] == {"group": "ctrl", "sample": "ctrl_1"} and len(rows) == 6
     tsv = tmp_path / "s.tsv"
     tsv.write_text("Group\tSample\textra\n g1 \tS 1\tx\n")
-    assert bp.read_samplesheet(tsv) == [{"group": "g1", "sample": "S 1", "extra": "x"}]
-    assert bp.validate_samplesheet(tsv, sheet_schema) == []
+    assert binputs.read_samplesheet(tsv) == [{"group": "g1", "sample": "S 1", "extra": "x"}]
+    assert binputs.validate_samplesheet(tsv, sheet_schema) == []
     odd = tmp_path / "odd.csv"
     odd.write_text("group,sample\nDay 0,s1\nIFN-b/6h,s2\n")  # any group name (issue 26)
-    assert bp.validate_samplesheet(odd, sheet_schema) == []
+    assert binputs.validate_samplesheet(odd, sheet_schema) == []
 
 
 @pytest.mark.parametrize(
@@ -260,7 +262,7 @@ def test_bundled_and_tsv_samplesheets_pass(sheet_schema, tmp_path):
 def test_bad_samplesheet_gives_one_line(sheet_schema, schema, tmp_path, text, expected):
     path = tmp_path / "sheet.csv"
     path.write_text(text)
-    errors = bp.validate_samplesheet(path, sheet_schema)
+    errors = binputs.validate_samplesheet(path, sheet_schema)
     assert len(errors) == 1, errors
     assert errors[0].startswith(f"--samplesheet {path}{expected}"), errors[0]
     # The same problem surfaces through the params validation (schema found via schema_dir).
@@ -299,15 +301,15 @@ def test_cli_exit_codes_and_lines(tmp_path):
 
 
 def test_help_text_lists_every_param_with_description_and_default(schema):
-    text = bp.help_text(schema)
-    props = bp.schema_properties(schema)
+    text = bschema.help_text(schema)
+    props = bschema.schema_properties(schema)
     for name, prop in props.items():
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"--{name} "))
         assert prop["description"] in line, name
         if name in ("bulk", "reference"):
             assert line.endswith("required]")
         else:
-            assert f"default: {bp.format_value(prop.get('default')) if 'default' in prop else 'none'}" in line
+            assert f"default: {bschema.format_value(prop.get('default')) if 'default' in prop else 'none'}" in line
     assert ("--epoch_num          [integer] Maximum training epochs; unset: about 2,400 optimizer steps (native "
             "engine), 3500 (omicverse engine, the seed's). [default: none]") in text
     for grp in schema["$defs"].values():
@@ -322,8 +324,8 @@ def test_nextflow_run_help_prints_the_schema_help(schema, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     # `nextflow run . --help` prints help_text() (bin/validate_params.py --print-help): same parameter lines.
     nf_lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("--")]
-    py_lines = [ln for ln in bp.help_text(schema).splitlines() if ln.strip().startswith("--")]
+    py_lines = [ln for ln in bschema.help_text(schema).splitlines() if ln.strip().startswith("--")]
     assert nf_lines == py_lines
-    assert len(nf_lines) == len(bp.schema_properties(schema))
+    assert len(nf_lines) == len(bschema.schema_properties(schema))
     assert ("--learning_rate      [number] AdamW learning rate; unset: 0.001 (native engine), 0.0001 (omicverse "
             "engine, the seed's). [default: none]") in proc.stdout

@@ -20,6 +20,7 @@ import pytest
 import b2s.cache as cache
 import b2s.head.params as bp
 import b2s.head.preflight as preflight
+import b2s.head.schema as bschema
 from b2s.errors import InputError
 from b2s.report.inputs import warning_lines
 
@@ -152,8 +153,8 @@ BOUNDS = [
 
 @pytest.mark.parametrize(("name", "check"), BOUNDS, ids=[b[0] for b in BOUNDS])
 def test_schema_and_stage_bounds_agree(name, check):
-    schema = bp.load_schema(SCHEMA_PATH)
-    prop = bp.schema_properties(schema)[name]
+    schema = bschema.load_schema(SCHEMA_PATH)
+    prop = bschema.schema_properties(schema)[name]
     if "minimum" in prop:
         lowest, below = prop["minimum"], prop["minimum"] - 1
     else:
@@ -176,7 +177,7 @@ def test_seed_maximum_is_what_every_seeded_library_accepts():
     """scanpy's PCA and sklearn seed numpy's RandomState, which takes seeds below 2**32."""
     import numpy as np
 
-    prop = bp.schema_properties(bp.load_schema(SCHEMA_PATH))["seed"]
+    prop = bschema.schema_properties(bschema.load_schema(SCHEMA_PATH))["seed"]
     one = {"$defs": {"g": {"properties": {"seed": prop}}}, "allOf": [{"$ref": "#/$defs/g"}]}
     top = prop["maximum"]
     np.random.RandomState(top)
