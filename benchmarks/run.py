@@ -178,7 +178,8 @@ def job_train(engine: str, data: str, epochs: int, seed: int, amp: str = "auto",
         if sampling == "omicverse":
             _use_omicverse_sampling()
     else:
-        from b2s.engines.omicverse import load_omicverse, train_vae
+        from b2s.engines.omicverse import train_vae
+        from b2s.engines.omicverse_support import load_omicverse
 
         load_omicverse().bulk2single.Bulk2Single  # noqa: B018 - import outside the timing
     threads = _threads()
@@ -213,7 +214,7 @@ def job_e2e(engine: str, data: str, epochs: int, seed: int, outdir: str, fractio
 
         import b2s.cluster.filter  # noqa: E401,F401
     else:
-        from b2s.engines.omicverse import load_omicverse
+        from b2s.engines.omicverse_support import load_omicverse
 
         ov = load_omicverse()
         ov.bulk2single.Bulk2Single  # noqa: B018

@@ -128,7 +128,7 @@ def omicverse_sequence(data: Path, outdir: Path, epochs: int, seed: int, meter: 
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from b2s.engines.omicverse import seed_everything
+    from b2s.engines.omicverse_support import seed_everything
 
     clock = _Clock(meter)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -23,21 +23,31 @@ omicverse is imported lazily inside the functions: importing it takes 10-30 s.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s.engines.omicverse_support import (
+    CELLTYPE_KEY,
+    as_generated_contract,
+    bulk2single_on_model_input,
+    close_figures,
+    gpu_arg,
+    in_tempdir,
+    load_omicverse,
+    minimal_bulk2single,
+    model_input_anndata,
+    seed_everything,
+    version,
+)
 from b2s.errors import InputError
 
-CELLTYPE_KEY = "celltype"
 #: fraction backends omicverse 2.3.2's ``predicted_fraction`` offers
 OMICVERSE_METHODS = ("scaden", "tape")
 #: hyper-parameters omicverse's trainer hard-codes (not settable through its API)
@@ -45,125 +55,6 @@ OMICVERSE_FIXED = {"beta": 4.0, "weight_decay": 5e-4}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def load_omicverse() -> Any:
-    """Import omicverse (slow) with a non-interactive matplotlib backend (it calls plt.show())."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import omicverse as ov
-
-    return ov
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python ``random``, numpy's global RNG and torch's global RNG (omicverse uses all three)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _gpu_arg(device: str) -> int:
-    """Translate ``--device auto|cpu|cuda`` into Bulk2Single's ``gpu`` argument (-1 = CPU)."""
-    import torch
-
-    if device == "cpu":
-        return -1
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is visible to this task; use --device auto or --device cpu")
-        return 0
-    if device == "auto":
-        return 0 if torch.cuda.is_available() else -1
-    raise InputError(f"--device '{device}' is not supported; use auto, cpu or cuda")
-
-
-@contextlib.contextmanager
-def _in_tempdir() -> Iterator[str]:
-    """Run inside a scratch directory: omicverse's TAPE writes ``model.pth`` into the CWD."""
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="b2s_ov_") as tmp:
-        os.chdir(tmp)
-        try:
-            yield tmp
-        finally:
-            os.chdir(old)
-
-
-def _close_figures() -> None:
-    """omicverse draws histograms while preparing fractions; free them."""
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
-def _dense_float32(X: Any) -> np.ndarray:
-    if sp.issparse(X):
-        return np.asarray(X.toarray(), dtype=np.float32)
-    try:  # torch tensors
-        import torch
-
-        if isinstance(X, torch.Tensor):
-            return X.detach().cpu().to(torch.float32).numpy()
-    except ImportError:  # pragma: no cover - torch is pinned
-        pass
-    return np.asarray(X, dtype=np.float32)
-
-
-def _model_input_anndata(X: Any, labels: Any = None) -> Any:
-    """A dense AnnData with ``obs['celltype']`` from an AnnData, array, sparse matrix or tensor."""
-    import anndata as ad
-
-    if isinstance(X, ad.AnnData):
-        if labels is None and CELLTYPE_KEY in X.obs:
-            labels = X.obs[CELLTYPE_KEY].astype(str).to_numpy()
-        var_names = X.var_names.astype(str)
-        obs_names = X.obs_names.astype(str)
-        X = X.X
-    else:
-        var_names = None
-        obs_names = None
-    dense = _dense_float32(X)
-    if dense.ndim != 2 or dense.shape[0] == 0 or dense.shape[1] == 0:
-        raise InputError(f"model input: expected a non-empty cells x genes matrix, got shape {dense.shape}; check model_input.h5ad")
-    if not np.isfinite(dense).all():
-        raise InputError("model input: contains NaN or infinite values; rerun PREPROCESS on valid counts")
-    n_cells, n_genes = dense.shape
-    if labels is None:  # omicverse's trainer needs labels for its data set; it does not use them
-        labels = np.full(n_cells, "all", dtype=object)
-    obs = pd.DataFrame(
-        {CELLTYPE_KEY: pd.Categorical(np.asarray(labels).astype(str))},
-        index=pd.Index(obs_names if obs_names is not None else [f"cell{i}" for i in range(n_cells)], dtype=str),
-    )
-    var = pd.DataFrame(index=pd.Index(var_names if var_names is not None else [f"g{i}" for i in range(n_genes)], dtype=str))
-    if not var.index.is_unique:
-        raise InputError("model input: gene names are not unique; rerun PREPARE_INPUTS, which makes them unique")
-    return ad.AnnData(X=dense, obs=obs, var=var)
-
-
-def _bulk2single_on_model_input(single: Any, gpu: int) -> Any:
-    """A Bulk2Single whose prepared input is exactly ``single`` (already log-normalised).
-
-    ``Bulk2Single`` wants bulk data and runs its own preprocessing; the stages here receive the
-    pipeline's model input (PREPROCESS already matched genes and log-normalised), so the bulk
-    side is a placeholder carrying only the gene names (``prepare_input`` uses nothing else from
-    it), and ``single_preprocess_lazy`` is not called a second time.
-    """
-    ov = load_omicverse()
-    genes = list(single.var_names)
-    placeholder_bulk = pd.DataFrame({"placeholder": np.ones(len(genes))}, index=genes)
-    model = ov.bulk2single.Bulk2Single(
-        bulk_data=placeholder_bulk,
-        single_data=single,
-        celltype_key=CELLTYPE_KEY,
-        bulk_group=None,
-        max_single_cells=single.n_obs,  # the pipeline's reference is already subsampled (seeded)
-        gpu=gpu,
-    )
-    model.bulk_seq_group = placeholder_bulk
-    model.prepare_input()
-    return model
 
 
 # ----------------------------------------------------------------------------- stages
@@ -223,10 +114,10 @@ def estimate_sample_fractions(
     )
     if method == "tape":
         kw.setdefault("seed", seed)
-    with _in_tempdir():
+    with in_tempdir():
         seed_everything(seed)
         pred = model.predicted_fraction(method=method, **kw)
-    _close_figures()
+    close_figures()
     pred = pd.DataFrame(pred).astype(np.float64)
     pred.index = pred.index.astype(str)
     pred.columns = pred.columns.astype(str)
@@ -268,9 +159,9 @@ def train_vae(X: Any, config: Any) -> Any:
                 f"--{name} {value}: omicverse's trainer fixes {name}={fixed:g}; use that value or --engine native"
             )
 
-    gpu = _gpu_arg(getattr(config, "device", "auto"))
-    single = _model_input_anndata(X)
-    model = _bulk2single_on_model_input(single, gpu)
+    gpu = gpu_arg(getattr(config, "device", "auto"))
+    single = model_input_anndata(X)
+    model = bulk2single_on_model_input(single, gpu)
     model.cell_target_num = {str(ct): 1 for ct in single.obs[CELLTYPE_KEY].unique()}
     if getattr(config, "checkpoint_path", None):
         print("omicverse engine: the omicverse trainer has no checkpoints; training starts from scratch", flush=True)
@@ -333,8 +224,8 @@ def generate_cells(
     """
     import torch
 
-    gpu = _gpu_arg(device)
-    single = _model_input_anndata(model_input)
+    gpu = gpu_arg(device)
+    single = model_input_anndata(model_input)
     types = set(single.obs[CELLTYPE_KEY].astype(str))
     wanted = {str(k): int(v) for k, v in targets.items()}
     missing = sorted(types - set(wanted))
@@ -346,7 +237,7 @@ def generate_cells(
         )
     if any(v < 0 for v in wanted.values()):
         raise InputError("cell_targets.csv: n_cells must be >= 0; rerun ESTIMATE_FRACTIONS")
-    model = _bulk2single_on_model_input(single, gpu)
+    model = bulk2single_on_model_input(single, gpu)
     model.cell_target_num = wanted
     with tempfile.TemporaryDirectory(prefix="b2s_ov_") as tmp:
         if isinstance(state_dict_or_model, (str, os.PathLike)):
@@ -365,19 +256,7 @@ def generate_cells(
     seed_everything(seed)
     with torch.no_grad():
         generated = model.generate()
-    return _as_generated_contract(generated, categories=single.obs[CELLTYPE_KEY].cat.categories, genes=single.var_names)
-
-
-def _as_generated_contract(generated: Any, categories: Any, genes: Any) -> Any:
-    """omicverse's generated AnnData -> CSR float32 X, categorical ``obs['celltype']``, model genes."""
-    import anndata as ad
-
-    X = sp.csr_matrix(np.asarray(generated.X, dtype=np.float32))
-    X.eliminate_zeros()
-    labels = pd.Categorical(generated.obs[CELLTYPE_KEY].astype(str), categories=list(categories))
-    obs = pd.DataFrame({CELLTYPE_KEY: labels}, index=pd.Index(generated.obs_names.astype(str)))
-    var = pd.DataFrame(index=pd.Index(np.asarray(genes, dtype=str), name=None))
-    return ad.AnnData(X=X, obs=obs, var=var)
+    return as_generated_contract(generated, categories=single.obs[CELLTYPE_KEY].cat.categories, genes=single.var_names)
 
 
 def filter_cells(adata: Any, leiden_size: int = 25, seed: int = 42) -> Any:
@@ -401,7 +280,7 @@ def filter_cells(adata: Any, leiden_size: int = 25, seed: int = 42) -> Any:
     work = adata.copy()
     work.obs["_b2s_pos"] = np.arange(work.n_obs)
     work.obs[CELLTYPE_KEY] = work.obs[CELLTYPE_KEY].astype(str) if CELLTYPE_KEY in work.obs else "unknown"
-    model = _minimal_bulk2single()
+    model = minimal_bulk2single()
     seed_everything(seed)
     try:
         filtered = model.filtered(work.copy(), leiden_size=int(leiden_size))
@@ -431,29 +310,6 @@ def filter_cells(adata: Any, leiden_size: int = 25, seed: int = 42) -> Any:
     if "pca" in filtered.uns:
         out.uns["pca"] = {k: np.asarray(v) for k, v in filtered.uns["pca"].items() if k in ("variance", "variance_ratio")}
     return out
-
-
-def _minimal_bulk2single() -> Any:
-    """A Bulk2Single built from one placeholder cell/gene, for methods that use no instance state."""
-    import anndata as ad
-
-    ov = load_omicverse()
-    single = ad.AnnData(
-        X=np.ones((1, 1), dtype=np.float32),
-        obs=pd.DataFrame({CELLTYPE_KEY: ["placeholder"]}, index=["c0"]),
-        var=pd.DataFrame(index=["g0"]),
-    )
-    return ov.bulk2single.Bulk2Single(
-        bulk_data=pd.DataFrame({"placeholder": [1.0]}, index=["g0"]),
-        single_data=single,
-        celltype_key=CELLTYPE_KEY,
-        gpu=-1,
-    )
-
-
-def version() -> str:
-    """omicverse's version string (imports omicverse)."""
-    return str(load_omicverse().__version__)
 
 
 __all__ = [
