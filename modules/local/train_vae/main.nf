@@ -13,7 +13,7 @@ process TRAIN_VAE {
     path 'loss_plot.png'     , emit: plot
     path 'train_summary.json', emit: summary
     path 'versions.yml'      , emit: versions
-    path 'vae.pth.json'      , emit: weights_meta  // genes in order + settings (b2s.io.weights)
+    path 'vae.pth.json'      , emit: weights_meta  // genes in order + settings (b2s.model.weights)
     path 'task_warnings.txt' , emit: warnings, optional: true  // its WARNING: lines (b2s.errors.warn)
 
     script:
