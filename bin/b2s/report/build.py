@@ -7,8 +7,7 @@ plot when pretrained weights were given) and the page says so instead of failing
 
 The page is rendered from Jinja2 templates (b2s/report/templates: the skeleton, the table/image/card
 macros and report.css); the sections are built by b2s.report.sections (run level) and
-b2s.report.groups (per group) from the inputs read by b2s.report.inputs. The names other modules
-import from here are re-exported below.
+b2s.report.groups (per group) from the inputs read by b2s.report.inputs.
 """
 
 from __future__ import annotations
@@ -18,21 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from b2s.report.groups import section_group
-from b2s.report.inputs import (  # noqa: F401
-    GROUP_SUFFIXES,
-    STAGE_SUMMARIES,
-    TASK_WARNINGS,
+from b2s.report.inputs import (
     discover_groups,
-    group_label,
     group_names,
     index_files,
-    read_csv,
-    read_json,
-    read_task_warnings,
-    warning_lines,
 )
-from b2s.report.markup import LABELS, anchor, as_html, render_page  # noqa: F401  (re-exported)
-from b2s.report.sections import (  # noqa: F401
+from b2s.report.markup import anchor, as_html, render_page
+from b2s.report.sections import (
     section_between_groups,
     section_bulk_input,
     section_files,
