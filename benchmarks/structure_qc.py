@@ -15,7 +15,7 @@ half, built as PREPROCESS builds the model input, and a held-out half):
 - ``held-out real, 30/type``: 30 of them per type (a small group: the floor is computed at the
   generated cell count);
 - ``NB null``: NB counts from each type's mean normalised profile x the library of a reference
-  cell of the type, per-gene dispersion from the reference within types (b2s.generate.cells.dispersion),
+  cell of the type, per-gene dispersion from the reference within types (b2s.generate.rates.type_dispersion),
   as many cells per type as held out: right type, library and about the right variance, nothing
   co-varying inside the type. The QC must flag it;
 - ``resampled reference``: reference cells drawn with replacement (copying the reference).
