@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Recompute the nf-test snapshots without nf-test, and compare them with the committed ``.snap`` files.
 
-    .venv/bin/python tests/nftest_snapshots.py check   # one line per stale entry, exit 1 if any
-    .venv/bin/python tests/nftest_snapshots.py show    # the recomputed content of every snapshot
+    .venv/bin/python -m tests.nftest_snapshots check   # one line per stale entry, exit 1 if any
+    .venv/bin/python -m tests.nftest_snapshots show    # the recomputed content of every snapshot
 
 CI has no nf-test, so a change that alters a snapshotted output (code, pinned packages, a default
 parameter) left the ``.nf.test.snap`` files stale until someone ran nf-test by hand.
@@ -45,6 +45,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.groovy_text import block_end, blocks, skip_string
+
 REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
@@ -74,63 +76,13 @@ def file_entry(path: Path) -> str:
     return f"{Path(path).name}:md5,{hashlib.md5(Path(path).read_bytes()).hexdigest()}"
 
 
-class CannotRecompute(Exception):
+class CannotRecompute(ValueError):
     """A construct this checker does not understand (the check fails, naming it)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Groovy text
 # ---------------------------------------------------------------------------------------------
-def skip_string(text: str, i: int) -> int:
-    """Index just past the string literal starting at ``text[i]``."""
-    for q in ('"""', "'''", '"', "'"):
-        if text.startswith(q, i):
-            j = i + len(q)
-            while j < len(text):
-                if text[j] == "\\":
-                    j += 2
-                elif text.startswith(q, j):
-                    return j + len(q)
-                else:
-                    j += 1
-            raise CannotRecompute(f"unterminated string at {text[i:i + 30]!r}")
-    return i
-
-
-def block_end(text: str, open_at: int) -> int:
-    """Index of the bracket closing the one at ``open_at`` (strings and comments skipped)."""
-    pairs = {"{": "}", "[": "]", "(": ")"}
-    stack, i = [pairs[text[open_at]]], open_at + 1
-    while i < len(text):
-        c = text[i]
-        if c in "'\"":
-            i = skip_string(text, i)
-            continue
-        if text.startswith("//", i):
-            i = text.find("\n", i) if "\n" in text[i:] else len(text)
-            continue
-        if text.startswith("/*", i):
-            i = text.index("*/", i) + 2
-            continue
-        if c in pairs:
-            stack.append(pairs[c])
-        elif c in ")]}":
-            stack.pop()
-            if not stack:
-                return i
-        i += 1
-    raise CannotRecompute(f"no closing bracket for {text[open_at:open_at + 30]!r}")
-
-
-def blocks(text: str, head: str) -> list[tuple[re.Match, str]]:
-    """``(match, body)`` of every ``<head> {`` block."""
-    out = []
-    for m in re.finditer(head + r"\s*\{", text):
-        start = m.end() - 1
-        out.append((m, text[start + 1:block_end(text, start)]))
-    return out
-
-
 def call_args(text: str, open_paren: int) -> tuple[list[str], int]:
     """Top-level arguments of the call whose ``(`` is at ``open_paren``, and the index of its ``)``."""
     end = block_end(text, open_paren)

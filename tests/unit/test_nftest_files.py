@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.groovy_text import block_end, blocks, skip_string
 from tests.pipeline.nfrun import nftest_pipeline_paths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,65 +31,13 @@ MODULE_TESTS = [m / "tests" / "main.nf.test" for m in MODULES]
 # --------------------------------------------------------------------------------------------
 # Groovy text: blocks and strings
 # --------------------------------------------------------------------------------------------
-def _skip_string(text: str, i: int) -> int:
-    """Index just past the string literal starting at ``text[i]`` (single, double or triple quotes)."""
-    for quote in ('"""', "'''", '"', "'"):
-        if text.startswith(quote, i):
-            j = i + len(quote)
-            while j < len(text):
-                if text[j] == "\\":
-                    j += 2
-                    continue
-                if text.startswith(quote, j):
-                    return j + len(quote)
-                j += 1
-            raise ValueError(f"unterminated string at offset {i}")
-    return i
-
-
-def block_end(text: str, open_brace: int) -> int:
-    """Index of the brace (or bracket/paren) closing the one at ``open_brace``; strings and comments skipped."""
-    pairs = {"{": "}", "[": "]", "(": ")"}
-    stack = [pairs[text[open_brace]]]
-    i = open_brace + 1
-    while i < len(text):
-        c = text[i]
-        if c in "'\"":
-            i = _skip_string(text, i)
-            continue
-        if text.startswith("//", i):
-            i = text.find("\n", i) if "\n" in text[i:] else len(text)
-            continue
-        if text.startswith("/*", i):
-            i = text.index("*/", i) + 2
-            continue
-        if c in pairs:
-            stack.append(pairs[c])
-        elif c in ")]}":
-            if c != stack.pop():
-                raise ValueError(f"unbalanced '{c}' at offset {i}")
-            if not stack:
-                return i
-        i += 1
-    raise ValueError(f"no closing bracket for offset {open_brace}")
-
-
-def blocks(text: str, head: str) -> list[tuple[re.Match, str]]:
-    """``(match, body)`` of every ``<head> {`` block; ``head`` is a regex ending before the brace."""
-    out = []
-    for m in re.finditer(head + r"\s*\{", text):
-        start = m.end() - 1
-        out.append((m, text[start + 1:block_end(text, start)]))
-    return out
-
-
 def split_top(text: str, sep: str = ",") -> list[str]:
     """``text`` split on ``sep`` outside brackets and strings."""
     parts, depth, cur, i = [], 0, [], 0
     while i < len(text):
         c = text[i]
         if c in "'\"":
-            j = _skip_string(text, i)
+            j = skip_string(text, i)
             cur.append(text[i:j])
             i = j
             continue
@@ -276,7 +225,7 @@ def parse_expr(expr: str, ctx: Context) -> Shape:
             return Shape("map")
         return Shape("list", items=[parse_expr(p, ctx) for p in parts])
     if s[0] in "'\"":
-        return Shape("val") if _skip_string(s, 0) == len(s) else UNKNOWN(s[:30])
+        return Shape("val") if skip_string(s, 0) == len(s) else UNKNOWN(s[:30])
     if re.fullmatch(r"-?\d+(\.\d+)?", s):
         return Shape("val")
     m = re.match(r"file\s*\(", s)
