@@ -119,3 +119,19 @@ def pipeline_args(process: str) -> list[str]:
         if always:
             out += [f"--{option}", _default_of(expr, defaults)]
     return out
+
+
+def write_bulk_inputs(directory: Path, cells: ad.AnnData, groups: tuple[str, ...] = ("G",),
+                      samples_per_group: int = 2) -> tuple[str, str]:
+    """PREPARE_INPUTS-like ``bulk_counts.tsv`` and ``groups.csv`` in ``directory`` for the stages that
+    always get them (GENERATE, QC): each sample the summed counts of ``cells`` (X log1p-normalised,
+    expm1'd), scaled by 1 + its number / 10; returns their paths."""
+    dense = cells.X.toarray() if sp.issparse(cells.X) else np.asarray(cells.X)
+    total = np.expm1(dense).sum(axis=0)
+    names = [f"{g}_{i}" for g in groups for i in range(samples_per_group)]
+    counts = pd.DataFrame({s: np.rint(total * (1 + k / 10)).astype(np.int64) for k, s in enumerate(names)},
+                          index=pd.Index(list(map(str, cells.var_names)), name="gene"))
+    bulk, sheet = Path(directory) / "bulk_counts.tsv", Path(directory) / "groups.csv"
+    counts.to_csv(bulk, sep="\t")
+    pd.DataFrame({"group": [s.rsplit("_", 1)[0] for s in names], "sample": names}).to_csv(sheet, index=False)
+    return str(bulk), str(sheet)
