@@ -102,7 +102,7 @@ def test_train_writes_the_sidecar_and_generate_reorders(tmp_path):
     mi = tmp_path / "model_input.h5ad"
     anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=GENES)).write_h5ad(mi)
     load_script("bin/train_vae.py").main(pipeline_args("TRAIN_VAE") + [
-        "--input", str(mi), "--checkpoint_dir", str(tmp_path / "ck"), "--hidden_size", str(LATENT), "--epoch_num", "2",
+        "--input", str(mi), "--checkpoint_dir", "", "--hidden_size", str(LATENT), "--epoch_num", "2",
         "--device", "cpu", "--outdir", str(tmp_path / "train")])
     pth = tmp_path / "train" / "vae.pth"
     meta = json.loads(Path(f"{pth}.json").read_text())
