@@ -20,8 +20,6 @@ from b2s.generate.bulkshift import DEFAULT_SHIFT
 from b2s.generate.rates import DEFAULTS
 from b2s.model.config import TrainConfig
 
-TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
-
 
 @dataclass(kw_only=True)
 class GenerateOptions:
@@ -53,30 +51,11 @@ class GenerateOptions:
 
 
 def read_targets(path: str, group: str) -> dict[str, int]:
-    """``{celltype: n_cells}`` of ``group`` from cell_targets.csv, validated."""
-    if not os.path.isfile(path):
-        raise InputError(f"--targets {path} does not exist; pass the cell_targets.csv written by ESTIMATE_FRACTIONS")
-    try:
-        df = pd.read_csv(path, dtype={"group": str, "celltype": str})
-    except Exception as err:
-        raise InputError(f"--targets {path} is not a readable CSV ({type(err).__name__}); pass ESTIMATE_FRACTIONS' cell_targets.csv") from None
-    missing = [c for c in TARGET_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(
-            f"--targets {path} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))}); "
-            "it must have group,celltype,fraction,n_cells"
-        )
-    rows = df[df["group"] == group]
-    if rows.empty:
-        groups = ", ".join(pd.unique(df["group"]).astype(str))
-        raise InputError(f"--group '{group}' is not in --targets {path} (groups: {groups}); pass one of them")
-    n = pd.to_numeric(rows["n_cells"], errors="coerce")
-    if n.isna().any() or (n < 0).any() or (n != n.round()).any():
-        raise InputError(f"--targets {path} has non-integer or negative n_cells for group '{group}'; n_cells must be whole numbers >= 0")
-    if rows["celltype"].duplicated().any():
-        dup = rows.loc[rows["celltype"].duplicated(), "celltype"].tolist()
-        raise InputError(f"--targets {path} lists cell type(s) {dup} twice for group '{group}'; keep one row per group and cell type")
-    return dict(zip(rows["celltype"], n.astype(int)))
+    """``{celltype: n_cells}`` of ``group`` from cell_targets.csv, validated (b2s.qc.metrics.read_targets)."""
+    from b2s.qc.metrics import read_targets as read_target_rows
+
+    rows = read_target_rows(path, group)
+    return dict(zip(rows["celltype"], rows["n_cells"]))
 
 
 def bulk_shifts(opts: GenerateOptions, model_input, cohort: dict | None = None) -> dict:
