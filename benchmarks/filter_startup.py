@@ -120,7 +120,7 @@ def run_task(variant: str, src: Path, outdir: Path, env: dict[str, str]) -> tupl
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--",
            "--input", str(src), "--leiden_size", "25", "--seed", "42", "--group", "G",
-           "--outdir", str(outdir)]
+           "--engine", "native", "--outdir", str(outdir)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0

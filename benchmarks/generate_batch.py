@@ -33,7 +33,9 @@ def run(bin_dir: Path, inputs: Path, groups: list[str], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(bin_dir / "generate.py"), "--input", str(inputs / "model_input.h5ad"),
            "--weights", str(inputs / "vae.pth"), "--targets", str(inputs / "cell_targets.csv"),
-           "--group", *groups, "--device", "cpu", "--seed", "42", "--bulk_shift", "none", "--outdir", str(out)]
+           "--group", *groups, "--device", "cpu", "--seed", "42", "--bulk_shift", "none", "--hidden_size", "256",
+           "--engine", "native", "--bulk", str(inputs / "bulk_counts.tsv"), "--groups", str(inputs / "groups.csv"),
+           "--outdir", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(bin_dir)))
     if proc.returncode:

@@ -139,7 +139,7 @@ def run_prepare(bin_dir: Path, atlas: Path, bulk: Path, outdir: Path, max_cells:
     """Run ``bin_dir/prepare_inputs.py`` under /usr/bin/time -v; peak RSS (MB) and wall (s)."""
     cmd = ["/usr/bin/time", "-v", sys.executable, str(bin_dir / "prepare_inputs.py"),
            "--bulk", str(bulk), "--reference", str(atlas), "--celltype_key", "celltype",
-           "--max_single_cells", str(max_cells), "--seed", "42", "--outdir", str(outdir)]
+           "--max_single_cells", str(max_cells), "--bulk_units", "auto", "--seed", "42", "--outdir", str(outdir)]
     env = dict(os.environ, PYTHONPATH=str(bin_dir))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:

@@ -9,6 +9,9 @@ reference is normalised on all of its genes and only then restricted to the shar
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -132,3 +135,45 @@ def model_input(reference: anndata.AnnData, bulk_genes) -> anndata.AnnData:
     out.layers["counts"] = sparse.csr_matrix(raw[:, cols], dtype=np.float32) if sparse.issparse(raw) \
         else sparse.csr_matrix(np.asarray(raw)[:, cols], dtype=np.float32)
     return out
+
+
+@dataclass(kw_only=True)
+class PreprocessOptions:
+    """PREPROCESS' options (``bin/preprocess.py``), in the order of its command line (which the
+    recorded ``params`` keep)."""
+
+    bulk: str
+    groups: str
+    reference: str
+    outdir: str
+
+
+def run_preprocess(opts: PreprocessOptions) -> None:
+    """The PREPROCESS stage: normalise the bulk and the reference; write the model input and group profiles."""
+    from b2s.io.artifacts import params_from_args, read_prepared, write_h5ad, write_json
+
+    params = params_from_args(asdict(opts))
+    out = Path(opts.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    bulk, groups, reference = read_prepared(opts.bulk, opts.groups, opts.reference)
+    print(f"preprocessing: {bulk.shape[0]} bulk genes x {bulk.shape[1]} samples, "
+          f"reference {reference.n_obs} cells x {reference.n_vars} genes", flush=True)
+    profiles = bulk_group_profiles(bulk, groups)
+    units = bulk.attrs.get("units", "counts")
+    sf = size_factors(bulk) if units == "counts" else None
+    model = model_input(reference, bulk.index)
+    profiles.to_csv(out / "bulk_profiles.csv")
+    write_h5ad(model, out / "model_input.h5ad", params=params)
+    write_json(out / "preprocess_summary.json", {
+        "n_cells": int(model.n_obs),
+        "n_genes_shared": int(model.n_vars),
+        "n_bulk_genes": int(bulk.shape[0]),
+        "n_reference_genes": int(reference.n_vars),
+        "groups": list(profiles.columns),
+        "bulk_units": units,
+        "bulk_normalisation": "deseq2_median_of_ratios" if sf is not None else "scaled_per_sample_to_1e6",
+        "size_factors": {k: round(float(v), 6) for k, v in sf.items()} if sf is not None else None,
+        "target_sum": TARGET_SUM,
+    }, params=params)
+    print(f"model input: {model.n_obs} cells x {model.n_vars} shared genes; "
+          f"bulk profiles for {profiles.shape[1]} group(s)", flush=True)

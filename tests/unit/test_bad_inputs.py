@@ -34,7 +34,7 @@ import pytest
 import scipy.sparse as sp
 
 from b2s.errors import InputError
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args
 
 TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"
 
@@ -51,7 +51,7 @@ class Run:
     args: list[str] = field(default_factory=list)
 
     def argv(self, outdir: Path) -> list[str]:
-        argv = ["--bulk", str(self.bulk), "--reference", str(self.reference), "--celltype_key", "celltype",
+        argv = pipeline_args("PREPARE_INPUTS") + ["--bulk", str(self.bulk), "--reference", str(self.reference), "--celltype_key", "celltype",
                 "--seed", "1", "--outdir", str(outdir)]
         argv += ["--samplesheet", str(self.samplesheet)] if self.samplesheet else []
         argv += ["--gene_map", str(self.gene_map)] if self.gene_map else []

@@ -14,7 +14,7 @@ import pytest
 
 import b2s.io as bio
 from b2s.errors import InputError
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args
 
 TEST_DATA = Path(__file__).resolve().parents[2] / "assets" / "test_data"
 
@@ -32,7 +32,8 @@ def id_map() -> pd.Series:
 
 def prepare(tmp_path: Path, bulk: Path, *extra: str, sheet: Path | None = TEST_DATA / "samplesheet.csv") -> dict:
     out = tmp_path / "out"
-    argv = ["--bulk", str(bulk), "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
+    argv = pipeline_args("PREPARE_INPUTS") + [
+            "--bulk", str(bulk), "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
             "--max_single_cells", "200", "--outdir", str(out), *extra]
     argv += ["--samplesheet", str(sheet)] if sheet else []
     load_script("bin/prepare_inputs.py").main(argv)
@@ -249,7 +250,7 @@ def test_fpkm_through_fractions_and_preprocess(tmp_path, bundled, capsys):
     out = tmp_path / "out"
     args = ["--bulk", str(out / "bulk_counts.tsv"), "--groups", str(out / "groups.csv"),
             "--reference", str(out / "reference.h5ad")]
-    load_script("bin/estimate_fractions.py").main(args + ["--outdir", str(tmp_path / "fr")])
+    load_script("bin/estimate_fractions.py").main(pipeline_args("ESTIMATE_FRACTIONS") + args + ["--outdir", str(tmp_path / "fr")])
     load_script("bin/preprocess.py").main(args + ["--outdir", str(tmp_path / "pp")])
     fs = json.loads((tmp_path / "fr" / "fractions_summary.json").read_text())
     assert fs["bulk_units"] == "fpkm" and fs["cell_number_rule"]["rule"] == "reference_cells"

@@ -16,7 +16,7 @@ import b2s.qc.bulk as bulkqc
 from b2s.errors import InputError
 from b2s.generate.cells import generate_cells
 from b2s.model.vae import BetaVAE
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args
 
 TYPES = ["A", "B", "C"]
 N_GENES = 300
@@ -211,10 +211,13 @@ def test_generate_and_qc_scripts_with_the_bulk(tmp_path, reference):
     weights = str(tmp_path / "vae.pth")
     torch.save(BetaVAE(N_GENES, 8).state_dict(), weights)
     gen = load_script("bin/generate.py")
-    base = ["--input", p["mi"], "--weights", weights, "--targets", p["targets"], "--group", "g1",
-            "--hidden_size", "8", "--device", "cpu"]
+    base = pipeline_args("GENERATE") + ["--input", p["mi"], "--weights", weights, "--targets", p["targets"],
+                                        "--group", "g1", "--hidden_size", "8", "--device", "cpu"]
+    from b2s.generate.stage import GenerateOptions, run_generate  # the pipeline always passes the bulk
+
+    opts = vars(gen.parse_args(base + ["--bulk", "b", "--groups", "g", "--outdir", str(tmp_path / "x")]))
     with pytest.raises(InputError, match="needs --bulk and --groups"):
-        gen.main(base + ["--bulk_shift", "allocate", "--outdir", str(tmp_path / "x")])
+        run_generate(GenerateOptions(**{**opts, "bulk_shift": "allocate", "bulk": None, "groups": None}))
     gen.main(base + ["--bulk_shift", "allocate", "--bulk", p["bulk"], "--groups", p["groups"],
                      "--outdir", str(tmp_path / "on")])
     gen.main(base + ["--bulk_shift", "none", "--bulk", p["bulk"], "--groups", p["groups"],
@@ -233,7 +236,8 @@ def test_generate_and_qc_scripts_with_the_bulk(tmp_path, reference):
     for name in ("on", "off"):
         d = tmp_path / name
         g = str(d / "g1.generated.h5ad")
-        qc.main(["--generated", g, "--filtered", g, "--reference", p["mi"], "--targets", p["targets"],
+        qc.main(pipeline_args("QC") + [
+                 "--generated", g, "--filtered", g, "--reference", p["mi"], "--targets", p["targets"],
                  "--group", "g1", "--bulk", p["bulk"], "--groups", p["groups"], "--top_markers", "10",
                  "--mde_max_cells", "200", "--outdir", str(d / "qc")])
         m = json.loads((d / "qc" / "g1.metrics.json").read_text())["bulk_qc"]
@@ -243,9 +247,13 @@ def test_generate_and_qc_scripts_with_the_bulk(tmp_path, reference):
         ve[name] = m["generated"]["var_explained"]
     # the shifted cells explain the bulk better than the plain ones
     assert ve["on"] > ve["off"]
+    from b2s.qc.stage import QcOptions, run_qc  # the pipeline always passes both
+
+    opts = vars(qc.parse_args(pipeline_args("QC") + [
+        "--generated", g, "--filtered", g, "--reference", p["mi"], "--targets", p["targets"],
+        "--group", "g1", "--bulk", p["bulk"], "--groups", p["groups"], "--outdir", str(tmp_path / "y")]))
     with pytest.raises(InputError, match="go together"):
-        qc.main(["--generated", g, "--filtered", g, "--reference", p["mi"], "--targets", p["targets"],
-                 "--group", "g1", "--bulk", p["bulk"], "--outdir", str(tmp_path / "y")])
+        run_qc(QcOptions(**{**opts, "groups": None}))
 
 
 def test_report_shows_bulk_qc_and_shifts(tmp_path):

@@ -14,7 +14,7 @@ import b2s.generate.bulkshift as bulkshift
 import b2s.qc.bulk as bulkqc
 from b2s.errors import InputError
 from b2s.model.vae import BetaVAE
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args
 from tests.unit.test_bulkqc import N_GENES, TYPES, reference  # noqa: F401 (fixture)
 
 #: group -> cell fractions of A, B, C; in ``treated`` C holds 3 % (too rare to be identified)
@@ -148,7 +148,7 @@ def test_generate_auto_is_contrast_with_groups_and_none_with_one(tmp_path, refer
     torch.manual_seed(0)
     torch.save(BetaVAE(N_GENES, 8).state_dict(), weights)
     gen = load_script("bin/generate.py")
-    base = ["--input", p["mi"], "--weights", weights, "--targets", p["targets"], "--hidden_size", "8",
+    base = pipeline_args("GENERATE") + ["--input", p["mi"], "--weights", weights, "--targets", p["targets"], "--hidden_size", "8",
             "--device", "cpu", "--bulk", p["bulk"], "--groups", p["groups"]]
     gen.main(base + ["--group", "treated", "ctrl", "--outdir", str(tmp_path / "auto")])
     assert "--bulk_shift contrast (auto: 3 groups" in capsys.readouterr().out

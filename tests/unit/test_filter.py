@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from b2s.cluster.filter import filter_cells, filter_summary
 from b2s.errors import InputError
-from tests.helpers import load_script, pbmc_model_input
+from tests.helpers import load_script, pbmc_model_input, pipeline_args
 
 N_OUTLIERS = 12
 
@@ -149,7 +149,7 @@ def test_filter_script(tmp_path, ref):
     src = tmp_path / "G1.generated.h5ad"
     gen.write_h5ad(src)
     script = load_script("bin/filter_cells.py")
-    script.main(["--input", str(src), "--leiden_size", "10", "--seed", "3", "--group", "G1",
+    script.main(pipeline_args("FILTER") + ["--input", str(src), "--leiden_size", "10", "--seed", "3", "--group", "G1",
                  "--outdir", str(tmp_path / "out")])
     out = ad.read_h5ad(tmp_path / "out" / "G1.filtered.h5ad")
     summary = json.loads((tmp_path / "out" / "G1.filter_summary.json").read_text())
@@ -167,7 +167,7 @@ def test_filter_script(tmp_path, ref):
 def test_filter_script_missing_input(tmp_path):
     script = load_script("bin/filter_cells.py")
     with pytest.raises(InputError, match="does not exist"):
-        script.main(["--input", str(tmp_path / "nope.h5ad"), "--group", "G",
+        script.main(pipeline_args("FILTER") + ["--input", str(tmp_path / "nope.h5ad"), "--group", "G",
                      "--outdir", str(tmp_path)])
 
 

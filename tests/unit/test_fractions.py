@@ -20,6 +20,7 @@ import b2s.fractions.estimate as F  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
 from b2s.fractions.mlp import simulate_pseudobulk  # noqa: E402
 from b2s.fractions.signature import batched_nnls  # noqa: E402
+from tests.helpers import pipeline_args  # noqa: E402
 
 TYPES = ["B cell", "Mono/Mac", "NK+", "T"]  # unsorted-looking names with / + and space
 
@@ -190,7 +191,7 @@ def test_estimate_fractions_script(tmp_path, mixture):
         tmp_path / "groups.csv", index=False)
     ref.write_h5ad(tmp_path / "reference.h5ad")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(BIN / "estimate_fractions.py"), "--bulk", str(tmp_path / "bulk_counts.tsv"),
+    cmd = [sys.executable, str(BIN / "estimate_fractions.py"), *pipeline_args("ESTIMATE_FRACTIONS"), "--bulk", str(tmp_path / "bulk_counts.tsv"),
            "--groups", str(tmp_path / "groups.csv"), "--reference", str(tmp_path / "reference.h5ad"),
            "--method", "nnls", "--seed", "5", "--outdir", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)

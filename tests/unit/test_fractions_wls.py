@@ -26,6 +26,7 @@ from b2s.fractions.fit import goodness_of_fit  # noqa: E402
 from b2s.fractions.markers import pairwise_markers, read_markers  # noqa: E402
 from b2s.fractions.signature import type_profiles  # noqa: E402
 from b2s.fractions.wls import batched_nnls_gram  # noqa: E402
+from tests.helpers import pipeline_args  # noqa: E402
 
 TYPES = ["B", "CD4 T", "CD8 T", "Mono", "NK"]
 
@@ -233,7 +234,7 @@ def test_script_writes_fit_and_uses_markers(tmp_path, data):
     pd.DataFrame({"group": ["g1"] * 4 + ["g2"] * 2, "sample": list(bulk.columns)}).to_csv(tmp_path / "groups.csv", index=False)
     ref[ref.obs["celltype"] != "Mono"].copy().write_h5ad(tmp_path / "reference.h5ad")
     out = tmp_path / "out"
-    cmd = [sys.executable, str(BIN / "estimate_fractions.py"), "--bulk", str(tmp_path / "bulk_counts.tsv"),
+    cmd = [sys.executable, str(BIN / "estimate_fractions.py"), *pipeline_args("ESTIMATE_FRACTIONS"), "--bulk", str(tmp_path / "bulk_counts.tsv"),
            "--groups", str(tmp_path / "groups.csv"), "--reference", str(tmp_path / "reference.h5ad"), "--outdir", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

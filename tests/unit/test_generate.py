@@ -14,7 +14,7 @@ import torch
 from b2s.errors import InputError
 from b2s.generate.cells import generate_cells
 from b2s.model.vae import BetaVAE, constant_decoder_vae
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args, write_bulk_inputs
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_GENES, LATENT = 50, 8
@@ -95,7 +95,9 @@ def test_generate_script(tmp_path, model, model_input):
         columns=["group", "celltype", "fraction", "n_cells"],
     ).to_csv(targets, index=False)
     gen = load_script("bin/generate.py")
-    base = ["--input", str(mi), "--weights", str(weights), "--targets", str(targets),
+    bulk, groups = write_bulk_inputs(tmp_path, model_input, groups=("ctrl",))  # one group: no bulk shift
+    base = pipeline_args("GENERATE") + ["--bulk", bulk, "--groups", groups,
+            "--input", str(mi), "--weights", str(weights), "--targets", str(targets),
             "--hidden_size", str(LATENT), "--device", "cpu", "--seed", "3", "--outdir", str(tmp_path)]
     gen.main(base + ["--group", "ctrl"])
     out = anndata.read_h5ad(tmp_path / "ctrl.generated.h5ad")

@@ -17,7 +17,7 @@ import torch
 
 from b2s.errors import warning_group, warning_line
 from b2s.model.vae import BetaVAE
-from tests.helpers import pbmc_model_input
+from tests.helpers import pbmc_model_input, pipeline_args
 from tests.pipeline.nfrun import NUMBA_SHARED
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
@@ -69,13 +69,13 @@ def _stages(inputs: dict[str, Path], outdir: Path, groups: list[str]) -> str:
     for path in inputs.values():
         if not (outdir / path.name).exists():
             os.symlink(path, outdir / path.name)
-    log = _run("generate.py", ["--input", "model_input.h5ad", "--weights", "vae.pth", "--targets", "cell_targets.csv",
+    log = _run("generate.py", [*pipeline_args("GENERATE"), "--input", "model_input.h5ad", "--weights", "vae.pth", "--targets", "cell_targets.csv",
                                "--group", *groups, "--bulk", "bulk_counts.tsv", "--groups", "groups.csv",
                                "--hidden_size", str(HIDDEN), "--device", "cpu", "--bulk_shift", "allocate",
                                "--seed", "42", "--outdir", "."], outdir)
-    log += _run("filter_cells.py", ["--input", *[f"{g}.generated.h5ad" for g in groups], "--group", *groups,
+    log += _run("filter_cells.py", [*pipeline_args("FILTER"), "--input", *[f"{g}.generated.h5ad" for g in groups], "--group", *groups,
                                     "--leiden_size", "10", "--seed", "42", "--outdir", "."], outdir)
-    log += _run("qc.py", ["--generated", *[f"{g}.generated.h5ad" for g in groups],
+    log += _run("qc.py", [*pipeline_args("QC"), "--generated", *[f"{g}.generated.h5ad" for g in groups],
                           "--filtered", *[f"{g}.filtered.h5ad" for g in groups], "--reference", "model_input.h5ad",
                           "--targets", "cell_targets.csv", "--group", *groups, "--bulk", "bulk_counts.tsv",
                           "--groups", "groups.csv", "--top_markers", "50", "--mde_max_cells", "200",
@@ -130,10 +130,13 @@ def test_mismatched_inputs_and_groups_stop_with_one_line(inputs, tmp_path):
     from tests.helpers import load_script
 
     with pytest.raises(InputError, match=r"1 --input file\(s\) for 2 --group name\(s\)"):
-        load_script("bin/filter_cells.py").main(["--input", "a.generated.h5ad", "--group", "a", "b"])
+        load_script("bin/filter_cells.py").main(pipeline_args("FILTER") + [
+            "--input", "a.generated.h5ad", "--group", "a", "b", "--outdir", str(tmp_path)])
     with pytest.raises(InputError, match=r"2 --generated and 1 --filtered file\(s\) for 2 --group"):
-        load_script("bin/qc.py").main(["--generated", "a", "b", "--filtered", "a", "--reference", str(inputs["mi"]),
-                                       "--targets", str(inputs["targets"]), "--group", "a", "b"])
+        load_script("bin/qc.py").main(pipeline_args("QC") + [
+            "--generated", "a", "b", "--filtered", "a", "--reference", str(inputs["mi"]),
+            "--targets", str(inputs["targets"]), "--group", "a", "b", "--bulk", str(inputs["bulk"]),
+            "--groups", str(inputs["groups"]), "--outdir", str(tmp_path)])
 
 
 def test_warning_lines_are_tagged_only_inside_a_group_block():

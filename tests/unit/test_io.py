@@ -22,6 +22,7 @@ import b2s.io as bio  # noqa: E402
 import b2s.io.h5ad as h5read  # noqa: E402
 import b2s.io.reference as refio  # noqa: E402
 from b2s.errors import InputError  # noqa: E402
+from tests.helpers import pipeline_args  # noqa: E402
 
 
 def write(path: Path, text: str) -> Path:
@@ -450,7 +451,7 @@ def test_atomic_write_replaces_symlink_not_target(tmp_path):
 
 # ------------------------------------------------------------------------------ the script
 def run_script(tmp_path, *args):
-    cmd = [sys.executable, str(BIN / "prepare_inputs.py"), "--max_single_cells", "300", "--seed", "5",
+    cmd = [sys.executable, str(BIN / "prepare_inputs.py"), *pipeline_args("PREPARE_INPUTS"), "--max_single_cells", "300", "--seed", "5",
            "--outdir", str(tmp_path / "out"), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
@@ -478,7 +479,7 @@ def test_script_end_to_end(tmp_path):
     assert summary["n_shared_genes"] == 765 and summary["groups"]["n_groups"] == 2
     assert summary["bulk"]["gene_map"]["n_mapped"] == 765
     # Same seed, same cells.
-    res2 = subprocess.run([sys.executable, str(BIN / "prepare_inputs.py"), "--bulk", str(TEST_DATA / "bulk_counts.tsv.gz"),
+    res2 = subprocess.run([sys.executable, str(BIN / "prepare_inputs.py"), *pipeline_args("PREPARE_INPUTS"), "--bulk", str(TEST_DATA / "bulk_counts.tsv.gz"),
                            "--reference", str(TEST_DATA / "reference.h5ad"), "--celltype_key", "celltype",
                            "--max_single_cells", "300", "--seed", "5", "--outdir", str(tmp_path / "out2")],
                           capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 import b2s.qc as qc
 from b2s.errors import InputError
-from tests.helpers import load_script, pbmc_model_input
+from tests.helpers import load_script, pbmc_model_input, pipeline_args, write_bulk_inputs
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,9 @@ def test_qc_script(tmp_path, ref):
     pd.DataFrame({"group": "G", "celltype": counts.index, "fraction": counts / counts.sum(),
                   "n_cells": counts.values}).to_csv(tmp_path / "cell_targets.csv", index=False)
     out = tmp_path / "out"
-    load_script("bin/qc.py").main([
+    bulk, groups = write_bulk_inputs(tmp_path, ref)
+    load_script("bin/qc.py").main(pipeline_args("QC") + [
+        "--bulk", bulk, "--groups", groups,
         "--generated", str(tmp_path / "G.generated.h5ad"),
         "--filtered", str(tmp_path / "G.filtered.h5ad"),
         "--reference", str(tmp_path / "model_input.h5ad"),
@@ -190,7 +192,8 @@ def test_qc_script(tmp_path, ref):
     props = pd.read_csv(out / "G.cellprop.csv", index_col=0)
     assert props["filtered"].sum() == pytest.approx(1.0)
     with pytest.raises(InputError, match="--group 'X' is not in"):
-        load_script("bin/qc.py").main([
+        load_script("bin/qc.py").main(pipeline_args("QC") + [
+            "--bulk", bulk, "--groups", groups,
             "--generated", str(tmp_path / "G.generated.h5ad"),
             "--filtered", str(tmp_path / "G.filtered.h5ad"),
             "--reference", str(tmp_path / "model_input.h5ad"),

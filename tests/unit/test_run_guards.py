@@ -115,12 +115,29 @@ def _train(name):
     return lambda v: TrainConfig(**{name: v}).validate()
 
 
-def _script(module: str, entry: str, *argv: str):
-    """A stage script's argument check (``parse_args``) or its ``main`` (whose checks come first)."""
+def _script(module: str, process: str, *argv: str):
+    """A stage's argument check: ``resolve_options`` of the b2s stage module the script calls, on the
+    script's command line (``process``' always-passed arguments with the pipeline's defaults first)."""
     def run(v):
         import importlib
 
-        getattr(importlib.import_module(module), entry)([a.format(v=v) for a in argv])
+        from tests.helpers import pipeline_args
+
+        script = importlib.import_module(module)
+        args = vars(script.parse_args(pipeline_args(process) + [a.format(v=v) for a in argv]))
+        options = next(c for name, c in vars(script).items() if name.endswith("Options"))
+        importlib.import_module(options.__module__).resolve_options(options(**args))
+    return run
+
+
+def _main(module: str, process: str, *argv: str):
+    """A stage script's ``main`` (whose checks come first), ``process``' always-passed arguments first."""
+    def run(v):
+        import importlib
+
+        from tests.helpers import pipeline_args
+
+        importlib.import_module(module).main(pipeline_args(process) + [a.format(v=v) for a in argv])
     return run
 
 
@@ -141,13 +158,14 @@ BOUNDS = [
     ("checkpoint_every", _train("checkpoint_every")),
     ("log_every", _train("log_every")),
     ("learning_rate", _train("learning_rate")),
-    ("max_single_cells", _script("prepare_inputs", "parse_args", "--bulk", "b", "--reference", "r", "--celltype_key", "c",
-                                 "--max_single_cells", "{v}")),
-    ("scale_size", _script("estimate_fractions", "parse_args", "--bulk", "b", "--groups", "g", "--reference", "r",
-                           "--scale_size", "{v}")),
-    ("top_marker_num", _script("qc", "main", "--generated", "/nonexistent/g.h5ad", "--filtered", "/nonexistent/f.h5ad",
-                               "--reference", "/nonexistent/r.h5ad", "--targets", "/nonexistent/t.csv",
-                               "--group", "g", "--top_markers", "{v}")),
+    ("max_single_cells", _script("prepare_inputs", "PREPARE_INPUTS", "--bulk", "b", "--reference", "r",
+                                 "--celltype_key", "c", "--max_single_cells", "{v}", "--outdir", "o")),
+    ("scale_size", _script("estimate_fractions", "ESTIMATE_FRACTIONS", "--bulk", "b", "--groups", "g",
+                           "--reference", "r", "--scale_size", "{v}", "--outdir", "o")),
+    ("top_marker_num", _main("qc", "QC", "--generated", "/nonexistent/g.h5ad", "--filtered", "/nonexistent/f.h5ad",
+                             "--reference", "/nonexistent/r.h5ad", "--targets", "/nonexistent/t.csv",
+                             "--group", "g", "--bulk", "/nonexistent/b.tsv", "--groups", "/nonexistent/g.csv",
+                             "--top_markers", "{v}", "--outdir", "/nonexistent/out")),
 ]
 
 

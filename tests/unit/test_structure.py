@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 import b2s.qc.structure as structure
 from b2s.qc.structure import structure_warnings, within_type_qc, within_type_structure
-from tests.helpers import REPO, load_script
+from tests.helpers import REPO, load_script, pipeline_args, write_bulk_inputs
 
 TYPES = ("A", "B", "C")
 N_GENES, N_CELLS = 150, 240
@@ -219,7 +219,8 @@ def test_qc_script_writes_the_within_type_metrics_and_the_report_shows_the_warni
     pd.DataFrame({"group": "G", "celltype": list(TYPES), "fraction": 1 / 3,
                   "n_cells": 60}).to_csv(tmp_path / "cell_targets.csv", index=False)
     out = tmp_path / "qc"
-    load_script("bin/qc.py").main([
+    bulk, groups = write_bulk_inputs(tmp_path, ref)
+    load_script("bin/qc.py").main(pipeline_args("QC") + ["--bulk", bulk, "--groups", groups,
         "--generated", str(tmp_path / "G.generated.h5ad"), "--filtered", str(tmp_path / "G.filtered.h5ad"),
         "--reference", str(tmp_path / "model_input.h5ad"), "--targets", str(tmp_path / "cell_targets.csv"),
         "--group", "G", "--top_markers", "20", "--mde_max_cells", "60", "--outdir", str(out)])

@@ -21,7 +21,7 @@ from b2s.errors import InputError
 from b2s.model.config import TrainConfig
 from b2s.model.device import resolve_device
 from b2s.model.train import train_vae
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_CELLS, N_GENES, LATENT = 200, 100, 16
@@ -160,25 +160,32 @@ def test_train_vae_script_defaults_depend_on_the_engine(tmp_path):
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
     script = load_script("bin/train_vae.py")
-    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "3",
+    script.main(pipeline_args("TRAIN_VAE") + [
+                 "--checkpoint_dir", "", "--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "3",
                  "--patience", "1000", "--device", "cpu", "--outdir", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     for key in ("learning_rate", "batch_size", "vae_genes", "beta"):
         assert summary["params"][key] == native[key]
     assert summary["epochs_run"] == 3
-    args = script.parse_args(["--input", "x"])
+    from b2s.model.stage import TrainOptions, resolve_options
+
+    def resolved(*argv):
+        return resolve_options(TrainOptions(**vars(script.parse_args(
+            pipeline_args("TRAIN_VAE") + ["--input", "x", "--checkpoint_dir", "", "--outdir", ".", *argv]))))
+
+    args = resolved()
     assert (args.epoch_num, args.learning_rate, args.batch_size) == (native["epoch_num"], native["learning_rate"],
                                                                    native["batch_size"])
-    args = script.parse_args(["--input", "x", "--engine", "omicverse"])
+    args = resolved("--engine", "omicverse")
     assert {k: getattr(args, k) for k in ov} == ov
-    assert script.parse_args(["--input", "x", "--epoch_num", "7", "--learning_rate", "0.01"]).learning_rate == 0.01
+    assert resolved("--epoch_num", "7", "--learning_rate", "0.01").learning_rate == 0.01
     # unset native epochs follow a budget of optimizer steps: a larger reference gets fewer epochs
     from b2s.model.config import NATIVE_STEPS, default_epochs
 
     assert default_epochs(662, 128) == -(-NATIVE_STEPS // 6) and default_epochs(5000, 128) == -(-NATIVE_STEPS // 40)
     assert default_epochs(10, 128, steps=5) == 5
     with pytest.raises(InputError, match="--vae_genes 10 needs --engine native"):
-        script.parse_args(["--input", "x", "--engine", "omicverse", "--vae_genes", "10"])
+        resolved("--engine", "omicverse", "--vae_genes", "10")
 
 
 def test_vae_genes_subset_round_trip(tmp_path):
@@ -193,7 +200,9 @@ def test_vae_genes_subset_round_trip(tmp_path):
     _write_model_input(model_input)
     script = load_script("bin/train_vae.py")
     out = tmp_path / "out"
-    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "2", "--vae_genes", "7",
+    script.main(pipeline_args("TRAIN_VAE") + [
+                 "--checkpoint_dir", "", "--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "2",
+                 "--vae_genes", "7",
                  "--device", "cpu", "--outdir", str(out)])
     adata = anndata.read_h5ad(model_input)
     want = variable_genes(adata.X, 7)
@@ -210,7 +219,9 @@ def test_vae_genes_subset_round_trip(tmp_path):
     assert dec.shape == (4, adata.n_vars)
     assert float(dec[:, np.delete(np.arange(adata.n_vars), want)].abs().sum()) == 0.0
     # all genes: no subset recorded
-    script.main(["--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "2", "--vae_genes", "0",
+    script.main(pipeline_args("TRAIN_VAE") + [
+                 "--checkpoint_dir", "", "--input", str(model_input), "--hidden_size", str(LATENT), "--epoch_num", "2",
+                 "--vae_genes", "0",
                  "--device", "cpu", "--outdir", str(tmp_path / "all")])
     assert subset_positions(tmp_path / "all" / "vae.pth", list(adata.var_names)) is None
 
@@ -220,13 +231,13 @@ def test_train_vae_script_kill_and_resume(tmp_path):
     model_input = tmp_path / "model_input.h5ad"
     _write_model_input(model_input)
     epochs = 10
-    common = ["--input", str(model_input), "--hidden_size", str(LATENT), "--batch_size", "100",
+    common = pipeline_args("TRAIN_VAE") + ["--input", str(model_input), "--hidden_size", str(LATENT), "--batch_size", "100",
               "--epoch_num", str(epochs), "--patience", "1000", "--seed", "3", "--device", "cpu",
               "--checkpoint_every", "2", "--log_every", "5"]
 
     # uninterrupted reference run (same code path, in-process)
     ref_dir = tmp_path / "ref"
-    load_script("bin/train_vae.py").main(common + ["--outdir", str(ref_dir)])
+    load_script("bin/train_vae.py").main(common + ["--checkpoint_dir", "", "--outdir", str(ref_dir)])
     summary = json.loads((ref_dir / "train_summary.json").read_text())
     assert summary["epochs_run"] == epochs and summary["device"] == "cpu" and summary["params"]["seed"] == 3
     assert (ref_dir / "loss_plot.png").stat().st_size > 0
@@ -264,7 +275,8 @@ def test_train_vae_script_bad_device_is_one_line(tmp_path, capsys):
     _write_model_input(model_input)
     script = load_script("bin/train_vae.py")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: script.main(["--input", str(model_input), "--device", "cuda", "--outdir", str(tmp_path)]))
+        run_cli(lambda: script.main(pipeline_args("TRAIN_VAE") + [
+            "--input", str(model_input), "--checkpoint_dir", "", "--device", "cuda", "--outdir", str(tmp_path)]))
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: --device cuda") and "--device cpu" in lines[0]

@@ -17,7 +17,7 @@ import torch
 from b2s.errors import InputError
 from b2s.model.vae import BetaVAE, load_weights
 from b2s.model.weights import check_weights, read_sidecar, sidecar_path, write_sidecar
-from tests.helpers import load_script
+from tests.helpers import load_script, pipeline_args, write_bulk_inputs
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 N_GENES, LATENT = 40, 8
@@ -101,8 +101,9 @@ def test_train_writes_the_sidecar_and_generate_reorders(tmp_path):
     obs = pd.DataFrame({"celltype": pd.Categorical(np.repeat(["A", "B"], 30))}, index=[f"c{i}" for i in range(60)])
     mi = tmp_path / "model_input.h5ad"
     anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=GENES)).write_h5ad(mi)
-    load_script("bin/train_vae.py").main(["--input", str(mi), "--hidden_size", str(LATENT), "--epoch_num", "2",
-                                          "--device", "cpu", "--outdir", str(tmp_path / "train")])
+    load_script("bin/train_vae.py").main(pipeline_args("TRAIN_VAE") + [
+        "--input", str(mi), "--checkpoint_dir", "", "--hidden_size", str(LATENT), "--epoch_num", "2",
+        "--device", "cpu", "--outdir", str(tmp_path / "train")])
     pth = tmp_path / "train" / "vae.pth"
     meta = json.loads(Path(f"{pth}.json").read_text())
     assert meta["genes"] == GENES and meta["engine"] == "native" and meta["hidden_size"] == LATENT
@@ -110,7 +111,9 @@ def test_train_writes_the_sidecar_and_generate_reorders(tmp_path):
     pd.DataFrame([("g1", "A", 0.5, 5), ("g1", "B", 0.5, 4)],
                  columns=["group", "celltype", "fraction", "n_cells"]).to_csv(targets, index=False)
     gen = load_script("bin/generate.py")
-    base = ["--weights", str(pth), "--targets", str(targets), "--group", "g1", "--hidden_size", str(LATENT),
+    bulk, groups = write_bulk_inputs(tmp_path, anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=GENES)),
+                                     groups=("g1",))  # one group: no bulk shift
+    base = pipeline_args("GENERATE") + ["--bulk", bulk, "--groups", groups, "--weights", str(pth), "--targets", str(targets), "--group", "g1", "--hidden_size", str(LATENT),
             "--device", "cpu", "--counts", "none"]
     gen.main(base + ["--input", str(mi), "--outdir", str(tmp_path / "a")])
     # the same reference with its genes in another order: reordered weights, the same cells

@@ -96,7 +96,7 @@ def generate_cells(
     hidden_size: int = 256,
     seed: int = 42,
     device: str = "auto",
-    batch_size: int = 4096,
+    batch_size: int = DEFAULTS["batch_size"],
     decode: str = DEFAULTS["decode"],
     counts: str = DEFAULTS["counts"],
     reparam: str | None = None,

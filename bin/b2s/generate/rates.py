@@ -23,8 +23,9 @@ DECODE_CHOICES = ("sample", "mean")
 CALIBRATE_CHOICES = ("type", "gene")
 #: NB dispersion around each reference cell's own decoded rate, or around its type's mean rate
 DISPERSION_CHOICES = ("residual", "type")
-#: GENERATE's defaults (picked on the realism benchmark, see b2s.generate.cells' docstring).
-DEFAULTS = {"decode": "mean", "counts": "nb", "calibrate": "type", "dispersion": "residual"}
+#: GENERATE's defaults (picked on the realism benchmark, see b2s.generate.cells' docstring): the only copy
+#: of the options the pipeline never passes (batch_size: cells per forward pass, memory only).
+DEFAULTS = {"decode": "mean", "counts": "nb", "calibrate": "type", "dispersion": "residual", "batch_size": 4096}
 COUNTS_CHOICES = ("nb", "poisson", "none")
 #: Dispersion bounds (NB variance = m + phi * m^2): near-Poisson floor, and a cap for genes seen in few cells.
 PHI_RANGE = (1e-4, 1e3)

@@ -26,6 +26,9 @@ from b2s.errors import InputError
 
 CELLTYPE = "celltype"
 
+#: the columns of cell_targets.csv (ESTIMATE_FRACTIONS)
+TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
+
 
 def qc_log(msg: str) -> None:
     print(f"[qc] {msg}", flush=True)
@@ -224,18 +227,17 @@ def read_cells(path: str, arg: str, producer: str, need_celltype: bool = True) -
 
 
 def read_targets(path: str, group: str) -> pd.DataFrame:
-    """Rows ``celltype, fraction, n_cells`` of ``group`` from cell_targets.csv, checked."""
+    """Rows ``celltype, fraction, n_cells`` of ``group`` from cell_targets.csv, checked (GENERATE and QC)."""
     import os
 
     if not os.path.isfile(path):
-        raise InputError(f"--targets {path} does not exist; pass the cell_targets.csv written by "
-                         "ESTIMATE_FRACTIONS")
+        raise InputError(f"--targets {path} does not exist; pass the cell_targets.csv written by ESTIMATE_FRACTIONS")
     try:
         df = pd.read_csv(path, dtype={"group": str, "celltype": str})
     except Exception as err:
-        raise InputError(f"--targets {path} is not a readable CSV ({type(err).__name__}); pass "
-                         "ESTIMATE_FRACTIONS' cell_targets.csv") from None
-    missing = [c for c in ("group", "celltype", "n_cells") if c not in df.columns]
+        raise InputError(f"--targets {path} is not a readable CSV ({type(err).__name__}); pass ESTIMATE_FRACTIONS' "
+                         "cell_targets.csv") from None
+    missing = [c for c in TARGET_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"--targets {path} lacks column(s) {', '.join(missing)} (found: "
                          f"{', '.join(map(str, df.columns))}); it must have group,celltype,fraction,n_cells")
@@ -244,7 +246,11 @@ def read_targets(path: str, group: str) -> pd.DataFrame:
         raise InputError(f"--group '{group}' is not in --targets {path} (groups: "
                          f"{', '.join(pd.unique(df['group']).astype(str))}); pass one of them")
     n = pd.to_numeric(rows["n_cells"], errors="coerce")
-    if n.isna().any() or (n < 0).any():
-        raise InputError(f"--targets {path} has missing or negative n_cells for group '{group}'; "
+    if n.isna().any() or (n < 0).any() or (n != n.round()).any():
+        raise InputError(f"--targets {path} has non-integer or negative n_cells for group '{group}'; "
                          "n_cells must be whole numbers >= 0")
+    if rows["celltype"].duplicated().any():
+        dup = rows.loc[rows["celltype"].duplicated(), "celltype"].tolist()
+        raise InputError(f"--targets {path} lists cell type(s) {dup} twice for group '{group}'; keep one row per "
+                         "group and cell type")
     return rows.assign(n_cells=n.astype(int)).drop(columns="group").reset_index(drop=True)
