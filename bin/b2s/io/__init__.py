@@ -62,7 +62,6 @@ from b2s.io.genes import apply_gene_map, check_shared_genes, read_gene_map
 from b2s.io.groups import read_groups, write_groups
 from b2s.io.tables import (
     BULK_GROUP_NAME,
-    CELLTYPE_KEY,
     ENSEMBL_ID,
     ENSEMBL_VERSION,
     ID_HEADERS,
@@ -86,7 +85,6 @@ __all__ = [
     "ANNOTATION_HEADERS",
     "BULK_GROUP_NAME",
     "BULK_UNITS",
-    "CELLTYPE_KEY",
     "ENSEMBL_ID",
     "ENSEMBL_VERSION",
     "ID_HEADERS",

@@ -22,7 +22,6 @@ NORMALISED_TOL = 0.01
 MIN_SHARED_GENES = 50
 #: Group name used when ``--bulk_group a,b,c`` defines one group.
 BULK_GROUP_NAME = "bulk_group"
-CELLTYPE_KEY = "celltype"
 ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d+)\.\d+$")
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
 

@@ -33,6 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from b2s._constants import CELLTYPE
 from b2s.errors import InputError, warn
 from b2s.model.checkpoint import load_checkpoint, numpy_state, run_fingerprint, save_atomic, set_numpy_state
 from b2s.model.config import HISTORY_COLUMNS, TrainConfig, TrainResult
@@ -284,6 +285,6 @@ def read_model_input(path: str, need_celltype: bool = False) -> anndata.AnnData:
     if values.size and values.min() < 0:
         raise InputError(f"--input {path} X has negative values (not log-normalised counts); pass PREPROCESS's model_input.h5ad")
     adata.X = X
-    if need_celltype and "celltype" not in adata.obs:
+    if need_celltype and CELLTYPE not in adata.obs:
         raise InputError(f"--input {path} has no obs['celltype']; pass the model_input.h5ad written by PREPROCESS")
     return adata

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from b2s._constants import CELLTYPE, GENE
 from b2s.report.inputs import group_label, read_csv, read_json
 from b2s.report.markup import anchor, as_html, card, df_table, esc, fmt, grid, img, is_num, kv_table, macros, pct
 
@@ -79,8 +80,8 @@ def _correlation_table(corr: pd.DataFrame) -> str:
     ren = {"pearson_r": "r (all markers)", "pearson_r_own": "r (own markers)",
            "n_reference": "reference cells", "n_generated": "generated cells",
            "n_markers": "markers", "n_own_markers": "own markers"}
-    if "celltype" in corr:
-        corr = corr.set_index("celltype")
+    if CELLTYPE in corr:
+        corr = corr.set_index(CELLTYPE)
     corr = corr.rename(columns=ren)
     return (df_table(corr, index_label="cell type")
             + (f"<p class='muted'>{esc(caption.rstrip('; '))}.</p>" if caption else ""))
@@ -205,7 +206,7 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
         cols = [c for c in ("bulk_log2cpm", "generated_log2cpm", "composition_expected_log2cpm",
                             "residual_generated") if c in res]
         right.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
-        right.append(df_table(res[cols].head(10), index_label="gene", digits=2))
+        right.append(df_table(res[cols].head(10), index_label=GENE, digits=2))
     parts[0] += grid([img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}")], right)
     shifts = read_csv(files.get(f"{g}.celltype_shifts.csv"))
     m = read_json(files.get(f"{g}.metrics.json")) or {}
@@ -217,7 +218,7 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
                      f"<p class='muted'>{len(shifts)} (type, gene) shifts applied to the generated cells; "
                      f"the largest {min(SHIFT_ROWS, len(shifts))} (all in {esc(g)}.celltype_shifts.csv).</p>")
         if len(shifts):
-            per = shifts.assign(up=shifts["log2fc"] > 0).groupby("celltype")["up"].agg(
+            per = shifts.assign(up=shifts["log2fc"] > 0).groupby(CELLTYPE)["up"].agg(
                 n_up="sum", n_shifted="size")
             per["n_down"] = per["n_shifted"] - per["n_up"]
             parts.append(grid([df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from b2s._constants import CELLTYPE, GROUP, N_CELLS, SAMPLE
 from b2s.report.groups import overview, structure_cards
 from b2s.report.inputs import (
     STAGE_SUMMARIES,
@@ -110,9 +111,9 @@ def section_fractions(files: dict[str, Path]) -> str:
     if samples is not None and len(samples):
         parts.append(details("Fractions per sample (sample_fractions.csv)",
                               df_table(samples.T, index_label="cell type")))
-    targets = read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
-    if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
-        pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
+    targets = read_csv(files.get("cell_targets.csv"), dtype={GROUP: str, CELLTYPE: str})
+    if targets is not None and {GROUP, CELLTYPE, N_CELLS} <= set(targets.columns):
+        pivot = targets.pivot_table(index=CELLTYPE, columns=GROUP, values=N_CELLS,
                                     aggfunc="sum", sort=False)
         pivot.loc["total"] = pivot.sum()
         pivot.columns.name = None
@@ -174,7 +175,7 @@ def section_fit(files: dict[str, Path]) -> str:
                      "caution.</p>")
     table = fit[["fit_r", "residual"]].astype(float)
     table["explained"] = ["yes" if bool(v) else "NO" for v in fit["explained"]]
-    parts.append(df_table(table, index_label="sample", digits=3))
+    parts.append(df_table(table, index_label=SAMPLE, digits=3))
     return "\n".join(parts)
 
 
@@ -188,7 +189,7 @@ def section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
                      "(<code>--bulk_shift weighted</code>) stay opt-in: they also absorb the platform "
                      "differences every sample shares with the reference.</p>")
         return "\n".join(parts)
-    cc = read_csv(files.get("composition_contrast.csv"), dtype={"group": str, "celltype": str})
+    cc = read_csv(files.get("composition_contrast.csv"), dtype={GROUP: str, CELLTYPE: str})
     if cc is not None and len(cc):
         flagged = cc[cc["excludes_0"].astype(str).str.lower() == "true"]
         parts.append("<h3>Composition change</h3><p class='muted'>Change of each cell type's fraction in a group "
@@ -196,11 +197,11 @@ def section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
                      f"(composition_contrast.csv); {len(flagged)} of {len(cc)} intervals exclude 0 "
                      "(filled points).</p>"
                      + grid([img(files.get("composition_contrast.png"), "Composition change between groups")],
-                             [df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False)]
+                             [df_table(flagged[[GROUP, CELLTYPE, "change", "ci_low", "ci_high"]], index=False)]
                              if len(flagged) else []))
     rows = []
     for g in groups:
-        ident = read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={"celltype": str})
+        ident = read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={CELLTYPE: str})
         if ident is None:
             continue
         for r in ident.itertuples():
