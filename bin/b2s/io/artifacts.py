@@ -16,8 +16,8 @@ import pandas as pd
 
 from b2s._constants import GROUP, SAMPLE, UNS_KEY
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.io.bulk import UNIT_HEADERS
-from b2s.io.tables import atomic_write
 
 
 # --------------------------------------------------------------------------------------------

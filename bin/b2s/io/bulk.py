@@ -13,13 +13,13 @@ import pandas as pd
 
 from b2s._constants import GENE
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.io.tables import (
     ID_HEADERS,
     INTEGRAL_TOL,
     NORMALISED_TOL,
     NORMALISED_TOTAL,
     SYMBOL_HEADERS,
-    atomic_write,
     check_exists,
     compression_of,
     examples,

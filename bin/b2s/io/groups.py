@@ -10,11 +10,11 @@ import pandas as pd
 
 from b2s._constants import GROUP, SAMPLE
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.groupnames import group_slug
 from b2s.io.bulk import decide
 from b2s.io.tables import (
     BULK_GROUP_NAME,
-    atomic_write,
     check_exists,
     compression_of,
     examples,
