@@ -30,6 +30,8 @@ N_CELLS = "n_cells"
 BULK_COUNTS_FILE = "bulk_counts.tsv"
 #: ``group,sample`` table (PREPARE_INPUTS).
 GROUPS_FILE = "groups.csv"
+#: Reference cells, raw counts and ``obs[CELLTYPE]`` (PREPARE_INPUTS).
+REFERENCE_FILE = "reference.h5ad"
 #: PREPARE_INPUTS' summary JSON.
 PREPARE_SUMMARY_FILE = "prepare_summary.json"
 #: Fractions per group (ESTIMATE_FRACTIONS).
@@ -38,6 +40,8 @@ FRACTIONS_FILE = "fractions.csv"
 SAMPLE_FRACTIONS_FILE = "sample_fractions.csv"
 #: ``group,celltype,fraction,n_cells`` (ESTIMATE_FRACTIONS).
 CELL_TARGETS_FILE = "cell_targets.csv"
+#: Goodness of fit per sample (ESTIMATE_FRACTIONS).
+FRACTIONS_FIT_FILE = "fractions_fit.csv"
 #: Stacked bars of the fractions (ESTIMATE_FRACTIONS).
 FRACTIONS_BARPLOT_FILE = "fractions_barplot.png"
 #: ESTIMATE_FRACTIONS' summary JSON.
@@ -46,8 +50,16 @@ FRACTIONS_SUMMARY_FILE = "fractions_summary.json"
 COMPOSITION_CONTRAST_FILE = "composition_contrast.csv"
 #: Composition change between groups, figure (ESTIMATE_FRACTIONS, with >= 2 groups).
 COMPOSITION_CONTRAST_PLOT = "composition_contrast.png"
+#: Reference cells x shared genes, log-normalised, the VAE's input (PREPROCESS).
+MODEL_INPUT_FILE = "model_input.h5ad"
+#: Log10 DESeq2 group means of the bulk, genes x groups (PREPROCESS).
+BULK_PROFILES_FILE = "bulk_profiles.csv"
 #: PREPROCESS' summary JSON.
 PREPROCESS_SUMMARY_FILE = "preprocess_summary.json"
+#: The VAE's state dict (TRAIN_VAE; its sidecar is ``vae.pth.json``, b2s.model.weights).
+VAE_WEIGHTS_FILE = "vae.pth"
+#: ``epoch,loss,recon,kl`` per epoch (TRAIN_VAE).
+LOSS_HISTORY_FILE = "loss_history.csv"
 #: Loss curve of the VAE (TRAIN_VAE).
 LOSS_PLOT_FILE = "loss_plot.png"
 #: TRAIN_VAE's summary JSON.
@@ -56,6 +68,8 @@ TRAIN_SUMMARY_FILE = "train_summary.json"
 TASK_WARNINGS_FILE = "task_warnings.txt"
 #: Every task's warnings, collected by the workflow (``STAGE<TAB>group<TAB>WARNING: text``).
 TASK_WARNINGS_TABLE = "task_warnings.tsv"
+#: The self-contained HTML report (REPORT).
+REPORT_FILE = "bulk2single_report.html"
 
 # --- per-group files: ``<group><suffix>`` (GENERATE, FILTER, QC) ------------------------------
 #: Generated cells (GENERATE).

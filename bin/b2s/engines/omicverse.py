@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from b2s._constants import CELLTYPE, SAMPLE
+from b2s._constants import CELLTYPE, SAMPLE, VAE_WEIGHTS_FILE
 from b2s.engines.omicverse_support import (
     as_generated_contract,
     bulk2single_on_model_input,
@@ -244,7 +244,7 @@ def generate_cells(
             weights = str(state_dict_or_model)
         else:
             state = state_dict_or_model.state_dict() if isinstance(state_dict_or_model, torch.nn.Module) else state_dict_or_model
-            weights = os.path.join(tmp, "vae.pth")
+            weights = os.path.join(tmp, VAE_WEIGHTS_FILE)
             torch.save(dict(state), weights)
         try:
             model.load(weights, hidden_size=int(hidden_size))
