@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import matplotlib
 
+from b2s._constants import CELLTYPE, GROUP
+
 matplotlib.use("Agg")  # headless tasks (HPC, containers) have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -268,13 +270,13 @@ def plot_bulk_scatter(log_cpm: pd.DataFrame, path: str, title: str = "",
 def plot_composition_contrast(table: pd.DataFrame, path: str, title: str = "") -> None:
     """Change of each type's fraction per group (b2s.qc.composition): points with 95 % intervals,
     one panel per group; filled where the interval excludes 0."""
-    groups = list(pd.unique(table["group"]))
-    types = sorted(pd.unique(table["celltype"]), key=_sort_key)
+    groups = list(pd.unique(table[GROUP]))
+    types = sorted(pd.unique(table[CELLTYPE]), key=_sort_key)
     pal = celltype_palette(types)
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1.5, 0.32 * len(types) + 1.4),
                              sharey=True, squeeze=False)
     for ax, g in zip(axes[0], groups):
-        rows = table[table["group"] == g].set_index("celltype").reindex(types)
+        rows = table[table[GROUP] == g].set_index(CELLTYPE).reindex(types)
         y = np.arange(len(types))
         ax.axvline(0.0, color="#777777", lw=0.8)
         for i, t in enumerate(types):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from b2s._constants import COUNTS_LAYER, GENE, GROUP, SAMPLE
 from b2s.errors import InputError
 
 TARGET_SUM = 1e4
@@ -69,17 +70,17 @@ def bulk_group_profiles(bulk: pd.DataFrame, groups: pd.DataFrame, units: str | N
     ``units`` defaults to ``bulk.attrs['units']`` (counts when unset).
     """
     units = units or bulk.attrs.get("units", "counts")
-    g = groups.astype({"group": str, "sample": str})
+    g = groups.astype({GROUP: str, SAMPLE: str})
     cols = pd.Index(bulk.columns.astype(str))
-    missing = sorted(set(g["sample"]) - set(cols))
+    missing = sorted(set(g[SAMPLE]) - set(cols))
     if missing:
         raise InputError(f"groups.csv: sample(s) {', '.join(missing)} are not columns of bulk_counts.tsv; "
                          "fix the samplesheet or the bulk matrix")
     logn = np.log10(normalise_bulk(bulk, units) + 1.0)
     logn.columns = cols
     # (samples x genes) grouped by group label -> groups x genes -> transpose
-    prof = logn.T.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean().T
-    prof.index.name = "gene"
+    prof = logn.T.loc[g[SAMPLE].to_numpy()].groupby(g[GROUP].to_numpy(), sort=False).mean().T
+    prof.index.name = GENE
     prof.columns.name = None
     return prof
 
@@ -132,7 +133,7 @@ def model_input(reference: anndata.AnnData, bulk_genes) -> anndata.AnnData:
     # GENERATE draws counts from the reference's libraries and per-gene dispersion (b2s.generate.cells)
     raw = reference.X
     out.obs["total_counts"] = np.asarray(raw.sum(axis=1), dtype=np.float64).ravel()
-    out.layers["counts"] = sparse.csr_matrix(raw[:, cols], dtype=np.float32) if sparse.issparse(raw) \
+    out.layers[COUNTS_LAYER] = sparse.csr_matrix(raw[:, cols], dtype=np.float32) if sparse.issparse(raw) \
         else sparse.csr_matrix(np.asarray(raw)[:, cols], dtype=np.float32)
     return out
 

@@ -1,5 +1,6 @@
 """Layout of the ``bin/b2s`` package (issue 27): imports flow one way, no private names cross
-modules, no module is over ``MAX_LINES`` lines.
+modules, no module is over ``MAX_LINES`` lines, and the shared names of ``b2s._constants`` have no
+second copy in another module.
 
 Every module under bin/b2s is parsed with ``ast`` (nothing is imported). An import counts wherever
 it is written: at module level or inside a function (a function-level import still ties the two
@@ -19,6 +20,8 @@ from tests.helpers import REPO
 PACKAGE = REPO / "bin" / "b2s"
 ROOT = "b2s"
 MAX_LINES = 400
+#: The module holding the names the stages share (obs keys, columns, file names), each once.
+CONSTANTS = "b2s._constants"
 
 
 def module_name(path: Path) -> str:
@@ -146,6 +149,40 @@ def private_imports() -> list[str]:
     return found
 
 
+def string_constants(tree: ast.Module) -> dict[str, tuple[str, int]]:
+    """``{name: (value, line)}`` of the module-level assignments of a string (``X = "..."``,
+    ``X: str = "..."``, each target of ``X = Y = "..."``)."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    out[t.id] = (value.value, node.lineno)
+    return out
+
+
+def constant_copies() -> list[str]:
+    """Module-level strings of other b2s modules that repeat a value (or a name) of ``b2s._constants``."""
+    shared = string_constants(ast.parse(MODULES[CONSTANTS].read_text()))
+    by_value = {value: name for name, (value, _) in shared.items()}
+    found = []
+    for name, path in MODULES.items():
+        if name == CONSTANTS:
+            continue
+        for var, (value, line) in string_constants(ast.parse(path.read_text())).items():
+            if value in by_value or var in shared:
+                same = by_value.get(value, var)
+                found.append(f"{path.relative_to(REPO)}:{line}: {var} = {value!r} "
+                             f"(import {same} from {CONSTANTS})")
+    return found
+
+
 def long_modules() -> dict[str, int]:
     lengths = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in MODULES.values()}
     return {p: n for p, n in lengths.items() if n > MAX_LINES}
@@ -163,6 +200,21 @@ def test_no_import_cycle():
 def test_no_private_name_imported_across_modules():
     found = private_imports()
     assert not found, "private names imported from another b2s module:\n" + "\n".join(found)
+
+
+def test_shared_names_have_one_source():
+    assert CONSTANTS in MODULES
+    found = constant_copies()
+    assert not found, f"copies of names held in {CONSTANTS}:\n" + "\n".join(found)
+
+
+def test_constants_module_is_plain():
+    """Constants only: no imports, no functions or classes, every value a literal."""
+    tree = ast.parse(MODULES[CONSTANTS].read_text())
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert all(isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) for n in body), \
+        [ast.dump(n)[:80] for n in body if not isinstance(n, ast.Assign)]
+    assert len(string_constants(tree)) == len(body)
 
 
 def test_no_module_over_max_lines():
@@ -199,3 +251,26 @@ def test_function_level_and_relative_imports_count(tmp_path, monkeypatch):
     assert graph["b2s.sub.a"] == {"b2s.sub.b"} and graph["b2s.sub.b"] == {"b2s.sub.a"}
     assert cycles(graph) == [["b2s.sub.a", "b2s.sub.b"]]
     assert private_imports() == ["b2s/sub/a.py:2: from b2s.sub.b import _g"]
+
+
+def test_constants_module_may_be_imported_and_copies_are_found(tmp_path, monkeypatch):
+    """``from b2s._constants import X`` is a public name of a private module: allowed; a private
+    name from it is not; a module-level copy of one of its values (or names) is found."""
+    pkg = tmp_path / "b2s"
+    (pkg / "qc").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_constants.py").write_text('"""Names."""\n\nCELLTYPE = "celltype"\n_HIDDEN = "x"\n')
+    (pkg / "qc" / "__init__.py").write_text("")
+    (pkg / "qc" / "ok.py").write_text("from b2s._constants import CELLTYPE\nimport b2s._constants as c\n\n"
+                                      "KEY = CELLTYPE\nOTHER = c.CELLTYPE + 's'\nLABEL = 'cell type'\n")
+    (pkg / "qc" / "bad.py").write_text('from b2s._constants import _HIDDEN\n\nTYPE_COLUMN = "celltype"\n'
+                                       'CELLTYPE: str = "cell_type"\n\ndef f():\n    local = "celltype"\n')
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "PACKAGE", pkg)
+    monkeypatch.setattr(this, "REPO", tmp_path)
+    monkeypatch.setattr(this, "MODULES", modules())
+    assert private_imports() == ["b2s/qc/bad.py:1: from b2s._constants import _HIDDEN"]
+    assert constant_copies() == [
+        "b2s/qc/bad.py:3: TYPE_COLUMN = 'celltype' (import CELLTYPE from b2s._constants)",
+        "b2s/qc/bad.py:4: CELLTYPE = 'cell_type' (import CELLTYPE from b2s._constants)",
+    ]

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE, UNS_KEY
 from b2s.errors import InputError, warn
 
 HVG_PARAMS = {"min_mean": 0.0125, "max_mean": 3.0, "min_disp": 0.5}
@@ -213,20 +214,20 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
         "dropped_clusters": [str(c) for c in dropped],
         "notes": notes,
     }
-    if "celltype" in adata.obs:
-        ct_in = adata.obs["celltype"].astype(str).value_counts()
-        ct_out = out.obs["celltype"].astype(str).value_counts()
+    if CELLTYPE in adata.obs:
+        ct_in = adata.obs[CELLTYPE].astype(str).value_counts()
+        ct_out = out.obs[CELLTYPE].astype(str).value_counts()
         summary["celltype_counts"] = {
             str(t): {"in": int(ct_in[t]), "out": int(ct_out.get(t, 0))} for t in ct_in.index}
     params = {"leiden_size": leiden_size, "seed": int(seed), "n_comps": int(n_comps),
               "max_value": float(max_value), "n_neighbors": N_NEIGHBORS,
               "hvg": dict(HVG_PARAMS, flavor="seurat", min_hvg=MIN_HVG),
               "leiden": {"flavor": "leidenalg", "resolution": 1.0}}
-    upstream = adata.uns.get("b2s")
+    upstream = adata.uns.get(UNS_KEY)
     record: dict[str, Any] = {"stage": "filter", "params": params, "summary": summary}
     if upstream is not None:
         record["input"] = parse_uns_record(upstream)
-    out.uns["b2s"] = json.dumps(record)
+    out.uns[UNS_KEY] = json.dumps(record)
     return out
 
 
@@ -251,7 +252,7 @@ def filter_summary(adata_in: ad.AnnData, filtered: ad.AnnData) -> dict[str, Any]
     the details only :func:`filter_cells` knows (dropped clusters, HVGs, fallback notes) are taken
     from ``filtered.uns['b2s']`` when present.
     """
-    rec = filtered.uns.get("b2s")
+    rec = filtered.uns.get(UNS_KEY)
     rec = parse_uns_record(rec) if rec is not None else {}
     details = dict(rec.get("summary", {})) if isinstance(rec, dict) else {}
     n_in, n_out = int(adata_in.n_obs), int(filtered.n_obs)
@@ -264,10 +265,10 @@ def filter_summary(adata_in: ad.AnnData, filtered: ad.AnnData) -> dict[str, Any]
     if "leiden" in filtered.obs:
         kept = filtered.obs["leiden"].astype(str).value_counts()
         out["kept_cluster_sizes"] = {str(k): int(v) for k, v in kept.items()}
-    if "celltype" in adata_in.obs:
-        ct_in = adata_in.obs["celltype"].astype(str).value_counts()
-        ct_out = (filtered.obs["celltype"].astype(str).value_counts()
-                  if "celltype" in filtered.obs else pd.Series(dtype=int))
+    if CELLTYPE in adata_in.obs:
+        ct_in = adata_in.obs[CELLTYPE].astype(str).value_counts()
+        ct_out = (filtered.obs[CELLTYPE].astype(str).value_counts()
+                  if CELLTYPE in filtered.obs else pd.Series(dtype=int))
         out["celltype_counts"] = {
             str(t): {"in": int(ct_in[t]), "out": int(ct_out.get(t, 0))} for t in ct_in.index}
     for k, v in details.items():

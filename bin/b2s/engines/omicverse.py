@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE, SAMPLE, VAE_WEIGHTS_FILE
 from b2s.engines.omicverse_support import (
-    CELLTYPE_KEY,
     as_generated_contract,
     bulk2single_on_model_input,
     close_figures,
@@ -88,7 +88,7 @@ def estimate_sample_fractions(
             f"--method '{method}' is not available with --engine omicverse (choices: {', '.join(OMICVERSE_METHODS)}); "
             "use one of them or --engine native"
         )
-    if CELLTYPE_KEY not in reference.obs:
+    if CELLTYPE not in reference.obs:
         raise InputError("reference.h5ad: obs['celltype'] is missing; run PREPARE_INPUTS, which writes it")
     if bulk.shape[1] == 0 or bulk.shape[0] == 0:
         raise InputError("bulk counts: the matrix is empty; check bulk_counts.tsv")
@@ -97,17 +97,17 @@ def estimate_sample_fractions(
         raise InputError("bulk counts: no gene is shared with reference.h5ad; map bulk gene IDs to symbols (--gene_map)")
     ov = load_omicverse()
     single = reference.copy()  # Bulk2Single changes var names and slices in place
-    single.obs[CELLTYPE_KEY] = single.obs[CELLTYPE_KEY].astype(str)
+    single.obs[CELLTYPE] = single.obs[CELLTYPE].astype(str)
     categories = (
-        list(reference.obs[CELLTYPE_KEY].cat.categories)
-        if isinstance(reference.obs[CELLTYPE_KEY].dtype, pd.CategoricalDtype)
-        else sorted(single.obs[CELLTYPE_KEY].unique())
+        list(reference.obs[CELLTYPE].cat.categories)
+        if isinstance(reference.obs[CELLTYPE].dtype, pd.CategoricalDtype)
+        else sorted(single.obs[CELLTYPE].unique())
     )
     seed_everything(seed)
     model = ov.bulk2single.Bulk2Single(
         bulk_data=bulk.astype(np.float64),
         single_data=single,
-        celltype_key=CELLTYPE_KEY,
+        celltype_key=CELLTYPE,
         bulk_group=None,
         max_single_cells=single.n_obs,
         gpu=-1 if kw.pop("device", "auto") == "cpu" else 0,
@@ -125,7 +125,7 @@ def estimate_sample_fractions(
     pred = pred.clip(lower=0.0)
     totals = pred.sum(axis=1).replace(0.0, np.nan)
     pred = pred.div(totals, axis=0).fillna(1.0 / pred.shape[1])
-    pred.index.name = "sample"
+    pred.index.name = SAMPLE
     pred.attrs["omicverse_cell_target_num"] = {str(k): int(v) for k, v in model.cell_target_num.items()}
     return pred
 
@@ -162,7 +162,7 @@ def train_vae(X: Any, config: Any) -> Any:
     gpu = gpu_arg(getattr(config, "device", "auto"))
     single = model_input_anndata(X)
     model = bulk2single_on_model_input(single, gpu)
-    model.cell_target_num = {str(ct): 1 for ct in single.obs[CELLTYPE_KEY].unique()}
+    model.cell_target_num = {str(ct): 1 for ct in single.obs[CELLTYPE].unique()}
     if getattr(config, "checkpoint_path", None):
         print("omicverse engine: the omicverse trainer has no checkpoints; training starts from scratch", flush=True)
     seed_everything(int(config.seed))
@@ -226,7 +226,7 @@ def generate_cells(
 
     gpu = gpu_arg(device)
     single = model_input_anndata(model_input)
-    types = set(single.obs[CELLTYPE_KEY].astype(str))
+    types = set(single.obs[CELLTYPE].astype(str))
     wanted = {str(k): int(v) for k, v in targets.items()}
     missing = sorted(types - set(wanted))
     unknown = sorted(set(wanted) - types)
@@ -244,7 +244,7 @@ def generate_cells(
             weights = str(state_dict_or_model)
         else:
             state = state_dict_or_model.state_dict() if isinstance(state_dict_or_model, torch.nn.Module) else state_dict_or_model
-            weights = os.path.join(tmp, "vae.pth")
+            weights = os.path.join(tmp, VAE_WEIGHTS_FILE)
             torch.save(dict(state), weights)
         try:
             model.load(weights, hidden_size=int(hidden_size))
@@ -256,7 +256,7 @@ def generate_cells(
     seed_everything(seed)
     with torch.no_grad():
         generated = model.generate()
-    return as_generated_contract(generated, categories=single.obs[CELLTYPE_KEY].cat.categories, genes=single.var_names)
+    return as_generated_contract(generated, categories=single.obs[CELLTYPE].cat.categories, genes=single.var_names)
 
 
 def filter_cells(adata: Any, leiden_size: int = 25, seed: int = 42) -> Any:
@@ -279,7 +279,7 @@ def filter_cells(adata: Any, leiden_size: int = 25, seed: int = 42) -> Any:
         raise InputError("generated h5ad: it holds no cells; check cell_targets.csv (n_cells) and rerun GENERATE")
     work = adata.copy()
     work.obs["_b2s_pos"] = np.arange(work.n_obs)
-    work.obs[CELLTYPE_KEY] = work.obs[CELLTYPE_KEY].astype(str) if CELLTYPE_KEY in work.obs else "unknown"
+    work.obs[CELLTYPE] = work.obs[CELLTYPE].astype(str) if CELLTYPE in work.obs else "unknown"
     model = minimal_bulk2single()
     seed_everything(seed)
     try:

@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE
 from b2s.errors import InputError
-
-CELLTYPE_KEY = "celltype"
 
 
 def load_omicverse() -> Any:
@@ -87,8 +86,8 @@ def model_input_anndata(X: Any, labels: Any = None) -> Any:
     import anndata as ad
 
     if isinstance(X, ad.AnnData):
-        if labels is None and CELLTYPE_KEY in X.obs:
-            labels = X.obs[CELLTYPE_KEY].astype(str).to_numpy()
+        if labels is None and CELLTYPE in X.obs:
+            labels = X.obs[CELLTYPE].astype(str).to_numpy()
         var_names = X.var_names.astype(str)
         obs_names = X.obs_names.astype(str)
         X = X.X
@@ -104,7 +103,7 @@ def model_input_anndata(X: Any, labels: Any = None) -> Any:
     if labels is None:  # omicverse's trainer needs labels for its data set; it does not use them
         labels = np.full(n_cells, "all", dtype=object)
     obs = pd.DataFrame(
-        {CELLTYPE_KEY: pd.Categorical(np.asarray(labels).astype(str))},
+        {CELLTYPE: pd.Categorical(np.asarray(labels).astype(str))},
         index=pd.Index(obs_names if obs_names is not None else [f"cell{i}" for i in range(n_cells)], dtype=str),
     )
     var = pd.DataFrame(index=pd.Index(var_names if var_names is not None else [f"g{i}" for i in range(n_genes)], dtype=str))
@@ -127,7 +126,7 @@ def bulk2single_on_model_input(single: Any, gpu: int) -> Any:
     model = ov.bulk2single.Bulk2Single(
         bulk_data=placeholder_bulk,
         single_data=single,
-        celltype_key=CELLTYPE_KEY,
+        celltype_key=CELLTYPE,
         bulk_group=None,
         max_single_cells=single.n_obs,  # the pipeline's reference is already subsampled (seeded)
         gpu=gpu,
@@ -143,8 +142,8 @@ def as_generated_contract(generated: Any, categories: Any, genes: Any) -> Any:
 
     X = sp.csr_matrix(np.asarray(generated.X, dtype=np.float32))
     X.eliminate_zeros()
-    labels = pd.Categorical(generated.obs[CELLTYPE_KEY].astype(str), categories=list(categories))
-    obs = pd.DataFrame({CELLTYPE_KEY: labels}, index=pd.Index(generated.obs_names.astype(str)))
+    labels = pd.Categorical(generated.obs[CELLTYPE].astype(str), categories=list(categories))
+    obs = pd.DataFrame({CELLTYPE: labels}, index=pd.Index(generated.obs_names.astype(str)))
     var = pd.DataFrame(index=pd.Index(np.asarray(genes, dtype=str), name=None))
     return ad.AnnData(X=X, obs=obs, var=var)
 
@@ -156,13 +155,13 @@ def minimal_bulk2single() -> Any:
     ov = load_omicverse()
     single = ad.AnnData(
         X=np.ones((1, 1), dtype=np.float32),
-        obs=pd.DataFrame({CELLTYPE_KEY: ["placeholder"]}, index=["c0"]),
+        obs=pd.DataFrame({CELLTYPE: ["placeholder"]}, index=["c0"]),
         var=pd.DataFrame(index=["g0"]),
     )
     return ov.bulk2single.Bulk2Single(
         bulk_data=pd.DataFrame({"placeholder": [1.0]}, index=["g0"]),
         single_data=single,
-        celltype_key=CELLTYPE_KEY,
+        celltype_key=CELLTYPE,
         gpu=-1,
     )
 

@@ -60,6 +60,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
+from b2s._constants import CELLTYPE, FRACTION, GROUP, N_CELLS, SAMPLE
 from b2s.errors import InputError
 from b2s.fractions.mlp import mlp_fractions
 from b2s.fractions.nnls import nnls_fractions, wls_fractions
@@ -94,7 +95,7 @@ def estimate_sample_fractions(bulk: pd.DataFrame, reference: anndata.AnnData,
         out = nnls_fractions(bulk, reference, seed=seed, **kwargs)
     else:
         out = mlp_fractions(method, bulk, reference, seed=seed, **kwargs)
-    out.index.name = "sample"
+    out.index.name = SAMPLE
     attrs = dict(out.attrs)
     out = out[sorted(out.columns)]
     out.attrs.update(attrs)
@@ -104,7 +105,7 @@ def estimate_sample_fractions(bulk: pd.DataFrame, reference: anndata.AnnData,
 def group_fractions(sample_fractions: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
     """Mean of the per-sample fractions over each group's samples (index ``group``, groups in
     order of first appearance in ``groups``)."""
-    missing = sorted(set(groups["sample"].astype(str)) - set(sample_fractions.index.astype(str)))
+    missing = sorted(set(groups[SAMPLE].astype(str)) - set(sample_fractions.index.astype(str)))
     if missing:
         raise InputError(
             f"groups.csv: sample(s) {', '.join(missing)} have no estimated fractions (not in the "
@@ -112,9 +113,9 @@ def group_fractions(sample_fractions: pd.DataFrame, groups: pd.DataFrame) -> pd.
         )
     sf = sample_fractions.copy()
     sf.index = sf.index.astype(str)
-    g = groups.astype({"group": str, "sample": str})
-    out = sf.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
-    out.index.name = "group"
+    g = groups.astype({GROUP: str, SAMPLE: str})
+    out = sf.loc[g[SAMPLE].to_numpy()].groupby(g[GROUP].to_numpy(), sort=False).mean()
+    out.index.name = GROUP
     return out
 
 
@@ -145,12 +146,12 @@ def total_cells(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.Ann
       the group's library equalled the reference's;
     * ``cells_per_group``: that number.
     """
-    g = groups.astype({"group": str, "sample": str})
-    missing = sorted(set(g["sample"]) - set(bulk.columns.astype(str)))
+    g = groups.astype({GROUP: str, SAMPLE: str})
+    missing = sorted(set(g[SAMPLE]) - set(bulk.columns.astype(str)))
     if missing:
         raise InputError(f"groups.csv: sample(s) {', '.join(missing)} are not columns of bulk_counts.tsv; "
                          "fix the samplesheet or the bulk matrix")
-    names = list(pd.unique(g["group"]))
+    names = list(pd.unique(g[GROUP]))
     rule = cell_number_rule(bulk, cells_per_group)
     if rule == "cells_per_group":
         return {k: float(cells_per_group) for k in names}
@@ -161,7 +162,7 @@ def total_cells(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.Ann
         raise InputError("reference.h5ad: X sums to 0; the reference must hold raw counts")
     col_totals = bulk.sum(axis=0)
     col_totals.index = col_totals.index.astype(str)
-    lib = col_totals.loc[g["sample"].to_numpy()].groupby(g["group"].to_numpy(), sort=False).mean()
+    lib = col_totals.loc[g[SAMPLE].to_numpy()].groupby(g[GROUP].to_numpy(), sort=False).mean()
     return {k: float(reference.n_obs * v / ref_total) for k, v in lib.items()}
 
 
@@ -185,10 +186,10 @@ def cell_targets(bulk: pd.DataFrame, groups: pd.DataFrame, reference: anndata.An
     raw = fr.to_numpy(dtype=np.float64) * total[:, None] * factor
     n = np.maximum(np.floor(raw).astype(np.int64), 1)
     out = pd.DataFrame({
-        "group": np.repeat(fr.index.astype(str).to_numpy(), len(types)),
-        "celltype": np.tile(types, len(fr)),
-        "fraction": fr.to_numpy(dtype=np.float64).ravel(),
-        "n_cells": n.ravel(),
+        GROUP: np.repeat(fr.index.astype(str).to_numpy(), len(types)),
+        CELLTYPE: np.tile(types, len(fr)),
+        FRACTION: fr.to_numpy(dtype=np.float64).ravel(),
+        N_CELLS: n.ravel(),
     })
     return out
 

@@ -27,6 +27,8 @@ import anndata
 import numpy as np
 import pandas as pd
 
+from b2s._constants import SAMPLE
+
 MIN_FIT_R: float = 0.9
 MAX_RESIDUAL: float = 0.12
 MIN_CPM: float = 10.0
@@ -60,7 +62,7 @@ def goodness_of_fit(bulk: pd.DataFrame, reference: anndata.AnnData, fractions: p
     residual = 0.5 * np.abs(b_cpm - r_cpm).sum(axis=1) / 1e6
     out = pd.DataFrame({"fit_r": fit_r, "residual": residual, "n_genes": n}, index=fractions.index)
     out["explained"] = (out["fit_r"] >= MIN_FIT_R) & (out["residual"] <= MAX_RESIDUAL)
-    out.index.name = "sample"
+    out.index.name = SAMPLE
     return out
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from b2s._constants import CELLTYPE, GENE
 from b2s.errors import InputError
 from b2s.utils import indicator
 
@@ -108,10 +109,10 @@ def read_markers(path: str | Path, types: list[str], genes: list[str]) -> dict[s
     if not rows:
         raise InputError(f"{what}: the file is empty; {fix_cols}")
     keys = [c.strip().lower() for c in rows[0]]
-    missing = [c for c in ("celltype", "gene") if c not in keys]
+    missing = [c for c in (CELLTYPE, GENE) if c not in keys]
     if missing:
         raise InputError(f"{what}: missing column(s) {', '.join(missing)} (found: {', '.join(keys) or 'none'}); {fix_cols}")
-    it, ig = keys.index("celltype"), keys.index("gene")
+    it, ig = keys.index(CELLTYPE), keys.index(GENE)
     pairs = [(r[it].strip() if it < len(r) else "", r[ig].strip() if ig < len(r) else "") for r in rows[1:]]
     pairs = [(t, g) for t, g in pairs if t or g]
     if not pairs:

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from b2s._constants import CELLTYPE
 from b2s.errors import InputError
 from b2s.utils import indicator
 
-CELLTYPE_KEY = "celltype"
+#: ``CELLTYPE`` under the name ``bin/estimate_fractions.py`` imports (until it imports b2s._constants).
+CELLTYPE_KEY = CELLTYPE
 
 
 def as_csr(x) -> sparse.csr_matrix:
@@ -22,12 +24,12 @@ def as_csr(x) -> sparse.csr_matrix:
 
 def celltype_labels(reference: anndata.AnnData) -> pd.Categorical:
     """Cell-type labels with unused categories dropped and categories sorted by name."""
-    if CELLTYPE_KEY not in reference.obs.columns:
+    if CELLTYPE not in reference.obs.columns:
         raise InputError(
-            f"reference.h5ad: obs has no '{CELLTYPE_KEY}' column (found: "
+            f"reference.h5ad: obs has no '{CELLTYPE}' column (found: "
             f"{', '.join(map(str, reference.obs.columns)) or 'none'}); run PREPARE_INPUTS to create it"
         )
-    lab = reference.obs[CELLTYPE_KEY].astype(str).values
+    lab = reference.obs[CELLTYPE].astype(str).values
     return pd.Categorical(lab, categories=sorted(set(lab)))
 
 

@@ -52,6 +52,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from b2s._constants import CELLTYPE, GENE, GROUP, SAMPLE
 from b2s.errors import InputError
 from b2s.groupnames import group_id
 from b2s.qc.bulk import cpm
@@ -182,10 +183,10 @@ def estimate_shifts(bulk_group: pd.DataFrame, reference: ad.AnnData, types: list
             x = np.where(made, share * d[None, :] / np.maximum((share ** 2).sum(axis=0), 1e-300)[None, :], 0.0)
         lfc = np.log2(np.clip(1.0 + x, 2.0 ** -max_lfc, 2.0 ** max_lfc))
         lfc[:, shrunk == 0] = 0.0
-    lfc_df = pd.DataFrame(0.0, index=pd.Index(types, name="celltype"), columns=ref_genes)
+    lfc_df = pd.DataFrame(0.0, index=pd.Index(types, name=CELLTYPE), columns=ref_genes)
     lfc_df.loc[:, genes] = lfc
     ti, gi = np.nonzero(lfc)
-    table = pd.DataFrame({"celltype": np.asarray(types, dtype=object)[ti], "gene": genes.to_numpy()[gi],
+    table = pd.DataFrame({CELLTYPE: np.asarray(types, dtype=object)[ti], GENE: genes.to_numpy()[gi],
                           "log2fc": lfc[ti, gi], "gene_log2ratio": r[gi], "se": se[gi],
                           "share": share[ti, gi]})
     table = table.iloc[np.argsort(-np.abs(table["log2fc"].to_numpy()), kind="stable")].reset_index(drop=True)
@@ -250,8 +251,8 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
         ``sample_fractions`` (samples x types, refitted), ``sample_log2ratio`` (samples x genes) and
         ``sample_var`` (genes: the moderated within-group variance of a sample's log2 ratio).
     """
-    g = groups.astype({"group": str, "sample": str})
-    names = list(pd.unique(g["group"]))
+    g = groups.astype({GROUP: str, SAMPLE: str})
+    names = list(pd.unique(g[GROUP]))
     reference_group = group_id(reference_group, names)
     if len(names) < 2:
         raise InputError("--bulk_shift contrast needs >= 2 bulk groups in the samplesheet (found "
@@ -269,12 +270,12 @@ def contrast_model(bulk: pd.DataFrame, groups: pd.DataFrame, reference: ad.AnnDa
     if len(genes) == 0:
         raise InputError("the model input shares no gene with the bulk matrix; pass bulk_counts.tsv "
                          "and model_input.h5ad of the same run")
-    samples = g["sample"].tolist()
+    samples = g[SAMPLE].tolist()
     absent = [s for s in samples if s not in set(b.columns)]
     if absent:
         raise InputError(f"groups.csv sample(s) {', '.join(absent)} are not columns of the bulk matrix; "
                          "pass bulk_counts.tsv and groups.csv from the same PREPARE_INPUTS run")
-    k_of = np.array([names.index(x) for x in g["group"]])
+    k_of = np.array([names.index(x) for x in g[GROUP]])
     counts = b.loc[genes, samples].to_numpy(np.float64).T  # samples x genes
     prof, _ = _type_mean_and_variance(reference, types, genes)
     bulk_cpm = cpm(counts)
@@ -381,10 +382,10 @@ def contrast_shifts(model: dict[str, Any], group: str, z: float = 2.0, max_lfc: 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         slope = a * np.exp2(shrunk)[None, :] / np.maximum(1.0 + x, 2.0 ** -max_lfc)
     lfc_se = np.abs(slope) * se[None, :]
-    lfc_df = pd.DataFrame(0.0, index=pd.Index(types, name="celltype"), columns=model["ref_genes"])
+    lfc_df = pd.DataFrame(0.0, index=pd.Index(types, name=CELLTYPE), columns=model["ref_genes"])
     lfc_df.loc[:, genes] = lfc
     ti, gi = np.nonzero(lfc)
-    table = pd.DataFrame({"celltype": np.asarray(types, dtype=object)[ti], "gene": genes.to_numpy()[gi],
+    table = pd.DataFrame({CELLTYPE: np.asarray(types, dtype=object)[ti], GENE: genes.to_numpy()[gi],
                           "log2fc": lfc[ti, gi], "se": lfc_se[ti, gi], "z": zs[gi], "pvalue": p[gi],
                           "padj": padj[gi], "gene_log2contrast": d[gi], "share": share[ti, gi]})
     table = table.iloc[np.argsort(-np.abs(table["log2fc"].to_numpy()), kind="stable")].reset_index(drop=True)

@@ -42,6 +42,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from b2s._constants import CELLTYPE, COUNTS_LAYER
 from b2s.errors import InputError
 from b2s.generate.rates import (
     CALIBRATE_CHOICES,
@@ -133,7 +134,7 @@ def generate_cells(
         ``layers['counts']`` (CSR float32 integers) and ``obs['total_counts']`` (the library the
         counts were drawn for, that of the source reference cell).
     """
-    if "celltype" not in model_input.obs:
+    if CELLTYPE not in model_input.obs:
         raise InputError("model input has no obs['celltype']; pass the model_input.h5ad written by PREPROCESS")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -151,12 +152,12 @@ def generate_cells(
     n_genes = int(model_input.n_vars)
     model = as_model(state_dict_or_model, n_genes, hidden_size, dev, reparam)
 
-    labels = model_input.obs["celltype"].astype(str).to_numpy()
+    labels = model_input.obs[CELLTYPE].astype(str).to_numpy()
     available = pd.Index(pd.unique(labels))
     wanted = _clean_targets(targets, available)
     order = [t for t, n in wanted.items() if n > 0]
 
-    if counts != "none" and "counts" not in model_input.layers:
+    if counts != "none" and COUNTS_LAYER not in model_input.layers:
         print("model input has no layers['counts'] (written by PREPROCESS since the realism release): "
               "generating log values only (--counts none)", flush=True)
         counts = "none"
@@ -214,13 +215,13 @@ def generate_cells(
     X = sp.vstack(blocks, format="csr", dtype=np.float32) if blocks else empty
 
     obs = pd.DataFrame(
-        {"celltype": pd.Categorical(celltypes, categories=order)},
+        {CELLTYPE: pd.Categorical(celltypes, categories=order)},
         index=pd.Index([f"cell_{i}" for i in range(len(index))]),
     )
     var = pd.DataFrame(index=model_input.var_names.copy())
     out = anndata.AnnData(X=X, obs=obs, var=var)
     if counts != "none":
-        out.layers["counts"] = sp.vstack(count_blocks, format="csr", dtype=np.float32) if count_blocks else empty
+        out.layers[COUNTS_LAYER] = sp.vstack(count_blocks, format="csr", dtype=np.float32) if count_blocks else empty
         out.obs["total_counts"] = rates.lib[index].astype(np.float64)
         out.uns["vae_identity"] = json.dumps(rates.identity)  # a JSON string: type names may hold '/'
     return out

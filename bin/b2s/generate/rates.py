@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from b2s._constants import CELLTYPE, COUNTS_LAYER
 from b2s.errors import InputError
 from b2s.model.device import resolve_device
 from b2s.model.vae import BetaVAE, GeneSubsetVAE, load_weights, state_dict_shapes
@@ -80,9 +81,9 @@ def reference_counts(model_input: anndata.AnnData) -> tuple[sp.csr_matrix, np.nd
     Library size is ``obs['total_counts']`` (the cell's total over ALL reference genes, the
     normaliser of X) when present, else the row sums of ``layers['counts']``.
     """
-    if "counts" not in model_input.layers:
+    if COUNTS_LAYER not in model_input.layers:
         return None
-    counts = sp.csr_matrix(model_input.layers["counts"], dtype=np.float64)
+    counts = sp.csr_matrix(model_input.layers[COUNTS_LAYER], dtype=np.float64)
     if "total_counts" in model_input.obs:
         lib = model_input.obs["total_counts"].to_numpy(dtype=np.float64)
     else:
@@ -292,7 +293,7 @@ def rate_model(state_dict_or_model: object, model_input: anndata.AnnData, counts
     the result is the same for every seed, so GENERATE computes it once per task, not per group
     (benchmarks/README.md, "GENERATE: the rate model once per batch of groups")."""
     cts, lib = reference_counts(model_input)
-    labels = model_input.obs["celltype"].astype(str).to_numpy()
+    labels = model_input.obs[CELLTYPE].astype(str).to_numpy()
     available = list(pd.unique(labels))
     codes = pd.Categorical(labels, categories=available).codes.astype(np.int64)
     dev = device if isinstance(device, torch.device) else resolve_device(device)

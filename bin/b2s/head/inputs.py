@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from b2s._constants import CELLTYPE, GENE
 from b2s.head.schema import SEE_HELP, collect_errors, error_text, format_value, is_remote, make_validator
 
 
@@ -47,13 +48,13 @@ def validate_markers_file(path: str | Path) -> list[str]:
         return [f"{what}: cannot be read ({err}); {fix} {SEE_HELP}"]
     if not keys:
         return [f"{what}: the file is empty; {fix} {SEE_HELP}"]
-    missing = [c for c in ("celltype", "gene") if c not in keys]
+    missing = [c for c in (CELLTYPE, GENE) if c not in keys]
     if missing:
         return [f"{what}: missing column(s) {', '.join(missing)} (found: {', '.join(k for k in keys if k) or 'none'}); "
                 f"{fix} {SEE_HELP}"]
     if not rows:
         return [f"{what}: no marker rows below the header; {fix} {SEE_HELP}"]
-    blank = [i + 2 for i, r in enumerate(rows) if not r.get("celltype") or not r.get("gene")]
+    blank = [i + 2 for i, r in enumerate(rows) if not r.get(CELLTYPE) or not r.get(GENE)]
     if blank:
         return [f"{what}: line(s) {', '.join(map(str, blank[:5]))} have an empty celltype or gene; fill or remove them "
                 f"{SEE_HELP}"]

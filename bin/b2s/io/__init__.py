@@ -62,7 +62,6 @@ from b2s.io.genes import apply_gene_map, check_shared_genes, read_gene_map
 from b2s.io.groups import read_groups, write_groups
 from b2s.io.tables import (
     BULK_GROUP_NAME,
-    CELLTYPE_KEY,
     ENSEMBL_ID,
     ENSEMBL_VERSION,
     ID_HEADERS,
@@ -71,7 +70,6 @@ from b2s.io.tables import (
     NORMALISED_TOL,
     NORMALISED_TOTAL,
     SYMBOL_HEADERS,
-    atomic_write,
     check_exists,
     compression_of,
     examples,
@@ -86,7 +84,6 @@ __all__ = [
     "ANNOTATION_HEADERS",
     "BULK_GROUP_NAME",
     "BULK_UNITS",
-    "CELLTYPE_KEY",
     "ENSEMBL_ID",
     "ENSEMBL_VERSION",
     "ID_HEADERS",
@@ -98,7 +95,6 @@ __all__ = [
     "UNIT_CHOICES",
     "UNIT_HEADERS",
     "apply_gene_map",
-    "atomic_write",
     "check_exists",
     "check_shared_genes",
     "choose_gene_column",

@@ -14,9 +14,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from b2s._constants import GROUP, SAMPLE, UNS_KEY
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.io.bulk import UNIT_HEADERS
-from b2s.io.tables import atomic_write
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def read_prepared(bulk_path: str | os.PathLike, groups_path: str | os.PathLike,
     bulk.index = bulk.index.astype(str)
     bulk.columns = bulk.columns.astype(str)
     groups = pd.read_csv(groups_path, dtype=str)
-    if not {"group", "sample"} <= set(groups.columns):
+    if not {GROUP, SAMPLE} <= set(groups.columns):
         raise InputError(f"--groups {groups_path}: needs columns group,sample (found: {', '.join(groups.columns)}); "
                          "use the groups.csv written by PREPARE_INPUTS")
     bulk.attrs["units"] = units
@@ -100,7 +101,7 @@ def provenance(params: Mapping[str, Any], stage: str) -> dict[str, Any]:
 
 def set_uns_params(adata: ad.AnnData, params: Mapping[str, Any]) -> ad.AnnData:
     """Store ``params`` as a JSON string in ``adata.uns['b2s']`` (h5ad-safe); returns ``adata``."""
-    adata.uns["b2s"] = json.dumps(dict(params), sort_keys=True, default=_json_default)
+    adata.uns[UNS_KEY] = json.dumps(dict(params), sort_keys=True, default=_json_default)
     return adata
 
 
@@ -109,7 +110,7 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, params: Mapping[str, 
     """Write ``adata`` atomically (never through a symlinked input); sets ``uns['b2s']`` if ``params``."""
     if params is not None:
         set_uns_params(adata, params)
-    if "b2s" not in adata.uns:
+    if UNS_KEY not in adata.uns:
         raise ValueError(f"{path}: h5ad outputs must carry uns['b2s'] (pass params)")
     atomic_write(Path(path), lambda tmp: adata.write_h5ad(tmp, compression=compression))
 

@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from b2s._constants import GENE
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.io.tables import (
     ID_HEADERS,
     INTEGRAL_TOL,
     NORMALISED_TOL,
     NORMALISED_TOTAL,
     SYMBOL_HEADERS,
-    atomic_write,
     check_exists,
     compression_of,
     examples,
@@ -57,7 +58,7 @@ UNIT_CHOICES = BULK_UNITS + ("auto",)
 
 
 #: Header of the gene column of PREPARE_INPUTS' bulk_counts.tsv per unit: the file says its units.
-UNIT_HEADERS = {"counts": "gene", "tpm": "gene:tpm", "fpkm": "gene:fpkm"}
+UNIT_HEADERS = {"counts": GENE, "tpm": "gene:tpm", "fpkm": "gene:fpkm"}
 
 
 #: Annotation columns (lower case) of featureCounts output and nf-core/rnaseq's merged tables: never samples.
@@ -167,7 +168,7 @@ def choose_gene_column(counts: pd.DataFrame, targets: Iterable[str] | None, targ
     out = counts.copy()
     # a gene without a name (salmon writes '' where the annotation has none) keeps its first-column ID
     chosen = [v if v else f for v, f in zip(options[best], columns[first])]
-    out.index = pd.Index(chosen, name="gene")
+    out.index = pd.Index(chosen, name=GENE)
     out.attrs = {k: v for k, v in counts.attrs.items() if k != "gene_columns"}
     if len(columns) > 1 or best != first:
         scores = ", ".join(f"{k}: {v}" for k, v in hits.items())
@@ -288,8 +289,8 @@ def read_counts(path: str | os.PathLike, what: str = "--bulk", units: str = "aut
         row = int(np.flatnonzero(genes.isna().to_numpy() | (genes.fillna("").str.strip() == "").to_numpy())[0])
         raise InputError(f"{what} {path}: gene ID missing in data row {row + 1}; the first column must hold a "
                          "gene ID on every row")
-    gene_name = str(df.index.name) if df.index.name is not None and str(df.index.name).strip() else "gene"
-    df.index = pd.Index(genes.str.strip().to_numpy(), name="gene")
+    gene_name = str(df.index.name) if df.index.name is not None and str(df.index.name).strip() else GENE
+    df.index = pd.Index(genes.str.strip().to_numpy(), name=GENE)
 
     # Leading annotation columns (featureCounts' Chr..Length, nf-core's gene_name / transcript_id(s)).
     gene_headers = set(SYMBOL_HEADERS) | set(ID_HEADERS)

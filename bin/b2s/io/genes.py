@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from b2s._constants import GENE
 from b2s.errors import InputError
 from b2s.io.bulk import drop_duplicate_genes
 from b2s.io.tables import (
@@ -124,7 +125,7 @@ def apply_gene_map(counts: pd.DataFrame, map_path: str | os.PathLike, bulk_name:
         raise InputError(f"--gene_map {map_path}: none of the {len(ids)} gene IDs of {bulk_name} (e.g. "
                          f"{examples(ids, 3)}) are in the map (IDs e.g. {examples(mapping.index, 3)}); {hint}")
     mapped = counts.iloc[np.flatnonzero(~missing)].copy()
-    mapped.index = pd.Index(symbols.to_numpy()[~missing].astype(str), name="gene")
+    mapped.index = pd.Index(symbols.to_numpy()[~missing].astype(str), name=GENE)
     mapped, n_collapsed = drop_duplicate_genes(mapped)
     log(f"gene map {map_path}: {n_mapped} of {len(ids)} genes mapped, {int(missing.sum())} unmapped dropped, "
         f"{n_collapsed} rows collapsed onto duplicate symbols")

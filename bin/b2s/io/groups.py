@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from b2s._constants import GROUP, SAMPLE
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.groupnames import group_slug
 from b2s.io.bulk import decide
 from b2s.io.tables import (
     BULK_GROUP_NAME,
-    atomic_write,
     check_exists,
     compression_of,
     examples,
@@ -80,23 +81,23 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
             raise InputError(f"{what}: cannot be parsed ({str(err).strip().splitlines()[-1]}); "
                              "provide a CSV with columns group,sample") from None
         sheet.columns = [str(c).strip().lower() for c in sheet.columns]
-        need = [c for c in ("group", "sample") if c not in sheet.columns]
+        need = [c for c in (GROUP, SAMPLE) if c not in sheet.columns]
         if need:
             raise InputError(f"{what}: missing column(s) {', '.join(need)} (found: {examples(sheet.columns)}); "
                              "the header must be 'group,sample'")
-        groups = sheet[["group", "sample"]].apply(lambda s: s.str.strip())
+        groups = sheet[[GROUP, SAMPLE]].apply(lambda s: s.str.strip())
         if groups.empty:
             raise InputError(f"{what}: no rows; list one 'group,sample' row per bulk sample")
         empty = groups.index[(groups == "").any(axis=1)]
         if len(empty):
             raise InputError(f"{what}: empty group or sample in data row {int(empty[0]) + 1}; fill in both columns")
-        dup = groups["sample"][groups["sample"].duplicated()].unique()
+        dup = groups[SAMPLE][groups[SAMPLE].duplicated()].unique()
         if len(dup):
             raise InputError(f"{what}: sample(s) {examples(dup)} listed more than once; "
                              "list each sample in exactly one group")
-        _missing_samples(groups["sample"].tolist(), counts, what)
-        slugs = _slugs(groups["group"], what)
-        groups = pd.DataFrame({"group": groups["group"].map(slugs), "sample": groups["sample"],
+        _missing_samples(groups[SAMPLE].tolist(), counts, what)
+        slugs = _slugs(groups[GROUP], what)
+        groups = pd.DataFrame({GROUP: groups[GROUP].map(slugs), SAMPLE: groups[SAMPLE],
                                "name": groups["group"]})
         renamed = {n: s for n, s in slugs.items() if n != s}
         if renamed:
@@ -113,7 +114,7 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
         if dup:
             raise InputError(f"{what}: sample(s) {examples(dup)} listed more than once; list each sample once")
         _missing_samples(samples, counts, what)
-        groups = pd.DataFrame({"group": BULK_GROUP_NAME, "sample": samples, "name": BULK_GROUP_NAME})
+        groups = pd.DataFrame({GROUP: BULK_GROUP_NAME, SAMPLE: samples, "name": BULK_GROUP_NAME})
     else:
         names, seen = [], set()
         for s in counts.columns:
@@ -124,7 +125,7 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
                 name = f"{base}_{k}"
             seen.add(name)
             names.append(name)
-        groups = pd.DataFrame({"group": names, "sample": list(counts.columns), "name": list(counts.columns)})
+        groups = pd.DataFrame({GROUP: names, SAMPLE: list(counts.columns), "name": list(counts.columns)})
     attrs = dict(groups.attrs)
     out = groups.reset_index(drop=True).astype(str)
     out.attrs = attrs
@@ -134,5 +135,5 @@ def read_groups(counts: pd.DataFrame, samplesheet: str | os.PathLike | None = No
 def write_groups(groups: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``group,sample,name`` CSV (atomically): ``group`` is the file-name-safe slug every stage
     uses as the group's ID, ``name`` the display name as given."""
-    cols = ["group", "sample", "name"] if "name" in groups.columns else ["group", "sample"]
+    cols = [GROUP, SAMPLE, "name"] if "name" in groups.columns else [GROUP, SAMPLE]
     atomic_write(Path(path), lambda tmp: groups[cols].to_csv(tmp, index=False, lineterminator="\n"))

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import COUNTS_LAYER
+
 #: Largest run of matrix entries (or dense rows x genes) read from the h5ad at once.
 _READ_BLOCK = 1 << 23
 
@@ -168,9 +170,9 @@ class H5Reference:
         self.columns = [str(c) for c in np.atleast_1d(order)] if len(order) else []
         # Matrix layouts are checked now (attributes only), so an unknown one falls back early.
         self._candidates = []
-        if "layers" in f and "counts" in f["layers"]:
+        if "layers" in f and COUNTS_LAYER in f["layers"]:
             self._candidates.append(("layers['counts']",
-                                     _h5_matrix_reader(f["layers"]["counts"], self.n_obs),
+                                     _h5_matrix_reader(f["layers"][COUNTS_LAYER], self.n_obs),
                                      self.var_names))
         if "raw" in f and "X" in f["raw"]:
             raw_var = _h5_index(f["raw"]["var"]) if "var" in f["raw"] else self.var_names
@@ -209,8 +211,8 @@ class MemoryReference:
 
     def candidates(self) -> list[tuple[str, Any, Any]]:
         a, out = self.adata, []
-        if "counts" in a.layers:
-            out.append(("layers['counts']", lambda rows, m=a.layers["counts"]: m[rows], a.var_names))
+        if COUNTS_LAYER in a.layers:
+            out.append(("layers['counts']", lambda rows, m=a.layers[COUNTS_LAYER]: m[rows], a.var_names))
         if a.raw is not None:
             out.append((".raw.X", lambda rows, m=a.raw.X: m[rows], a.raw.var_names))
         out.append(("X", None if a.X is None else (lambda rows, m=a.X: m[rows]), a.var_names))

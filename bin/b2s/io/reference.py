@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE
 from b2s.errors import InputError
 from b2s.io.h5ad import H5Reference, MemoryReference, Unsupported
-from b2s.io.tables import CELLTYPE_KEY, INTEGRAL_TOL, check_exists, examples, log, warn
+from b2s.io.tables import INTEGRAL_TOL, check_exists, examples, log, warn
 
 #: Reference cells whose totals all lie within 5 % of their median are normalised (normalize_total
 #: then rounded spreads by ~1 % on 765 genes; raw cell libraries vary several-fold).
@@ -204,7 +205,7 @@ def _select_reference(src: H5Reference | MemoryReference, what: str, path: Any, 
     obs_names = src.obs_names_at(sub)
     out = ad.AnnData(
         X=x,
-        obs=pd.DataFrame({CELLTYPE_KEY: pd.Categorical(final_labels, categories=sorted(set(final_labels)))},
+        obs=pd.DataFrame({CELLTYPE: pd.Categorical(final_labels, categories=sorted(set(final_labels)))},
                          index=obs_names),
         var=pd.DataFrame(index=pd.Index(np.asarray(var_names, dtype=str))),
     )
@@ -228,18 +229,18 @@ def _select_reference(src: H5Reference | MemoryReference, what: str, path: Any, 
     if zero_cells.any():
         n_zero = int(zero_cells.sum())
         out = out[~zero_cells].copy()
-        by_type = out.obs[CELLTYPE_KEY].value_counts()
+        by_type = out.obs[CELLTYPE].value_counts()
         gone = by_type[by_type < min_cells]
         if len(gone):
             raise InputError(f"{what}: after dropping {n_zero} cells with zero counts, cell type(s) "
                              f"{examples([f'{k!r} ({v})' for k, v in gone.items()])} have fewer than {min_cells} "
                              "cells; remove those cells or merge the type into another")
-        out.obs[CELLTYPE_KEY] = out.obs[CELLTYPE_KEY].cat.remove_unused_categories()
+        out.obs[CELLTYPE] = out.obs[CELLTYPE].cat.remove_unused_categories()
         warn(f"{what}: {n_zero} of {zero_cells.size} selected cells have zero counts in {source} and were dropped")
     stats.update({
         "n_cells": int(out.n_obs), "n_genes": int(out.n_vars), "duplicate_genes_renamed": n_dup_genes,
         "duplicate_cells_renamed": n_dup_cells, "n_cells_zero_counts": int(zero_cells.sum()),
-        "celltype_counts": {str(k): int(v) for k, v in out.obs[CELLTYPE_KEY].value_counts().sort_index().items()},
+        "celltype_counts": {str(k): int(v) for k, v in out.obs[CELLTYPE].value_counts().sort_index().items()},
     })
     out.uns["prepare"] = stats
     return out

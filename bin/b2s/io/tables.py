@@ -1,4 +1,4 @@
-"""What the io modules share: constants, console messages, reading text tables, atomic writes."""
+"""What the io modules share: constants, console messages, reading text tables."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ NORMALISED_TOL = 0.01
 MIN_SHARED_GENES = 50
 #: Group name used when ``--bulk_group a,b,c`` defines one group.
 BULK_GROUP_NAME = "bulk_group"
-CELLTYPE_KEY = "celltype"
 ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*\d+)\.\d+$")
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*[GTP]\d{6,}(\.\d+)?$")
 
@@ -106,19 +105,3 @@ SYMBOL_HEADERS = ("symbol", "gene_symbol", "gene symbol", "gene name", "gene_nam
 #: Header names of a gene-ID column (lower case).
 ID_HEADERS = ("gene_id", "gene id", "geneid", "gene stable id", "ensembl_gene_id", "ensembl gene id", "id",
               "gene", "ensembl", "gene stable id version", "transcript stable id", "ensembl_id")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename onto ``path``.
-
-    The rename replaces a symlink at ``path`` instead of writing through it, so a staged input
-    with the same name as an output (Nextflow work dirs) is never modified.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

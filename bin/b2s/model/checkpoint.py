@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from b2s.errors import warn
+from b2s.files import atomic_write
 from b2s.model.config import TrainConfig
 
 #: Bumped when the checkpoint layout changes, so old files are ignored instead of misread.
@@ -91,9 +92,7 @@ def _checkpoint_mismatch(ckpt: Any, fingerprint: dict[str, Any], epoch_num: int)
 
 def save_atomic(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def numpy_state() -> dict[str, Any]:

@@ -21,7 +21,6 @@ run resumed from a checkpoint ends with bit-identical weights to an uninterrupte
 from __future__ import annotations
 
 import contextlib
-import glob
 import math
 import os
 import time
@@ -33,7 +32,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from b2s._constants import CELLTYPE
 from b2s.errors import InputError, warn
+from b2s.files import atomic_write, stale_temporaries
 from b2s.model.checkpoint import load_checkpoint, numpy_state, run_fingerprint, save_atomic, set_numpy_state
 from b2s.model.config import HISTORY_COLUMNS, TrainConfig, TrainResult
 from b2s.model.device import DeviceMatrix, cpu_threads, resolve_amp, resolve_device
@@ -54,9 +55,7 @@ def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 def write_history(history: pd.DataFrame, path: str) -> None:
     """Write ``epoch,loss,recon,kl`` atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    history.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: history.to_csv(tmp, index=False))
 
 
 def _history_frame(rows: list[list[float]]) -> pd.DataFrame:
@@ -115,7 +114,7 @@ def train_vae(X: Any, config: TrainConfig) -> TrainResult:
     ckpt_path = config.checkpoint_path
     if ckpt_path:
         os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
-        for stale in glob.glob(glob.escape(ckpt_path) + ".tmp*"):  # left by a task killed mid-write
+        for stale in stale_temporaries(ckpt_path):  # left by a task killed mid-write
             with contextlib.suppress(OSError):
                 os.remove(stale)
         ckpt = load_checkpoint(ckpt_path, fingerprint, device, config.epoch_num)
@@ -284,6 +283,6 @@ def read_model_input(path: str, need_celltype: bool = False) -> anndata.AnnData:
     if values.size and values.min() < 0:
         raise InputError(f"--input {path} X has negative values (not log-normalised counts); pass PREPROCESS's model_input.h5ad")
     adata.X = X
-    if need_celltype and "celltype" not in adata.obs:
+    if need_celltype and CELLTYPE not in adata.obs:
         raise InputError(f"--input {path} has no obs['celltype']; pass the model_input.h5ad written by PREPROCESS")
     return adata

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from b2s.errors import InputError, warn
+from b2s.files import atomic_write_text
 
 #: Format tag of the sidecar (bumped when its meaning changes).
 SIDECAR_FORMAT = "b2s-vae-weights/1"
@@ -57,11 +58,7 @@ def write_sidecar(pth_path: str | os.PathLike, genes: Sequence[str], hidden_size
         **dict(settings or {}),
         "genes": genes,
     }
-    tmp = f"{out}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(data, indent=1) + "\n")
     return out
 
 

@@ -7,7 +7,6 @@ from b2s.qc.embed import embed, subsample
 from b2s.qc.knn import MIN_TYPING_RATIO, KnnTyper, knn_typing, reference_loo_typing, typing_summary
 from b2s.qc.markers import marker_correlation, reference_markers
 from b2s.qc.metrics import (
-    CELLTYPE,
     MIN_IDENTITY_RATE,
     MIN_MEDIAN_MARGIN,
     celltype_proportions,
@@ -23,7 +22,6 @@ from b2s.qc.metrics import (
 )
 
 __all__ = [
-    "CELLTYPE",
     "KnnTyper",
     "MIN_IDENTITY_RATE",
     "MIN_MEDIAN_MARGIN",

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE, COUNTS_LAYER, FRACTION, GENE, GROUP, N_CELLS, SAMPLE
 from b2s.errors import InputError
 from b2s.utils import indicator
 
-CELLTYPE = "celltype"
 #: Scores reported per predicted profile.
 SCORE_KEYS = ("pearson_r", "spearman_r", "var_explained", "n_genes")
 
@@ -46,7 +46,7 @@ def read_bulk_inputs(bulk_path: str, groups_path: str) -> tuple[pd.DataFrame, pd
     except Exception as err:
         raise InputError(f"--bulk {bulk_path} / --groups {groups_path} not readable ({type(err).__name__}); "
                          "pass bulk_counts.tsv and groups.csv written by PREPARE_INPUTS") from None
-    if not {"group", "sample"} <= set(groups.columns):
+    if not {GROUP, SAMPLE} <= set(groups.columns):
         raise InputError(f"--groups {groups_path} needs columns group,sample (found: {', '.join(groups.columns)}); "
                          "pass the groups.csv written by PREPARE_INPUTS")
     if bulk.shape[1] == 0 or not all(pd.api.types.is_numeric_dtype(t) for t in bulk.dtypes):
@@ -59,8 +59,8 @@ def read_bulk_inputs(bulk_path: str, groups_path: str) -> tuple[pd.DataFrame, pd
 
 def group_bulk(bulk: pd.DataFrame, groups: pd.DataFrame, group: str) -> pd.DataFrame:
     """Raw counts (genes x samples) of the samples of ``group`` (``groups``: columns ``group, sample``)."""
-    g = groups.astype({"group": str, "sample": str})
-    samples = g.loc[g["group"] == str(group), "sample"].tolist()
+    g = groups.astype({GROUP: str, SAMPLE: str})
+    samples = g.loc[g[GROUP] == str(group), SAMPLE].tolist()
     if not samples:
         raise InputError(f"--group '{group}' is not in the groups table (groups: "
                          f"{', '.join(pd.unique(g['group']))}); pass groups.csv of the same run")
@@ -88,8 +88,8 @@ def log_cpm(x: np.ndarray) -> np.ndarray:
 
 def cell_counts(adata: ad.AnnData) -> sp.csr_matrix:
     """Counts of the cells (``layers['counts']``; else ``expm1(X)``, CP10k), CSR float64."""
-    if "counts" in adata.layers:
-        return sp.csr_matrix(adata.layers["counts"], dtype=np.float64)
+    if COUNTS_LAYER in adata.layers:
+        return sp.csr_matrix(adata.layers[COUNTS_LAYER], dtype=np.float64)
     x = sp.csr_matrix(adata.X, dtype=np.float64, copy=True)
     np.expm1(x.data, out=x.data)
     return x
@@ -131,8 +131,8 @@ def composition_expectation(profiles: np.ndarray, fractions: np.ndarray) -> np.n
 
 def fractions_of(targets: pd.DataFrame, types: list[str]) -> np.ndarray:
     """Cell fractions of one group's ``targets`` rows (``fraction``, else ``n_cells``) in ``types`` order."""
-    col = "fraction" if "fraction" in targets.columns else "n_cells"
-    f = targets.assign(celltype=targets["celltype"].astype(str)).groupby("celltype")[col].sum()
+    col = FRACTION if FRACTION in targets.columns else N_CELLS
+    f = targets.assign(**{CELLTYPE: targets[CELLTYPE].astype(str)}).groupby(CELLTYPE)[col].sum()
     f = pd.to_numeric(f, errors="coerce").reindex(types).fillna(0.0).clip(lower=0.0).to_numpy(float)
     return f / f.sum() if f.sum() > 0 else f
 
@@ -188,7 +188,7 @@ def bulk_qc(bulk_group: pd.DataFrame, generated: ad.AnnData, filtered: ad.AnnDat
             {"pearson_r": None, "spearman_r": None, "var_explained": None, "n_genes": len(genes)}
         rows.append({"profile": name, **s})
     summary = pd.DataFrame(rows, columns=["profile", *SCORE_KEYS])
-    table = pd.DataFrame({f"{k}_log2cpm": v for k, v in logs.items()}, index=pd.Index(genes, name="gene"))
+    table = pd.DataFrame({f"{k}_log2cpm": v for k, v in logs.items()}, index=pd.Index(genes, name=GENE))
     table["residual_generated"] = table["generated_log2cpm"] - table["bulk_log2cpm"]
     table["residual_expected"] = table["composition_expected_log2cpm"] - table["bulk_log2cpm"]
     order = np.argsort(-np.abs(table["residual_generated"].to_numpy()), kind="stable")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from b2s._constants import CELLTYPE, FRACTION, GROUP, SAMPLE
 from b2s.errors import InputError
 from b2s.groupnames import group_id
 
 N_BOOT = 2000
-COLUMNS = ["group", "versus", "celltype", "fraction", "fraction_versus", "change", "se", "ci_low",
+COLUMNS = [GROUP, "versus", CELLTYPE, FRACTION, "fraction_versus", "change", "se", "ci_low",
            "ci_high", "excludes_0", "n_samples"]
 
 
@@ -43,8 +44,8 @@ def composition_contrast(sample_fractions: pd.DataFrame, groups: pd.DataFrame, r
     Returns:
         A frame with :data:`COLUMNS` (empty with fewer than 2 groups).
     """
-    g = groups.astype({"group": str, "sample": str})
-    names = list(pd.unique(g["group"]))
+    g = groups.astype({GROUP: str, SAMPLE: str})
+    names = list(pd.unique(g[GROUP]))
     reference_group = group_id(reference_group, names)
     if len(names) < 2:
         return pd.DataFrame(columns=COLUMNS)
@@ -53,12 +54,12 @@ def composition_contrast(sample_fractions: pd.DataFrame, groups: pd.DataFrame, r
                          f"(groups: {', '.join(names)}); pass one of them")
     sf = sample_fractions.copy()
     sf.index = sf.index.astype(str)
-    missing = sorted(set(g["sample"]) - set(sf.index))
+    missing = sorted(set(g[SAMPLE]) - set(sf.index))
     if missing:
         raise InputError(f"sample fractions lack sample(s) {', '.join(missing)}; pass sample_fractions.csv "
                          "and groups.csv of the same run")
     types = list(sf.columns)
-    per = [sf.loc[g.loc[g["group"] == n, "sample"]].to_numpy(np.float64) for n in names]
+    per = [sf.loc[g.loc[g[GROUP] == n, SAMPLE]].to_numpy(np.float64) for n in names]
     n_s = np.array([len(x) for x in per])
     ref = names.index(str(reference_group)) if reference_group is not None else None
     means = np.vstack([x.mean(axis=0) for x in per])

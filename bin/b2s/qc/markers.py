@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE
 from b2s.errors import InputError
 from b2s.qc.metrics import celltypes_of, ordered_types, qc_log
 from b2s.utils import indicator
@@ -138,12 +139,12 @@ def marker_correlation(reference: ad.AnnData, generated: ad.AnnData, top_n: int 
                 note = "no wilcoxon markers (fewer than 2 reference cells)"
             if not np.isfinite(r):
                 note = note or "constant mean profile: r undefined"
-        rows.append({"celltype": t, "pearson_r": r, "n_markers": len(union),
+        rows.append({CELLTYPE: t, "pearson_r": r, "n_markers": len(union),
                      "pearson_r_own": r_own, "n_own_markers": len(own),
                      "best_match": best_match[i], "r_margin": margin[i],
                      "n_reference": int(ref_counts.get(t, 0)),
                      "n_generated": int(gen_counts.get(t, 0)), "note": note})
-    summary = pd.DataFrame(rows, columns=["celltype", "pearson_r", "n_markers", "pearson_r_own",
+    summary = pd.DataFrame(rows, columns=[CELLTYPE, "pearson_r", "n_markers", "pearson_r_own",
                                           "n_own_markers", "best_match", "r_margin", "n_reference",
                                           "n_generated", "note"])
     return summary, matrix

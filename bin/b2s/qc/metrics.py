@@ -22,13 +22,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE, FRACTION, GROUP, N_CELLS
 from b2s.errors import InputError
 
-CELLTYPE = "celltype"
-
 #: the columns of cell_targets.csv (ESTIMATE_FRACTIONS)
-TARGET_COLUMNS = ["group", "celltype", "fraction", "n_cells"]
-
+TARGET_COLUMNS = [GROUP, CELLTYPE, FRACTION, N_CELLS]
 
 def qc_log(msg: str) -> None:
     print(f"[qc] {msg}", flush=True)
@@ -60,11 +58,11 @@ def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated
     ``reference, target, generated, filtered`` (each fraction column sums to 1, or is all 0 when
     the set is empty).
     """
-    missing = {"celltype", "n_cells"} - set(targets.columns)
+    missing = {CELLTYPE, N_CELLS} - set(targets.columns)
     if missing:
         raise InputError(f"cell targets table lacks column(s) {sorted(missing)}; pass the "
                          "cell_targets.csv written by ESTIMATE_FRACTIONS (group,celltype,fraction,n_cells)")
-    tgt = targets.assign(celltype=targets["celltype"].astype(str)).groupby("celltype")["n_cells"].sum()
+    tgt = targets.assign(**{CELLTYPE: targets[CELLTYPE].astype(str)}).groupby(CELLTYPE)[N_CELLS].sum()
     counts = {
         "reference": celltypes_of(reference).value_counts(),
         "target": tgt,
@@ -73,7 +71,7 @@ def celltype_proportions(reference: ad.AnnData, targets: pd.DataFrame, generated
     }
     order = ordered_types(reference)
     extra = sorted(set().union(*[set(c.index) for c in counts.values()]) - set(order))
-    index = pd.Index(order + extra, name="celltype")
+    index = pd.Index(order + extra, name=CELLTYPE)
     out = pd.DataFrame(index=index)
     for name, c in counts.items():
         out[f"n_{name}"] = c.reindex(index).fillna(0).astype(int)
@@ -155,8 +153,8 @@ def qc_metrics(props: pd.DataFrame, corr_summary: pd.DataFrame, params: dict[str
     n_gen = int(props["n_generated"].sum())
     n_filt = int(props["n_filtered"].sum())
     r = corr_summary["pearson_r"].to_numpy(float)
-    missing = corr_summary.loc[~np.isfinite(r), "celltype"].astype(str).tolist()
-    by_type = corr_summary.set_index("celltype")
+    missing = corr_summary.loc[~np.isfinite(r), CELLTYPE].astype(str).tolist()
+    by_type = corr_summary.set_index(CELLTYPE)
     per_type = {
         str(t): {"reference": int(row.n_reference), "target": int(row.n_target),
                  "generated": int(row.n_generated), "filtered": int(row.n_filtered),
@@ -233,7 +231,7 @@ def read_targets(path: str, group: str) -> pd.DataFrame:
     if not os.path.isfile(path):
         raise InputError(f"--targets {path} does not exist; pass the cell_targets.csv written by ESTIMATE_FRACTIONS")
     try:
-        df = pd.read_csv(path, dtype={"group": str, "celltype": str})
+        df = pd.read_csv(path, dtype={GROUP: str, CELLTYPE: str})
     except Exception as err:
         raise InputError(f"--targets {path} is not a readable CSV ({type(err).__name__}); pass ESTIMATE_FRACTIONS' "
                          "cell_targets.csv") from None
@@ -241,16 +239,16 @@ def read_targets(path: str, group: str) -> pd.DataFrame:
     if missing:
         raise InputError(f"--targets {path} lacks column(s) {', '.join(missing)} (found: "
                          f"{', '.join(map(str, df.columns))}); it must have group,celltype,fraction,n_cells")
-    rows = df[df["group"] == group]
+    rows = df[df[GROUP] == group]
     if rows.empty:
         raise InputError(f"--group '{group}' is not in --targets {path} (groups: "
                          f"{', '.join(pd.unique(df['group']).astype(str))}); pass one of them")
-    n = pd.to_numeric(rows["n_cells"], errors="coerce")
+    n = pd.to_numeric(rows[N_CELLS], errors="coerce")
     if n.isna().any() or (n < 0).any() or (n != n.round()).any():
         raise InputError(f"--targets {path} has non-integer or negative n_cells for group '{group}'; "
                          "n_cells must be whole numbers >= 0")
-    if rows["celltype"].duplicated().any():
-        dup = rows.loc[rows["celltype"].duplicated(), "celltype"].tolist()
+    if rows[CELLTYPE].duplicated().any():
+        dup = rows.loc[rows[CELLTYPE].duplicated(), CELLTYPE].tolist()
         raise InputError(f"--targets {path} lists cell type(s) {dup} twice for group '{group}'; keep one row per "
                          "group and cell type")
-    return rows.assign(n_cells=n.astype(int)).drop(columns="group").reset_index(drop=True)
+    return rows.assign(**{N_CELLS: n.astype(int)}).drop(columns=GROUP).reset_index(drop=True)

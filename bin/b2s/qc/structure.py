@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from b2s._constants import CELLTYPE
 from b2s.qc.metrics import ordered_types
 from b2s.utils import indicator
 
@@ -139,13 +140,13 @@ def within_type_structure(reference: ad.AnnData, cells: ad.AnnData, n_genes: int
     (structure < :data:`MIN_FLOOR_SHARE` x floor, floor >= :data:`MIN_FLOOR`); plus the settings.
     Seeded: the same inputs and seed give the same numbers.
     """
-    ref_labels = reference.obs["celltype"].astype(str).to_numpy()
+    ref_labels = reference.obs[CELLTYPE].astype(str).to_numpy()
     types = ordered_types(reference)
     genes = pd.Index(reference.var_names).intersection(pd.Index(cells.var_names), sort=False)
     xr = _csr(reference)[:, pd.Index(reference.var_names).get_indexer(genes)]
     xg = _csr(cells)[:, pd.Index(cells.var_names).get_indexer(genes)]
     codes = pd.Categorical(ref_labels, categories=types).codes.astype(np.int64)
-    gcodes = pd.Categorical(cells.obs["celltype"].astype(str).to_numpy(), categories=types).codes.astype(np.int64)
+    gcodes = pd.Categorical(cells.obs[CELLTYPE].astype(str).to_numpy(), categories=types).codes.astype(np.int64)
     k = len(types)
     n_ref, var_ref, det_ref = _moments(xr, codes, k)
     n_gen, var_gen, _ = _moments(xg, gcodes, k)

@@ -12,10 +12,10 @@ b2s.report.groups (per group) from the inputs read by b2s.report.inputs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from b2s.files import atomic_write_text
 from b2s.report.groups import section_group
 from b2s.report.inputs import (
     discover_groups,
@@ -77,8 +77,4 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     ]
     page = render_page(n_groups=len(groups), version=b2s.__version__, nav=nav,
                        sections=[as_html(s) for s in body if s])
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(Path(out_path), page)

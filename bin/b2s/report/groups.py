@@ -10,6 +10,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from b2s._constants import (
+    BULK_QC_SUFFIX,
+    BULK_RESIDUALS_SUFFIX,
+    BULK_SCATTER_SUFFIX,
+    CELLPROP_PLOT_SUFFIX,
+    CELLPROP_SUFFIX,
+    CELLTYPE,
+    CELLTYPE_SHIFTS_SUFFIX,
+    CORRELATION_PLOT_SUFFIX,
+    CORRELATION_SUFFIX,
+    FILTER_SUMMARY_SUFFIX,
+    GENE,
+    MDE_PLOT_SUFFIX,
+    METRICS_SUFFIX,
+)
 from b2s.report.inputs import group_label, read_csv, read_json
 from b2s.report.markup import anchor, as_html, card, df_table, esc, fmt, grid, img, is_num, kv_table, macros, pct
 
@@ -19,8 +34,8 @@ def overview(groups: list[str], files: dict[str, Path]) -> str:
             "marker r (min)", "types told apart", "L1 target vs kept proportions"]
     rows = []
     for g in groups:
-        m = read_json(files.get(f"{g}.metrics.json")) or {}
-        f = read_json(files.get(f"{g}.filter_summary.json")) or {}
+        m = read_json(files.get(f"{g}{METRICS_SUFFIX}")) or {}
+        f = read_json(files.get(f"{g}{FILTER_SUMMARY_SUFFIX}")) or {}
         l1 = m.get("proportion_l1", {}) if isinstance(m.get("proportion_l1"), dict) else {}
         vals = [m.get("n_target"), m.get("n_generated", f.get("n_cells_in")),
                 m.get("n_filtered", f.get("n_cells_out"))]
@@ -79,8 +94,8 @@ def _correlation_table(corr: pd.DataFrame) -> str:
     ren = {"pearson_r": "r (all markers)", "pearson_r_own": "r (own markers)",
            "n_reference": "reference cells", "n_generated": "generated cells",
            "n_markers": "markers", "n_own_markers": "own markers"}
-    if "celltype" in corr:
-        corr = corr.set_index("celltype")
+    if CELLTYPE in corr:
+        corr = corr.set_index(CELLTYPE)
     corr = corr.rename(columns=ren)
     return (df_table(corr, index_label="cell type")
             + (f"<p class='muted'>{esc(caption.rstrip('; '))}.</p>" if caption else ""))
@@ -88,8 +103,8 @@ def _correlation_table(corr: pd.DataFrame) -> str:
 
 def section_group(g: str, files: dict[str, Path]) -> str:
     parts = [f"<h2 id='{anchor(g)}'>Group {group_label(g, files)}</h2>"]
-    m = read_json(files.get(f"{g}.metrics.json"))
-    fs = read_json(files.get(f"{g}.filter_summary.json"))
+    m = read_json(files.get(f"{g}{METRICS_SUFFIX}"))
+    fs = read_json(files.get(f"{g}{FILTER_SUMMARY_SUFFIX}"))
     left: list[str] = []
     right: list[str] = []
     if m is not None:
@@ -124,21 +139,21 @@ def section_group(g: str, files: dict[str, Path]) -> str:
                                formatters={"fraction_kept": pct}))
         right += [f'<p class="note">{esc(note)}</p>' for note in fs.get("notes") or []]
     parts.append(grid(left, right))
-    cp = read_csv(files.get(f"{g}.cellprop.csv"), index_col=0)
+    cp = read_csv(files.get(f"{g}{CELLPROP_SUFFIX}"), index_col=0)
     parts.append("<h3>Cell-type proportions</h3>"
-                 + grid([img(files.get(f"{g}.cellprop.png"), f"Cell-type proportions {g}")],
+                 + grid([img(files.get(f"{g}{CELLPROP_PLOT_SUFFIX}"), f"Cell-type proportions {g}")],
                          [_cellprop_table(cp)] if cp is not None else []))
-    corr = read_csv(files.get(f"{g}.correlation.csv"), keep_default_na=True)
+    corr = read_csv(files.get(f"{g}{CORRELATION_SUFFIX}"), keep_default_na=True)
     parts.append("<h3>Marker correlation with the reference</h3>"
                  "<p class='muted'>Pearson r between per-type mean expression of reference and "
                  "generated (filtered) cells over the union of the top wilcoxon markers of each "
                  "reference type (all markers) or over the type's own markers.</p>"
-                 + grid([img(files.get(f"{g}.correlation.png"), f"Marker correlation {g}")],
+                 + grid([img(files.get(f"{g}{CORRELATION_PLOT_SUFFIX}"), f"Marker correlation {g}")],
                          [_correlation_table(corr)] if corr is not None else []))
     parts.append(_section_structure(m))
     parts.append(_section_bulk_qc(g, files))
     parts.append("<h3>Embedding (MDE)</h3>")
-    parts.append(img(files.get(f"{g}.mde.png"), f"MDE {g}", cls="wide"))
+    parts.append(img(files.get(f"{g}{MDE_PLOT_SUFFIX}"), f"MDE {g}", cls="wide"))
     return "\n".join(parts)
 
 
@@ -195,20 +210,20 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
              "what the generated cells explain beyond it comes from the bulk itself "
              "(<code>--bulk_shift</code>).</p>"]
     right: list[str] = []
-    scores = read_csv(files.get(f"{g}.bulk_qc.csv"))
+    scores = read_csv(files.get(f"{g}{BULK_QC_SUFFIX}"))
     if scores is not None:
         right.append(df_table(scores.set_index("profile"), index_label="pseudo-bulk"))
     else:
         right.append(f"<p class='note'>{esc(g)}.bulk_qc.csv not found (QC run without the bulk).</p>")
-    res = read_csv(files.get(f"{g}.bulk_residuals.csv"), index_col=0)
+    res = read_csv(files.get(f"{g}{BULK_RESIDUALS_SUFFIX}"), index_col=0)
     if res is not None and len(res):
         cols = [c for c in ("bulk_log2cpm", "generated_log2cpm", "composition_expected_log2cpm",
                             "residual_generated") if c in res]
         right.append("<p class='muted'>Genes furthest from the bulk (generated - bulk, log2 CPM):</p>")
-        right.append(df_table(res[cols].head(10), index_label="gene", digits=2))
-    parts[0] += grid([img(files.get(f"{g}.bulk_scatter.png"), f"Pseudo-bulk vs bulk {g}")], right)
-    shifts = read_csv(files.get(f"{g}.celltype_shifts.csv"))
-    m = read_json(files.get(f"{g}.metrics.json")) or {}
+        right.append(df_table(res[cols].head(10), index_label=GENE, digits=2))
+    parts[0] += grid([img(files.get(f"{g}{BULK_SCATTER_SUFFIX}"), f"Pseudo-bulk vs bulk {g}")], right)
+    shifts = read_csv(files.get(f"{g}{CELLTYPE_SHIFTS_SUFFIX}"))
+    m = read_json(files.get(f"{g}{METRICS_SUFFIX}")) or {}
     mode = (m.get("bulk_qc") or {}).get("bulk_shift", "none")
     if shifts is None:
         parts.append(f"<p class='muted'>Bulk-informed generation: {esc(mode)} (no per-type shifts).</p>")
@@ -217,7 +232,7 @@ def _section_bulk_qc(g: str, files: dict[str, Path]) -> str:
                      f"<p class='muted'>{len(shifts)} (type, gene) shifts applied to the generated cells; "
                      f"the largest {min(SHIFT_ROWS, len(shifts))} (all in {esc(g)}.celltype_shifts.csv).</p>")
         if len(shifts):
-            per = shifts.assign(up=shifts["log2fc"] > 0).groupby("celltype")["up"].agg(
+            per = shifts.assign(up=shifts["log2fc"] > 0).groupby(CELLTYPE)["up"].agg(
                 n_up="sum", n_shifted="size")
             per["n_down"] = per["n_shifted"] - per["n_up"]
             parts.append(grid([df_table(per[["n_up", "n_down"]].astype(int), index_label="cell type")],

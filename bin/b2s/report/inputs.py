@@ -10,17 +10,35 @@ from typing import Any
 
 import pandas as pd
 
+from b2s._constants import (
+    CELLPROP_PLOT_SUFFIX,
+    CELLPROP_SUFFIX,
+    CORRELATION_MATRIX_SUFFIX,
+    CORRELATION_PLOT_SUFFIX,
+    CORRELATION_SUFFIX,
+    FILTER_SUMMARY_SUFFIX,
+    FILTERED_SUFFIX,
+    FRACTIONS_FILE,
+    FRACTIONS_SUMMARY_FILE,
+    GENERATED_SUFFIX,
+    MDE_PLOT_SUFFIX,
+    METRICS_SUFFIX,
+    PREPARE_SUMMARY_FILE,
+    PREPROCESS_SUMMARY_FILE,
+    TRAIN_SUMMARY_FILE,
+)
 from b2s.report.markup import esc
 
+#: The per-group files whose names give the groups (``<group><suffix>``).
 GROUP_SUFFIXES = (
-    ".metrics.json", ".filter_summary.json", ".cellprop.png", ".cellprop.csv",
-    ".correlation.png", ".correlation.csv", ".correlation_matrix.csv", ".mde.png",
-    ".filtered.h5ad", ".generated.h5ad",
+    METRICS_SUFFIX, FILTER_SUMMARY_SUFFIX, CELLPROP_PLOT_SUFFIX, CELLPROP_SUFFIX,
+    CORRELATION_PLOT_SUFFIX, CORRELATION_SUFFIX, CORRELATION_MATRIX_SUFFIX, MDE_PLOT_SUFFIX,
+    FILTERED_SUFFIX, GENERATED_SUFFIX,
 )
 
 
-STAGE_SUMMARIES = ("prepare_summary.json", "fractions_summary.json", "preprocess_summary.json",
-                   "train_summary.json")
+STAGE_SUMMARIES = (PREPARE_SUMMARY_FILE, FRACTIONS_SUMMARY_FILE, PREPROCESS_SUMMARY_FILE,
+                   TRAIN_SUMMARY_FILE)
 
 
 def read_json(path: Path | None) -> dict[str, Any] | None:
@@ -59,7 +77,7 @@ def discover_groups(files: dict[str, Path]) -> list[str]:
             if name.endswith(suf) and len(name) > len(suf):
                 groups.add(name[: -len(suf)])
     order: list[str] = []
-    frac = read_csv(files.get("fractions.csv"), index_col=0)
+    frac = read_csv(files.get(FRACTIONS_FILE), index_col=0)
     if frac is not None:
         order = [str(g) for g in frac.index if str(g) in groups]
     return order + sorted(groups - set(order))
@@ -67,7 +85,7 @@ def discover_groups(files: dict[str, Path]) -> list[str]:
 
 def group_names(files: dict[str, Path]) -> dict[str, str]:
     """``{group ID (file-name slug): display name as given}`` from prepare_summary.json."""
-    summ = read_json(files.get("prepare_summary.json")) or {}
+    summ = read_json(files.get(PREPARE_SUMMARY_FILE)) or {}
     names = (summ.get("groups") or {}).get("names") or {}
     return {str(k): str(v) for k, v in names.items()}
 
@@ -98,10 +116,6 @@ def parse_versions(text: str) -> pd.DataFrame | None:
              "processes": ", ".join(sorted({p for ps in vs.values() for p in ps}))}
             for t, vs in sorted(tools.items())]
     return pd.DataFrame(rows)
-
-
-#: WARNING: lines of every task, collected by the workflow (STAGE<TAB>group<TAB>WARNING: text).
-TASK_WARNINGS = "task_warnings.tsv"
 
 
 def read_task_warnings(path: Path | None, params: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from b2s._constants import FRACTIONS_FILE, METRICS_SUFFIX, TASK_WARNINGS_TABLE
 from b2s.report.inputs import discover_groups, group_names, index_files, read_csv, read_json, read_task_warnings
 
 #: Section ids (also the file names' stems without ``_mqc``).
@@ -54,7 +55,7 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path, params: dict[str, 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    frac = read_csv(files.get("fractions.csv"), index_col=0)
+    frac = read_csv(files.get(FRACTIONS_FILE), index_col=0)
     if frac is not None and len(frac):
         frac = frac.rename(index=lambda g: names.get(str(g), str(g)))
         path = out / "bulk2single_fractions_mqc.tsv"
@@ -66,7 +67,7 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path, params: dict[str, 
         written.append(path)
     rows = {}
     for g in discover_groups(files):
-        m = read_json(files.get(f"{g}.metrics.json"))
+        m = read_json(files.get(f"{g}{METRICS_SUFFIX}"))
         if m is not None:
             rows[names.get(g, g)] = {k: m.get(k) for k in QC_KEYS if isinstance(m.get(k), (int, float))}
     if rows:
@@ -77,7 +78,7 @@ def write_multiqc(inputs_dir: str | Path, outdir: str | Path, params: dict[str, 
                                 "table", {"title": "nf-bulk2single: QC per group"})
                         + _tsv(pd.DataFrame.from_dict(rows, orient="index")))
         written.append(path)
-    warnings = read_task_warnings(files.get("task_warnings.tsv"), params)
+    warnings = read_task_warnings(files.get(TASK_WARNINGS_TABLE), params)
     items = "".join(f"<li><b>{html.escape(stage)}</b>{' [' + html.escape(names.get(g, g)) + ']' if g else ''}: "
                     f"{html.escape(text)}</li>" for stage, g, text in warnings)
     body = f"<ul>{items}</ul>" if warnings else "<p>No warnings.</p>"

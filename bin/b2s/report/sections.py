@@ -10,10 +10,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from b2s._constants import (
+    CELL_TARGETS_FILE,
+    CELLTYPE,
+    COMPOSITION_CONTRAST_FILE,
+    COMPOSITION_CONTRAST_PLOT,
+    FILTER_SUMMARY_SUFFIX,
+    FRACTIONS_BARPLOT_FILE,
+    FRACTIONS_FILE,
+    FRACTIONS_SUMMARY_FILE,
+    GROUP,
+    IDENTIFIABILITY_SUFFIX,
+    LOSS_PLOT_FILE,
+    METRICS_SUFFIX,
+    N_CELLS,
+    PREPARE_SUMMARY_FILE,
+    PREPROCESS_SUMMARY_FILE,
+    SAMPLE,
+    SAMPLE_FRACTIONS_FILE,
+    TASK_WARNINGS_TABLE,
+    TRAIN_SUMMARY_FILE,
+)
 from b2s.report.groups import overview, structure_cards
 from b2s.report.inputs import (
     STAGE_SUMMARIES,
-    TASK_WARNINGS,
     group_names,
     parse_versions,
     read_csv,
@@ -26,8 +46,8 @@ from b2s.report.markup import card, details, df_table, esc, fmt, grid, human, im
 def section_summary(groups: list[str], files: dict[str, Path], params: dict[str, Any]) -> str:
     """At-a-glance facts of the run, then one row per group linking to its section."""
     parts = ["<h2 id='summary'>Summary</h2>"]
-    metrics = {g: read_json(files.get(f"{g}.metrics.json")) or {} for g in groups}
-    filt = {g: read_json(files.get(f"{g}.filter_summary.json")) or {} for g in groups}
+    metrics = {g: read_json(files.get(f"{g}{METRICS_SUFFIX}")) or {} for g in groups}
+    filt = {g: read_json(files.get(f"{g}{FILTER_SUMMARY_SUFFIX}")) or {} for g in groups}
 
     def total(key: str, fkey: str) -> int | None:
         vals = [metrics[g].get(key, filt[g].get(fkey)) for g in groups]
@@ -36,9 +56,9 @@ def section_summary(groups: list[str], files: dict[str, Path], params: dict[str,
 
     n_gen, n_kept = total("n_generated", "n_cells_in"), total("n_filtered", "n_cells_out")
     rs = [metrics[g]["marker_r_mean"] for g in groups if is_num(metrics[g].get("marker_r_mean"))]
-    train = read_json(files.get("train_summary.json")) or {}
-    frac = read_json(files.get("fractions_summary.json")) or {}
-    prep = read_json(files.get("preprocess_summary.json")) or {}
+    train = read_json(files.get(TRAIN_SUMMARY_FILE)) or {}
+    frac = read_json(files.get(FRACTIONS_SUMMARY_FILE)) or {}
+    prep = read_json(files.get(PREPROCESS_SUMMARY_FILE)) or {}
     fparams = frac.get("params") if isinstance(frac.get("params"), dict) else {}
     method = frac.get("method") or fparams.get("method")
     cards = [card(esc(len(groups)), "groups")]
@@ -86,33 +106,33 @@ def section_summary(groups: list[str], files: dict[str, Path], params: dict[str,
     parts.append("<div class='cards'>" + "".join(cards) + "</div>")
     # warnings first, above the cards: the run may look fine otherwise
     parts[1:1] = [f'<p class="note warn"><b>WARNING {esc(where)}</b>: {esc(w)}</p>'
-                  for where, w in warning_lines(groups, metrics, files.get(TASK_WARNINGS), params)]
+                  for where, w in warning_lines(groups, metrics, files.get(TASK_WARNINGS_TABLE), params)]
     parts.append("<h3 id='groups'>Groups</h3>" + overview(groups, files))
     return "\n".join(parts)
 
 
 def section_fractions(files: dict[str, Path]) -> str:
     parts = ["<h2 id='fractions'>Cell-type fractions</h2>"]
-    summ = read_json(files.get("fractions_summary.json"))
+    summ = read_json(files.get(FRACTIONS_SUMMARY_FILE))
     if summ:
         sp = summ.get("params") if isinstance(summ.get("params"), dict) else {}
         method = summ.get("method") or sp.get("method")
         if method:
             parts.append(f"<p>Estimated from the bulk profiles with method <b>{esc(method)}</b>"
                          "; values are fractions of cells (each group sums to 1).</p>")
-    frac = read_csv(files.get("fractions.csv"), index_col=0)
+    frac = read_csv(files.get(FRACTIONS_FILE), index_col=0)
     if frac is not None:
         frac = frac.rename(index=group_names(files))  # display names as given
     parts.append(grid([df_table(frac.T, index_label="cell type") if frac is not None
                         else '<p class="note">fractions.csv not found.</p>'],
-                       [img(files.get("fractions_barplot.png"), "Estimated fractions per group")]))
-    samples = read_csv(files.get("sample_fractions.csv"), index_col=0)
+                       [img(files.get(FRACTIONS_BARPLOT_FILE), "Estimated fractions per group")]))
+    samples = read_csv(files.get(SAMPLE_FRACTIONS_FILE), index_col=0)
     if samples is not None and len(samples):
         parts.append(details("Fractions per sample (sample_fractions.csv)",
                               df_table(samples.T, index_label="cell type")))
-    targets = read_csv(files.get("cell_targets.csv"), dtype={"group": str, "celltype": str})
-    if targets is not None and {"group", "celltype", "n_cells"} <= set(targets.columns):
-        pivot = targets.pivot_table(index="celltype", columns="group", values="n_cells",
+    targets = read_csv(files.get(CELL_TARGETS_FILE), dtype={GROUP: str, CELLTYPE: str})
+    if targets is not None and {GROUP, CELLTYPE, N_CELLS} <= set(targets.columns):
+        pivot = targets.pivot_table(index=CELLTYPE, columns=GROUP, values=N_CELLS,
                                     aggfunc="sum", sort=False)
         pivot.loc["total"] = pivot.sum()
         pivot.columns.name = None
@@ -127,9 +147,9 @@ def section_fractions(files: dict[str, Path]) -> str:
 def section_bulk_input(files: dict[str, Path]) -> str:
     """How the bulk was read (prepare_summary.json decisions), its units, the rule that set the
     cell numbers (fractions_summary.json) and the group names as given vs in file names."""
-    prep = read_json(files.get("prepare_summary.json")) or {}
+    prep = read_json(files.get(PREPARE_SUMMARY_FILE)) or {}
     bulk = prep.get("bulk") or {}
-    frac = read_json(files.get("fractions_summary.json")) or {}
+    frac = read_json(files.get(FRACTIONS_SUMMARY_FILE)) or {}
     rule = frac.get("cell_number_rule") or {}
     if not bulk and not rule:
         return ""
@@ -154,7 +174,7 @@ def section_bulk_input(files: dict[str, Path]) -> str:
 def section_fit(files: dict[str, Path]) -> str:
     """Goodness of fit per sample (fractions_summary.json): how well each bulk is rebuilt from
     its fractions and the reference's per-type profiles; unexplained samples are named first."""
-    summ = read_json(files.get("fractions_summary.json")) or {}
+    summ = read_json(files.get(FRACTIONS_SUMMARY_FILE)) or {}
     gof = summ.get("goodness_of_fit")
     if not isinstance(gof, dict) or not gof.get("samples"):
         return ""
@@ -174,7 +194,7 @@ def section_fit(files: dict[str, Path]) -> str:
                      "caution.</p>")
     table = fit[["fit_r", "residual"]].astype(float)
     table["explained"] = ["yes" if bool(v) else "NO" for v in fit["explained"]]
-    parts.append(df_table(table, index_label="sample", digits=3))
+    parts.append(df_table(table, index_label=SAMPLE, digits=3))
     return "\n".join(parts)
 
 
@@ -182,25 +202,25 @@ def section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
     """Composition change between groups (composition_contrast.csv) and, per group, the per-type
     expression changes from the bulk (``--bulk_shift contrast``): DE tables and what was not identifiable."""
     parts = ["<h2 id='between'>Between groups</h2>"]
-    frac = read_csv(files.get("fractions.csv"), index_col=0)  # the cohort's groups, whatever QC ran
+    frac = read_csv(files.get(FRACTIONS_FILE), index_col=0)  # the cohort's groups, whatever QC ran
     if (len(frac) if frac is not None else len(groups)) < 2:
         parts.append("<p class='muted'>One group: nothing to compare. Per-type shifts against the reference "
                      "(<code>--bulk_shift weighted</code>) stay opt-in: they also absorb the platform "
                      "differences every sample shares with the reference.</p>")
         return "\n".join(parts)
-    cc = read_csv(files.get("composition_contrast.csv"), dtype={"group": str, "celltype": str})
+    cc = read_csv(files.get(COMPOSITION_CONTRAST_FILE), dtype={GROUP: str, CELLTYPE: str})
     if cc is not None and len(cc):
         flagged = cc[cc["excludes_0"].astype(str).str.lower() == "true"]
         parts.append("<h3>Composition change</h3><p class='muted'>Change of each cell type's fraction in a group "
                      f"vs {esc(cc['versus'].iloc[0])}, 95 % interval from a bootstrap over samples "
                      f"(composition_contrast.csv); {len(flagged)} of {len(cc)} intervals exclude 0 "
                      "(filled points).</p>"
-                     + grid([img(files.get("composition_contrast.png"), "Composition change between groups")],
-                             [df_table(flagged[["group", "celltype", "change", "ci_low", "ci_high"]], index=False)]
+                     + grid([img(files.get(COMPOSITION_CONTRAST_PLOT), "Composition change between groups")],
+                             [df_table(flagged[[GROUP, CELLTYPE, "change", "ci_low", "ci_high"]], index=False)]
                              if len(flagged) else []))
     rows = []
     for g in groups:
-        ident = read_csv(files.get(f"{g}.celltype_identifiability.csv"), dtype={"celltype": str})
+        ident = read_csv(files.get(f"{g}{IDENTIFIABILITY_SUFFIX}"), dtype={CELLTYPE: str})
         if ident is None:
             continue
         for r in ident.itertuples():
@@ -221,8 +241,8 @@ def section_between_groups(groups: list[str], files: dict[str, Path]) -> str:
 
 def section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
     parts = ["<h2 id='training'>VAE training</h2>"]
-    summ = read_json(files.get("train_summary.json"))
-    plot = files.get("loss_plot.png")
+    summ = read_json(files.get(TRAIN_SUMMARY_FILE))
+    plot = files.get(LOSS_PLOT_FILE)
     if summ is None and plot is None:
         why = ("pretrained weights were given (--vae_weights), so no training ran"
                if params.get("vae_weights") else "no training outputs were found")
