@@ -106,6 +106,9 @@ def test_unreadable_or_incomplete_summaries_are_noted_not_fatal(tmp_path):
     assert out["device"] == "auto" and out["decided"]["device"]["note"] == "train_summary.json not found"
     assert out["fraction_method"] is None
     assert out["decided"]["fraction_method"]["note"] == "fractions_summary.json: method not recorded"
+    (tmp_path / "train_summary.json").write_text(json.dumps({"device": "cpu", "params": {"batch_size": None}}))
+    out = resolve_params(GIVEN, index_files(tmp_path), WORKFLOW)
+    assert out["batch_size"] is None and out["decided"]["batch_size"]["note"] == "train_summary.json: params.batch_size is unset"
 
 
 def test_groups_that_differ_are_listed_per_group(tmp_path):

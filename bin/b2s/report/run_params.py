@@ -173,13 +173,13 @@ def resolve_params(given: dict[str, Any], files: dict[str, Path],
         if d.source == "params.json" and executor:
             by = f"{d.by}, {executor} executor"
         entry = {"given": value, "used": None, "by": by, "from": d.where}
-        if recorded is NOT_FOUND:
-            if is_unset(value):
-                decided[d.param] = {**entry, "note": why}
-            continue
-        if d.convert is not None and not isinstance(recorded, dict):
+        if recorded is not NOT_FOUND and d.convert is not None and not isinstance(recorded, dict):
             recorded = d.convert(recorded)
-        if recorded is None or (recorded == value and not is_unset(value)):
+        if recorded is NOT_FOUND or recorded is None:
+            if is_unset(value):
+                decided[d.param] = {**entry, "note": why or f"{d.where} is unset"}
+            continue
+        if recorded == value and not is_unset(value):
             continue
         decided[d.param] = {**entry, "used": recorded}
         if d.is_value and not isinstance(recorded, dict):
