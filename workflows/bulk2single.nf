@@ -86,8 +86,11 @@ workflow BULK2SINGLE {
         .map { f -> f.text }
         .collectFile(name: 'software_versions.yml', storeDir: "${stagingDir()}/pipeline_info")
 
-    // Published with the report (below), not at start: a run that fails publishes no params.json.
-    ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)))
+    // The params as given and the value the workflow decided; REPORT adds those the stages decided
+    // and writes pipeline_info/params.json (b2s.report.run_params), published with the report:
+    // a run that fails publishes no params.json.
+    def given = [params: params, workflow: [groups_per_task: per_task, executor: executorName()]]
+    ch_params_file = Channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(given)))
         .collectFile(name: 'params.json')
 
     // The WARNING: lines of every task (its declared task_warnings.txt), one block per task, each
@@ -122,10 +125,6 @@ workflow BULK2SINGLE {
         .collect()
 
     REPORT(ch_report_inputs, ch_params_file, ch_versions_file)
-    ch_params_file
-        .combine(REPORT.out.html)
-        .map { params_json, html -> params_json }
-        .collectFile(name: 'params.json', storeDir: "${stagingDir()}/pipeline_info")
 
     emit:
     report   = REPORT.out.html

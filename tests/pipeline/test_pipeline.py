@@ -114,6 +114,23 @@ def test_model_weights_history_and_report(full_run):
         assert proc in versions
 
 
+def test_params_json_and_report_show_the_values_used(full_run):
+    """pipeline_info/params.json holds the values the stages and the workflow decided, with the
+    given ones under decided (b2s.report.run_params); the report's parameter table shows them."""
+    used = json.loads((full_run.outdir / "pipeline_info" / "params.json").read_text())
+    train = json.loads((full_run.outdir / "train_vae" / "train_summary.json").read_text())
+    assert used["fraction_method"] == "wls" and used["decided"]["fraction_method"]["given"] is None
+    assert used["groups_per_task"] == LOCAL_GROUPS_PER_TASK and used["decided"]["groups_per_task"]["given"] is None
+    assert used["epoch_num"] == train["params"]["epoch_num"] == 300  # the test profile's, as given
+    assert used["batch_size"] == train["params"]["batch_size"] and used["device"] == train["device"]
+    assert used["bulk_units"] == "counts" and used["bulk_shift"] == "contrast"
+    html = (full_run.outdir / "report" / "bulk2single_report.html").read_text()
+    run = html[html.index("id='run'"):]
+    assert re.search(r"<th>fraction_method</th>\s*<td[^>]*>wls <span class='muted'>\(auto", run)
+    assert re.search(rf"<th>groups_per_task</th>\s*<td[^>]*>{LOCAL_GROUPS_PER_TASK} <span class='muted'>\(auto", run)
+    assert re.search(r"<th>epoch_num</th>\s*<td[^>]*>300</td>", run)
+
+
 def test_resume_reexecutes_no_finished_task(full_run):
     res = nextflow_run(full_run.launch_dir, "-profile", "test", "-resume")
     assert res.returncode == 0, res.output[-4000:]

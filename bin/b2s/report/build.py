@@ -12,9 +12,11 @@ b2s.report.groups (per group) from the inputs read by b2s.report.inputs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from b2s.errors import InputError
 from b2s.files import atomic_write_text
 from b2s.report.groups import section_group
 from b2s.report.inputs import (
@@ -23,6 +25,8 @@ from b2s.report.inputs import (
     index_files,
 )
 from b2s.report.markup import anchor, as_html, render_page
+from b2s.report.multiqc import write_multiqc
+from b2s.report.run_params import read_given, resolve_params, write_params
 from b2s.report.sections import (
     section_between_groups,
     section_bulk_input,
@@ -36,6 +40,32 @@ from b2s.report.sections import (
 )
 
 
+def make_report(inputs_dir: str, outdir: str, params_path: str | None = None,
+                versions_yaml: str | None = None, params_out: str | None = None) -> None:
+    """REPORT (bin/make_report.py): the parameters the run used (b2s.report.run_params) written to
+    ``params_out`` (default ``<outdir>/pipeline_info/params.json``, published as
+    ``pipeline_info/params.json``), ``<outdir>/bulk2single_report.html`` and the MultiQC custom
+    content in ``<outdir>/multiqc``."""
+    if not os.path.isdir(inputs_dir):
+        raise InputError(f"--inputs {inputs_dir} is not a folder; pass the folder holding the "
+                         "stage outputs")
+    if versions_yaml and not os.path.isfile(versions_yaml):
+        raise InputError(f"--versions {versions_yaml} does not exist; pass the collected "
+                         "versions.yml or omit --versions")
+    given, workflow = read_given(params_path)
+    params = resolve_params(given, index_files(Path(inputs_dir)), workflow) if given else {}
+    if params_path:
+        params_out = params_out or os.path.join(outdir, "pipeline_info", "params.json")
+        write_params(params_out, params)
+        print(f"[report] wrote {params_out} ({len(params.get('decided', {}))} value(s) decided by the run)",
+              flush=True)
+    out = os.path.join(outdir, "bulk2single_report.html")
+    build_report(inputs_dir, out, params, versions_yaml)
+    print(f"[report] wrote {out} ({os.path.getsize(out) / 1024:.0f} KB)", flush=True)
+    mqc = write_multiqc(inputs_dir, os.path.join(outdir, "multiqc"), params)
+    print(f"[report] MultiQC custom content: {', '.join(os.path.basename(p) for p in mqc)}", flush=True)
+
+
 def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
                  versions_yaml: str | None = None) -> None:
     """Write the self-contained HTML report of a run.
@@ -47,7 +77,8 @@ def build_report(inputs_dir: str, out_path: str, params: dict[str, Any],
     out_path
         HTML file to write (atomically).
     params
-        Run parameters shown in the header.
+        Run parameters shown in the page; those the run decided are marked when they hold a
+        ``decided`` object (b2s.report.run_params.resolve_params).
     versions_yaml
         Path of the collected versions.yml, or None.
     """

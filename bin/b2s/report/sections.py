@@ -41,6 +41,7 @@ from b2s.report.inputs import (
     warning_lines,
 )
 from b2s.report.markup import card, details, df_table, esc, fmt, grid, human, img, is_num, kv_table, pct, secs, td
+from b2s.report.run_params import display_value
 
 
 def section_summary(groups: list[str], files: dict[str, Path], params: dict[str, Any]) -> str:
@@ -270,23 +271,32 @@ def section_training(files: dict[str, Path], params: dict[str, Any]) -> str:
 
 
 def section_run(params: dict[str, Any], versions_yaml: str | None) -> str:
-    """Run parameters and software versions (reference material: placed after the results)."""
+    """Run parameters (the values used: b2s.report.run_params; those the run decided are marked)
+    and software versions (reference material: placed after the results)."""
     parts = ["<h2 id='run'>Run parameters and software</h2>"]
+    decided = params.get("decided") if isinstance(params.get("decided"), dict) else {}
     if params:
-        items = sorted(params.items())
+        items = sorted((k, v) for k, v in params.items() if k != "decided")
         half = (len(items) + 1) // 2
 
         def ptable(chunk: list[tuple[str, Any]]) -> str:
             rows = []
             for k, v in chunk:
+                v, marker = display_value(k, v, decided)
                 text = esc(fmt(v))
+                if marker:
+                    text += f" <span class='muted'>({esc(marker)})</span>"
                 path_like = isinstance(v, str) and ("/" in v or "\\" in v)
                 # values are heterogeneous (paths, flags, numbers): all left-aligned
                 rows.append(f"<tr><th>{esc(k)}</th>"
                             + td(text, False, "path" if path_like else "") + "</tr>")
             return f"<table><tbody>{''.join(rows)}</tbody></table>"
 
-        parts.append("<h3>Parameters</h3><div class='params'>" + ptable(items[:half])
+        note = ("<p class='muted'>The values the run used; <i>auto</i> marks a value the pipeline "
+                "decided (the parameter was unset or <code>auto</code>), with the stage that decided it. "
+                "Both are in <code>pipeline_info/params.json</code> (<code>decided</code>).</p>"
+                if decided else "")
+        parts.append("<h3>Parameters</h3>" + note + "<div class='params'>" + ptable(items[:half])
                      + ptable(items[half:]) + "</div>")
     else:
         parts.append('<p class="note">No run parameters were given.</p>')

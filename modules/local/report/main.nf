@@ -10,6 +10,7 @@ process REPORT {
     output:
     path 'bulk2single_report.html', emit: html
     path 'multiqc/*_mqc.*'        , emit: multiqc
+    path 'pipeline_info/params.json', emit: params
     path 'versions.yml'           , emit: versions
 
     script:
@@ -19,6 +20,7 @@ process REPORT {
         --inputs inputs \\
         --params ${params_json} \\
         --versions ${versions} \\
+        --params_out pipeline_info/params.json \\
         ${args} \\
         --outdir .
     b2s_versions.py "${task.process}" matplotlib pandas > versions.yml
@@ -27,7 +29,8 @@ process REPORT {
     stub:
     """
     echo '<html></html>' > bulk2single_report.html
-    mkdir -p multiqc && touch multiqc/bulk2single_warnings_mqc.yaml
+    mkdir -p multiqc pipeline_info && touch multiqc/bulk2single_warnings_mqc.yaml
+    cp ${params_json} pipeline_info/params.json
     b2s_versions.py "${task.process}" matplotlib pandas > versions.yml
     """
 }
