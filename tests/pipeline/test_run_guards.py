@@ -51,6 +51,8 @@ import time
 
 import pytest
 
+from b2s.head.schema import load_schema, schema_properties
+
 from .nfrun import REPO, nextflow_run, nftest_pipeline_paths, start_nextflow
 
 TEST_DATA = REPO / "assets" / "test_data"
@@ -154,7 +156,8 @@ def test_refused_on_the_head_node_publishes_nothing(tmp_path):
 # --------------------------------------------------------------------------------------------
 # refused by a task after others finished: still nothing published (transactional publishing)
 # --------------------------------------------------------------------------------------------
-STAGING = ".nf-bulk2single.staging"
+# the default of --staging_folder
+STAGING = schema_properties(load_schema(REPO / "nextflow_schema.json"))["staging_folder"]["default"]
 
 
 def _published(outdir) -> list[str]:
@@ -256,7 +259,8 @@ def test_staging_through_nextflows_file_api(tmp_path):
         (outdir / STAGING / "report" / "bulk2single_report.html").write_text("page")
         (outdir / "qc" / "ctrl").mkdir(parents=True)
         (outdir / "qc" / "ctrl" / "ctrl.metrics.json").write_text("old")
-        proc = subprocess.run(["nextflow", "-q", "run", str(script), "--outdir", str(outdir), "--publish", str(publish).lower()],
+        proc = subprocess.run(["nextflow", "-q", "run", str(script), "--outdir", str(outdir), "--publish", str(publish).lower(),
+                               "--staging_folder", STAGING],
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert not (outdir / STAGING).exists()

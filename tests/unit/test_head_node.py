@@ -20,14 +20,16 @@ from pathlib import Path
 import pytest
 
 import b2s.errors as errors
+import b2s.head.guard as guard
 import b2s.head.outdir_lock as lk
 import b2s.head.staging as st
 import b2s.head.task_messages as tm
-from tests.helpers import load_script
+from b2s.head.schema import load_schema, schema_properties
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_DATA = REPO / "assets" / "test_data"
-run_guard = load_script("bin/run_guard.py")
+# the pipeline's default, as a run's facts carry it
+STAGING = {"staging_folder": schema_properties(load_schema(REPO / "nextflow_schema.json"))["staging_folder"]["default"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def test_hold_ends_when_the_lock_is_no_longer_this_runs(tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_move_tree_publishes_replacing_files_and_keeping_relative_links(tmp_path):
     outdir = tmp_path / "results"
-    staging = st.staging_dir(outdir)
+    staging = st.staging_dir(outdir, STAGING)
     work = tmp_path / "work" / "ab" / "cdef"
     work.mkdir(parents=True)
     (work / "big.h5ad").write_text("cells")
@@ -206,7 +208,7 @@ def test_move_tree_publishes_replacing_files_and_keeping_relative_links(tmp_path
 
 
 def test_discard_deletes_the_staging_folder(tmp_path):
-    staging = st.staging_dir(tmp_path)
+    staging = st.staging_dir(tmp_path, STAGING)
     (staging / "qc").mkdir(parents=True)
     (staging / "qc" / "x.csv").write_text("x")
     assert st.discard(staging) and not staging.exists()
@@ -320,10 +322,10 @@ def test_the_failed_tasks_own_error_line_with_the_users_paths(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# bin/run_guard.py start / finish
+# bin/run_guard.py start / finish (b2s.head.guard)
 # --------------------------------------------------------------------------------------------
 def _facts(tmp_path, outdir, **params) -> dict:
-    return {"params": {"outdir": str(outdir), "validate_params": False, **params},
+    return {"params": {"outdir": str(outdir), "validate_params": False, **STAGING, **params},
             "workflow": {"run_name": "this_run", "session_id": "s-this", "pid": os.getpid(),
                          "launch_dir": str(tmp_path), "work_dir": str(tmp_path / "work"),
                          "project_dir": str(REPO), "command_line": "nextflow run .",
@@ -347,7 +349,7 @@ def test_start_refuses_a_live_run_and_leaves_no_record_of_its_own(tmp_path, caps
         facts = _facts(tmp_path, outdir)
         mine = info / "execution_trace_mine.txt"
         mine.write_text(TRACE_HEADER)
-        assert run_guard.start(facts) == 2
+        assert guard.start(facts) == 2
     finally:
         first.kill()
         first.wait()
@@ -364,7 +366,7 @@ def test_start_refused_by_a_check_leaves_no_outdir(tmp_path, capsys):
     (outdir / "pipeline_info" / "execution_trace_mine.txt").write_text(TRACE_HEADER)
     facts = _facts(tmp_path, outdir, validate_params=True, bulk=str(TEST_DATA / "bulk_counts.tsv.gz"),
                    reference=str(TEST_DATA / "reference.h5ad"), celltype_key="celltype", leiden_size=0)
-    assert run_guard.start(facts) == 2
+    assert guard.start(facts) == 2
     errs = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR: ")]
     assert errs and errs[0].startswith("ERROR: --leiden_size 0: must be >= 1"), errs
     assert not outdir.exists()
@@ -372,16 +374,16 @@ def test_start_refused_by_a_check_leaves_no_outdir(tmp_path, capsys):
 
 def test_start_takes_over_a_dead_runs_lock_and_finish_publishes(tmp_path, capsys):
     outdir = tmp_path / "results"
-    staging = st.staging_dir(outdir)
+    staging = st.staging_dir(outdir, STAGING)
     (staging / "qc").mkdir(parents=True)
     (staging / "qc" / "left.csv").write_text("a killed run's")
     (outdir / lk.LOCK_NAME).write_text(json.dumps({"run_name": "killed_run", "session_id": "old", "pid": _dead_pid(),
                                                    "host": ME["host"], "started": NOW_MS}))
     facts = _facts(tmp_path, outdir)
-    assert run_guard.start(facts) == 0
+    assert guard.start(facts) == 0
     err = capsys.readouterr().err
     assert f"WARN: --outdir {outdir}: taking over the lock of run 'killed_run'" in err
-    assert f"deleting {st.STAGING_NAME} left by a run that was killed" in err and not staging.exists()
+    assert f"deleting {STAGING['staging_folder']} left by a run that was killed" in err and not staging.exists()
     assert lk.is_mine(outdir / lk.LOCK_NAME, {"session_id": "s-this", "pid": os.getpid()})
     # the run's tasks publish into the staging folder; its warnings are collected
     (staging / "qc").mkdir(parents=True)
@@ -389,7 +391,7 @@ def test_start_takes_over_a_dead_runs_lock_and_finish_publishes(tmp_path, capsys
     raw = tmp_path / "task_warnings.tsv"
     raw.write_text("PREPARE_INPUTS\t\tWARNING: --bulk input/b.tsv: 3 duplicate gene rows dropped\n")
     facts["end"] = {"success": True, "exit_status": 0, "warnings": str(raw)}
-    assert run_guard.finish({**facts, "params": {**facts["params"], "bulk": "/data/b.tsv"}}) == 0
+    assert guard.finish({**facts, "params": {**facts["params"], "bulk": "/data/b.tsv"}}) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["WARN: 1 task warning(s) (also at the top of the report):",
                    "  [PREPARE_INPUTS] --bulk /data/b.tsv: 3 duplicate gene rows dropped"]
@@ -400,17 +402,17 @@ def test_start_takes_over_a_dead_runs_lock_and_finish_publishes(tmp_path, capsys
 def test_finish_of_a_failed_run_publishes_nothing_and_names_the_task(tmp_path, capsys):
     outdir = tmp_path / "results"
     facts = _facts(tmp_path, outdir, reference="/data/ref.h5ad")
-    assert run_guard.start(facts) == 0
+    assert guard.start(facts) == 0
     capsys.readouterr()
-    (st.staging_dir(outdir) / "prepare_inputs").mkdir(parents=True)
-    (st.staging_dir(outdir) / "prepare_inputs" / "groups.csv").write_text("x")
+    (st.staging_dir(outdir, STAGING) / "prepare_inputs").mkdir(parents=True)
+    (st.staging_dir(outdir, STAGING) / "prepare_inputs" / "groups.csv").write_text("x")
     _trace(tmp_path, "1\tab/111111\t1\tBULK2SINGLE:PREPARE_INPUTS (inputs)\tFAILED\t2\t-")
     task = tmp_path / "work" / "ab" / "111111ffff"
     task.mkdir(parents=True)
     (task / ".command.err").write_text("WARNING: --reference input/ref.h5ad: raw counts in .raw\n"
                                        "ERROR: --celltype_key 'x' is not a column of input/ref.h5ad obs; pick one\n")
     facts["end"] = {"success": False, "exit_status": 2, "error_message": "ignored: the task's files are read"}
-    assert run_guard.finish(facts) == 0
+    assert guard.finish(facts) == 0
     res = capsys.readouterr()
     assert f"WARN: nothing was published to {outdir} because the run failed" in res.err
     assert res.out.splitlines() == [
@@ -420,3 +422,20 @@ def test_finish_of_a_failed_run_publishes_nothing_and_names_the_task(tmp_path, c
         f"(BULK2SINGLE:PREPARE_INPUTS (inputs); full log: {task}/.command.log)"]
     assert sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*") if p.is_file()) == \
         ["pipeline_info/execution_trace_2026-01-01_00-00-00.txt"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b"])
+def test_a_staging_folder_that_is_not_one_folder_name_refuses_the_run(tmp_path, capsys, name):
+    """The staging folder is deleted when a run fails: with --validate_params false (no schema
+    pattern) a name such as '..' must still refuse the run, and touch nothing above --outdir."""
+    outdir = tmp_path / "sub" / "results"
+    (tmp_path / "sub" / "keep.txt").parent.mkdir(parents=True)
+    (tmp_path / "sub" / "keep.txt").write_text("mine")
+    facts = _facts(tmp_path, outdir, staging_folder=name)
+    assert guard.start(facts) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"ERROR: --staging_folder '{name}': must be one folder name inside --outdir (no '/'), not '.' "
+                       "or '..'; leave it unset")
+    facts["end"] = {"success": False, "exit_status": 1}
+    assert guard.finish(facts) == 0
+    assert (tmp_path / "sub" / "keep.txt").read_text() == "mine"

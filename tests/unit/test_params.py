@@ -156,6 +156,8 @@ def test_good_params_pass_without_warnings(schema):
         ({"engine": "scanpy"}, "--engine scanpy: must be one of native, omicverse"),
         ({"hidden_size": 2.5}, "--hidden_size 2.5: must be an integer"),
         ({"validate_params": "yes"}, "--validate_params yes: must be true or false"),
+        ({"staging_folder": ".."}, "--staging_folder ..: must be one folder name (no '/'), not '.' or '..'"),
+        ({"staging_folder": "a/b"}, "--staging_folder a/b: must be one folder name (no '/'), not '.' or '..'"),
         ({"publish_dir_mode": "hardlink"}, "--publish_dir_mode hardlink: must be one of symlink, rellink, link, copy, copyNoFollow, move"),
         # The pattern is reported rather than "file not found": one line per parameter, the most telling.
         ({"reference": "ref.loom"}, "--reference ref.loom: must be an .h5ad file"),

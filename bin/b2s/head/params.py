@@ -1,7 +1,6 @@
 """Pipeline parameters: validation against ``nextflow_schema.json`` and the ``--help`` text.
 
-Runs on the Nextflow head node (``bin/validate_params.py``, called by ``bin/run_guard.py
-start``) before any task starts, so it imports only the standard library and ``jsonschema``
+Runs on the Nextflow head node (``bin/validate_params.py``, and :func:`b2s.head.guard.start`) before any task starts, so it imports only the standard library and ``jsonschema``
 (no numpy/pandas: the head node may have a bare ``python3``).
 
 Every problem becomes ONE line, e.g.
@@ -12,12 +11,15 @@ as Nextflow itself would silently ignore them.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from b2s.errors import InputError
 from b2s.head.inputs import validate_markers_file, validate_reference_group, validate_samplesheet
 from b2s.head.schema import (
     FLOAT_RE,
@@ -27,12 +29,16 @@ from b2s.head.schema import (
     collect_errors,
     error_text,
     format_value,
+    help_text,
     is_remote,
     load_schema,
     make_validator,
     schema_properties,
     suggest,
 )
+
+#: validate_params.py's exit status when jsonschema is missing, so the caller can defer validation.
+EXIT_NO_JSONSCHEMA = 3
 
 
 @dataclass
@@ -168,3 +174,54 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Any],
         elif isinstance(markers, str) and not is_remote(markers) and Path(markers).is_file():
             res.errors.extend(validate_markers_file(markers))
     return res
+
+
+def validate_run(params: Mapping[str, Any], schema: Mapping[str, Any], schema_path: str | Path,
+                 executor: str | None = None, check_samplesheet: bool = True) -> ValidationResult:
+    """:func:`validate_params` (``schema_dir``: the schema's folder), then that a ``--vae_weights``
+    sidecar fits the settings (b2s.model.weights). Needs jsonschema."""
+    res = validate_params(params, schema, schema_dir=Path(schema_path).resolve().parent,
+                          check_samplesheet=check_samplesheet, executor=executor)
+    if params.get("vae_weights") and Path(str(params["vae_weights"])).is_file():
+        from b2s.model.weights import check_weights
+
+        hidden = params.get("hidden_size")
+        try:
+            check_weights(str(params["vae_weights"]), None, hidden if isinstance(hidden, int) else None,
+                          warn_fn=res.warnings.append)
+        except InputError as err:
+            res.errors.append(str(err))
+    return res
+
+
+def validate_cli(schema_path: str | Path, params_json: str | None, print_help: bool = False,
+                 executor: str | None = None, check_samplesheet: bool = True) -> int:
+    """bin/validate_params.py: the help text, or one ``ERROR:`` line per problem and ``WARN:`` lines
+    on stderr; the exit status (0, 2 on errors, :data:`EXIT_NO_JSONSCHEMA` without jsonschema)."""
+    schema_path = Path(schema_path)
+    try:
+        schema = load_schema(schema_path)
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"--schema {schema_path}: cannot be read ({err}); pass the pipeline's nextflow_schema.json")
+    if print_help:
+        print(help_text(schema), end="")
+        return 0
+    if not params_json:
+        raise InputError("--params-json is missing; pass the JSON file of the run's params")
+    try:
+        params = json.loads(Path(params_json).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"--params-json {params_json}: cannot be read ({err}); write the params as a JSON object")
+    if not isinstance(params, dict):
+        raise InputError(f"--params-json {params_json}: not a JSON object; write the params as a JSON object")
+    try:
+        import jsonschema  # noqa: F401  (only to tell the caller that validation is impossible here)
+    except ImportError:
+        print("jsonschema is not installed for this python3: parameters not validated", file=sys.stderr)
+        return EXIT_NO_JSONSCHEMA
+    res = validate_run(params, schema, schema_path, executor=executor, check_samplesheet=check_samplesheet)
+    for line in res.warnings:
+        print(f"WARN: {line}", file=sys.stderr)
+    for line in res.errors:
+        print(f"ERROR: {line}", file=sys.stderr)
+    return 2 if res.errors else 0

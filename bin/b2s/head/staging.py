@@ -1,5 +1,6 @@
-"""Publishing all or nothing: the staging folder ``<outdir>/.nf-bulk2single.staging``.
+"""Publishing all or nothing: the staging folder ``<outdir>/<params.staging_folder>``.
 
+Its name is the hidden parameter ``staging_folder`` (nextflow.config), the one place it is set.
 Every task publishes there while the run goes on (``publishDir`` in conf/modules.config, the
 workflow's ``collectFile`` ``storeDir``). At the end of the run ``bin/run_guard.py finish`` moves
 it into ``--outdir`` when the run succeeded (:func:`move_tree`) and deletes it when it failed
@@ -14,13 +15,16 @@ import os
 import shutil
 from pathlib import Path
 
-#: Name of the folder inside ``--outdir``; conf/modules.config and the workflow spell it out too.
-STAGING_NAME = ".nf-bulk2single.staging"
 
-
-def staging_dir(outdir: Path) -> Path:
-    """``<outdir>/.nf-bulk2single.staging``."""
-    return Path(outdir) / STAGING_NAME
+def staging_dir(outdir: Path, params: dict) -> Path:
+    """``<outdir>/<params['staging_folder']>``; ValueError (a one-line message) unless the name is one
+    folder name: the folder is deleted when a run fails, so it must never be ``--outdir`` or above it
+    (checked here too, as ``--validate_params false`` skips the schema's pattern)."""
+    name = str(params.get("staging_folder") or "")
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"--staging_folder '{name}': must be one folder name inside --outdir (no '/'), not '.' or "
+                         "'..'; leave it unset")
+    return Path(outdir) / name
 
 
 def _files(root: Path) -> list[Path]:

@@ -5,13 +5,17 @@
  *   PIPELINE_INITIALISATION(executor)  --help, then parameter and input checks and the outdir lock
  *   PIPELINE_COMPLETION(warnings)      at exit: staging published or discarded, the task warnings
  *                                      and a failed task's ERROR line, the lock released
- *   stagingDir()                       where tasks publish during the run (conf/modules.config too)
+ *   stagingDir()                       where tasks publish during the run (--staging_folder, as in conf/modules.config)
  */
 
 // Fully qualified class names (no imports) keep this file valid under Nextflow's strict syntax.
 
 def stagingDir() {
-    return "${params.outdir}/.nf-bulk2single.staging".toString()
+    def name = params.staging_folder.toString()
+    if (name in ['', '.', '..'] || name.contains('/') || name.contains('\\')) {
+        error("--staging_folder '${name}': must be one folder name inside --outdir (no '/'), not '.' or '..'; leave it unset")
+    }
+    return "${params.outdir}/${name}".toString()
 }
 
 def isObjectStore() {
@@ -114,7 +118,7 @@ workflow PIPELINE_INITIALISATION {
         }
     }
     if ((res == null || isObjectStore()) && file(stagingDir()).exists()) {
-        log.warn("--outdir ${params.outdir}: deleting .nf-bulk2single.staging left by a run that was killed (its results were never published)")
+        log.warn("--outdir ${params.outdir}: deleting ${params.staging_folder} left by a run that was killed (its results were never published)")
         stagingByNextflow(false)
     }
 }
