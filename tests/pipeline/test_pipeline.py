@@ -115,12 +115,14 @@ def test_model_weights_history_and_report(full_run):
 
 
 def test_params_json_and_report_show_the_values_used(full_run):
-    """pipeline_info/params.json holds the values the stages and the workflow decided, with the
-    given ones under decided (b2s.report.run_params); the report's parameter table shows them."""
+    """pipeline_info/params.json holds the values the stages and the workflow decided, and
+    params_decided.json the given ones (b2s.report.run_params); the report's parameter table shows them."""
     used = json.loads((full_run.outdir / "pipeline_info" / "params.json").read_text())
+    decided = json.loads((full_run.outdir / "pipeline_info" / "params_decided.json").read_text())
     train = json.loads((full_run.outdir / "train_vae" / "train_summary.json").read_text())
-    assert used["fraction_method"] == "wls" and used["decided"]["fraction_method"]["given"] is None
-    assert used["groups_per_task"] == LOCAL_GROUPS_PER_TASK and used["decided"]["groups_per_task"]["given"] is None
+    assert "decided" not in used  # reusable with -params-file
+    assert used["fraction_method"] == "wls" and decided["fraction_method"]["given"] is None
+    assert used["groups_per_task"] == LOCAL_GROUPS_PER_TASK and decided["groups_per_task"]["given"] is None
     assert used["epoch_num"] == train["params"]["epoch_num"] == 300  # the test profile's, as given
     assert used["batch_size"] == train["params"]["batch_size"] and used["device"] == train["device"]
     assert used["bulk_units"] == "counts" and used["bulk_shift"] == "contrast"

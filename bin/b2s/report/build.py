@@ -56,9 +56,9 @@ def make_report(inputs_dir: str, outdir: str, params_path: str | None = None,
     params = resolve_params(given, index_files(Path(inputs_dir)), workflow) if given else {}
     if params_path:
         params_out = params_out or os.path.join(outdir, "pipeline_info", "params.json")
-        write_params(params_out, params)
-        print(f"[report] wrote {params_out} ({len(params.get('decided', {}))} value(s) decided by the run)",
-              flush=True)
+        decided = write_params(params_out, params)
+        print(f"[report] wrote {params_out} and {decided} ({len(params.get('decided', {}))} value(s) decided by "
+              "the run)", flush=True)
     out = os.path.join(outdir, "bulk2single_report.html")
     build_report(inputs_dir, out, params, versions_yaml)
     print(f"[report] wrote {out} ({os.path.getsize(out) / 1024:.0f} KB)", flush=True)

@@ -188,11 +188,20 @@ def resolve_params(given: dict[str, Any], files: dict[str, Path],
     return {**used, "decided": decided}
 
 
-def write_params(path: str | os.PathLike, resolved: dict[str, Any]) -> None:
-    """Write ``resolved`` as pretty JSON (atomically: a rename, never through a staged link)."""
+#: beside params.json: each decided value with the one given (params.json stays reusable with -params-file)
+DECIDED_FILE = "params_decided.json"
+
+
+def write_params(path: str | os.PathLike, resolved: dict[str, Any]) -> Path:
+    """Write the values used (``resolved`` without ``decided``) to ``path`` and ``decided`` to
+    :data:`DECIDED_FILE` beside it, as pretty JSON (atomically); the second file's path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(resolved, indent=4, default=str) + "\n")
+    used = {k: v for k, v in resolved.items() if k != "decided"}
+    atomic_write_text(out, json.dumps(used, indent=4, default=str) + "\n")
+    decided = out.with_name(DECIDED_FILE)
+    atomic_write_text(decided, json.dumps(resolved.get("decided", {}), indent=4, default=str) + "\n")
+    return decided
 
 
 def display_value(param: str, value: Any, decided: dict[str, dict[str, Any]]) -> tuple[Any, str | None]:

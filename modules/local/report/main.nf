@@ -10,7 +10,8 @@ process REPORT {
     output:
     path 'bulk2single_report.html', emit: html
     path 'multiqc/*_mqc.*'        , emit: multiqc
-    path 'pipeline_info/params.json', emit: params
+    path 'pipeline_info/params.json', emit: params                 // the values used
+    path 'pipeline_info/params_decided.json', emit: decided        // each decided value, with the one given
     path 'versions.yml'           , emit: versions
 
     script:
@@ -31,6 +32,7 @@ process REPORT {
     echo '<html></html>' > bulk2single_report.html
     mkdir -p multiqc pipeline_info && touch multiqc/bulk2single_warnings_mqc.yaml
     cp ${params_json} pipeline_info/params.json
+    echo '{}' > pipeline_info/params_decided.json
     b2s_versions.py "${task.process}" matplotlib pandas > versions.yml
     """
 }
