@@ -12,6 +12,8 @@ CELLTYPE = "celltype"
 COUNTS_LAYER = "counts"
 #: ``uns`` key of the JSON string with the params and provenance of an h5ad output.
 UNS_KEY = "b2s"
+#: ``uns`` key of GENERATE's bulk-shift record (a JSON string: mode, decision, shifts), read by QC.
+BULK_SHIFT_KEY = "bulk_shift"
 
 # --- table columns ----------------------------------------------------------------------------
 #: Group column of groups.csv and cell_targets.csv (index name of fractions.csv).

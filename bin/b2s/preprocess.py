@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from b2s._constants import COUNTS_LAYER, GENE, GROUP, SAMPLE
+from b2s._constants import (
+    BULK_PROFILES_FILE,
+    COUNTS_LAYER,
+    GENE,
+    GROUP,
+    MODEL_INPUT_FILE,
+    PREPROCESS_SUMMARY_FILE,
+    SAMPLE,
+)
 from b2s.errors import InputError
 
 TARGET_SUM = 1e4
@@ -163,9 +171,9 @@ def run_preprocess(opts: PreprocessOptions) -> None:
     units = bulk.attrs.get("units", "counts")
     sf = size_factors(bulk) if units == "counts" else None
     model = model_input(reference, bulk.index)
-    profiles.to_csv(out / "bulk_profiles.csv")
-    write_h5ad(model, out / "model_input.h5ad", params=params)
-    write_json(out / "preprocess_summary.json", {
+    profiles.to_csv(out / BULK_PROFILES_FILE)
+    write_h5ad(model, out / MODEL_INPUT_FILE, params=params)
+    write_json(out / PREPROCESS_SUMMARY_FILE, {
         "n_cells": int(model.n_obs),
         "n_genes_shared": int(model.n_vars),
         "n_bulk_genes": int(bulk.shape[0]),

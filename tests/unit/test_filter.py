@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from b2s.cluster.filter import filter_cells, filter_summary
+from b2s.cluster.stage import FilterOptions, run_filter
 from b2s.errors import InputError
 from tests.helpers import load_script, pbmc_model_input, pipeline_args
 
@@ -138,8 +139,12 @@ def test_all_clusters_small_keeps_all(ref):
 
 
 def test_bad_arguments(gen):
-    with pytest.raises(InputError, match="--leiden_size"):
+    # the message states the rule, not the pipeline's default (nextflow.config holds that)
+    with pytest.raises(InputError, match=r"^--leiden_size 0: must be >= 1; use a positive cluster size$"):
         filter_cells(gen, leiden_size=0)
+    opts = FilterOptions(input=["a.h5ad"], leiden_size=0, seed=1, group=["a"], engine="native", outdir=".")
+    with pytest.raises(InputError, match=r"^--leiden_size 0: must be >= 1; use a positive cluster size$"):
+        run_filter(opts)
     with pytest.raises(InputError, match="0 cells"):
         filter_cells(gen[:0].copy(), leiden_size=5)
 

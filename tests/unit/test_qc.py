@@ -12,6 +12,8 @@ import scipy.sparse as sp
 
 import b2s.qc as qc
 from b2s.errors import InputError
+from b2s.qc.metrics import read_all_targets
+from b2s.qc.stage import QcOptions, run_qc
 from tests.helpers import load_script, pbmc_model_input, pipeline_args, write_bulk_inputs
 
 
@@ -156,6 +158,31 @@ def test_read_targets_errors(tmp_path):
     p.write_text("group,celltype\nA,T\n")
     with pytest.raises(InputError, match="lacks column"):
         qc.read_targets(str(p), "A")
+
+
+def test_read_all_targets(tmp_path):
+    """Every group in file order, each as read_targets reads it (GENERATE's contrast cohort)."""
+    p = tmp_path / "cell_targets.csv"
+    p.write_text("group,celltype,fraction,n_cells\nB,T,1,3\nA,T,0.5,10\nA,B,0.5,10\n")
+    rows = read_all_targets(str(p))
+    assert list(rows) == ["B", "A"]
+    for g, r in rows.items():
+        pd.testing.assert_frame_equal(r, qc.read_targets(str(p), g))
+    p.write_text("group,celltype,fraction,n_cells\nA,T,0.5,1.5\n")
+    with pytest.raises(InputError, match="non-integer or negative n_cells for group 'A'"):
+        read_all_targets(str(p))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("top_markers", 0, "--top_markers 0: must be >= 1"),
+    ("mde_max_cells", 2, "--mde_max_cells 2: must be >= 3"),
+])
+def test_qc_option_errors_state_no_default(option, value, message):
+    kwargs = {"top_markers": 200, option: value}
+    opts = QcOptions(generated=["g.h5ad"], filtered=["f.h5ad"], reference="r.h5ad", targets="t.csv", group=["g"],
+                     seed=1, outdir=".", **kwargs)
+    with pytest.raises(InputError, match=f"^{message}$"):
+        run_qc(opts)
 
 
 def test_qc_script(tmp_path, ref):

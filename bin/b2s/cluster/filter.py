@@ -136,8 +136,7 @@ def filter_cells(adata: ad.AnnData, leiden_size: int = 25, seed: int = 42, *,
     smaller than ``leiden_size`` -> all cells kept (the seed would return zero cells).
     """
     if int(leiden_size) < 1:
-        raise InputError(f"--leiden_size {leiden_size}: must be >= 1; use a positive cluster size "
-                         "(default 25)")
+        raise InputError(f"--leiden_size {leiden_size}: must be >= 1; use a positive cluster size")
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"generated h5ad has {adata.n_obs} cells x {adata.n_vars} genes: nothing "
                          "to filter; check the GENERATE step and cell_targets.csv for this group")

@@ -10,6 +10,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 
+from b2s._constants import FILTER_SUMMARY_SUFFIX, FILTERED_SUFFIX, UNS_KEY
+
 
 @dataclass(kw_only=True)
 class FilterOptions:
@@ -31,7 +33,7 @@ def run_filter(opts: FilterOptions) -> None:
 
     if opts.leiden_size < 1:
         raise InputError(f"--leiden_size {opts.leiden_size}: must be >= 1; use a positive "
-                         "cluster size (default 25)")
+                         "cluster size")
     if len(opts.input) != len(opts.group):
         raise InputError(f"{len(opts.input)} --input file(s) for {len(opts.group)} --group name(s); "
                          "pass one <group>.generated.h5ad per group, in the same order")
@@ -47,8 +49,8 @@ def filter_group(opts: FilterOptions) -> None:
     from b2s.cluster.filter import filter_summary, parse_uns_record
     from b2s.qc.metrics import read_cells
 
-    out_h5ad = os.path.join(opts.outdir, f"{opts.group}.filtered.h5ad")
-    out_json = os.path.join(opts.outdir, f"{opts.group}.filter_summary.json")
+    out_h5ad = os.path.join(opts.outdir, opts.group + FILTERED_SUFFIX)
+    out_json = os.path.join(opts.outdir, opts.group + FILTER_SUMMARY_SUFFIX)
     io.guard_inputs([out_h5ad, out_json], [opts.input])
     generated = read_cells(opts.input, "--input", "GENERATE", need_celltype=False)
     print(f"[filter] {opts.group}: read {generated.n_obs} cells x {generated.n_vars} genes "
@@ -64,9 +66,9 @@ def filter_group(opts: FilterOptions) -> None:
     params = io.params_from_args(asdict(opts))
     summary = filter_summary(generated, filtered)
     record = {"stage": "filter", "group": opts.group, "params": params, "summary": summary}
-    if "b2s" in generated.uns:
-        record["input"] = parse_uns_record(generated.uns["b2s"])
-    filtered.uns["b2s"] = json.dumps(record, default=str)
+    if UNS_KEY in generated.uns:
+        record["input"] = parse_uns_record(generated.uns[UNS_KEY])
+    filtered.uns[UNS_KEY] = json.dumps(record, default=str)
     io.write_h5ad(filtered, out_h5ad)
     io.write_json(out_json, {"group": opts.group, **summary}, params=params)
     print(f"[filter] {opts.group}: wrote {out_h5ad} ({filtered.n_obs}/{generated.n_obs} cells "

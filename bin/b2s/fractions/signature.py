@@ -11,9 +11,6 @@ from b2s._constants import CELLTYPE
 from b2s.errors import InputError
 from b2s.utils import indicator
 
-#: ``CELLTYPE`` under the name ``bin/estimate_fractions.py`` imports (until it imports b2s._constants).
-CELLTYPE_KEY = CELLTYPE
-
 
 def as_csr(x) -> sparse.csr_matrix:
     """The matrix as CSR float64 without densifying (a view-free copy only when needed)."""

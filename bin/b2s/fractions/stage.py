@@ -8,10 +8,23 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import b2s.fractions.estimate as fr
+from b2s._constants import (
+    CELL_TARGETS_FILE,
+    CELLTYPE,
+    COMPOSITION_CONTRAST_FILE,
+    COMPOSITION_CONTRAST_PLOT,
+    FRACTIONS_BARPLOT_FILE,
+    FRACTIONS_FILE,
+    FRACTIONS_FIT_FILE,
+    FRACTIONS_SUMMARY_FILE,
+    GROUP,
+    N_CELLS,
+    SAMPLE,
+    SAMPLE_FRACTIONS_FILE,
+)
 from b2s.errors import InputError
 from b2s.fractions.fit import MAX_RESIDUAL, MIN_FIT_R, fit_warnings, goodness_of_fit
 from b2s.fractions.markers import read_markers
-from b2s.fractions.signature import CELLTYPE_KEY
 from b2s.io.artifacts import params_from_args, read_prepared, write_json
 from b2s.io.tables import warn
 from b2s.plots import plot_composition_contrast, plot_fractions
@@ -68,7 +81,7 @@ def run_fractions(opts: FractionsOptions) -> None:
     kwargs = {}
     if opts.markers:
         shared = sorted(set(map(str, bulk.index)) & set(map(str, reference.var_names)))
-        types = sorted(set(reference.obs[CELLTYPE_KEY].astype(str)))
+        types = sorted(set(reference.obs[CELLTYPE].astype(str)))
         kwargs["markers"] = read_markers(opts.markers, types, shared)
         print(f"using {sum(map(len, kwargs['markers'].values()))} curated markers from {opts.markers}", flush=True)
     print(f"estimating fractions: {bulk.shape[1]} samples, {reference.n_obs} reference cells, "
@@ -90,25 +103,25 @@ def run_fractions(opts: FractionsOptions) -> None:
               f"(median {libs[len(libs) // 2]:.3g}; fractions_summary.json counting_noise)", flush=True)
     fit = goodness_of_fit(bulk, reference, sample_fr)
     sample_fr = sample_fr[sorted(sample_fr.columns)]
-    sample_fr.index.name = "sample"
+    sample_fr.index.name = SAMPLE
     group_fr = fr.group_fractions(sample_fr, groups)
     targets = fr.cell_targets(bulk, groups, reference, group_fr, scale_size=opts.scale_size,
                               cells_per_group=opts.cells_per_group)
     rule = fr.cell_number_rule(bulk, opts.cells_per_group)
     print(f"cell numbers: rule {rule} ({fr.CELL_RULES[rule]}; bulk units {bulk.attrs['units']})", flush=True)
 
-    sample_fr.to_csv(out / "sample_fractions.csv")
-    group_fr.to_csv(out / "fractions.csv")
-    targets.to_csv(out / "cell_targets.csv", index=False)
-    fit.to_csv(out / "fractions_fit.csv")
+    sample_fr.to_csv(out / SAMPLE_FRACTIONS_FILE)
+    group_fr.to_csv(out / FRACTIONS_FILE)
+    targets.to_csv(out / CELL_TARGETS_FILE, index=False)
+    fit.to_csv(out / FRACTIONS_FIT_FILE)
     for line in fit_warnings(fit):
         warn(line)
-    plot_fractions(group_fr, str(out / "fractions_barplot.png"),
+    plot_fractions(group_fr, str(out / FRACTIONS_BARPLOT_FILE),
                    title=f"Estimated cell-type fractions ({opts.method}, {opts.engine})")
     contrast = composition_contrast(sample_fr, groups, reference_group=opts.reference_group, seed=opts.seed)
-    contrast.to_csv(out / "composition_contrast.csv", index=False, float_format="%.6g")
+    contrast.to_csv(out / COMPOSITION_CONTRAST_FILE, index=False, float_format="%.6g")
     if len(contrast):
-        plot_composition_contrast(contrast, str(out / "composition_contrast.png"),
+        plot_composition_contrast(contrast, str(out / COMPOSITION_CONTRAST_PLOT),
                                   title="Composition change between groups (95 % intervals, bootstrap over samples)")
         if contrast["se"].isna().all():
             print("composition change between groups: a group has one sample, so no intervals "
@@ -118,7 +131,7 @@ def run_fractions(opts: FractionsOptions) -> None:
               f"exclude 0" + (": " + ", ".join(f"{r.group} {r.celltype} {r.change:+.3f}" for r in flagged.itertuples())
                                if len(flagged) else ""), flush=True)
     totals = fr.total_cells(bulk, groups, reference, opts.cells_per_group)
-    write_json(out / "fractions_summary.json", {
+    write_json(out / FRACTIONS_SUMMARY_FILE, {
         "method": opts.method,
         "engine": opts.engine,
         "seconds": round(seconds, 3),
@@ -137,12 +150,12 @@ def run_fractions(opts: FractionsOptions) -> None:
         "counting_noise": counting_noise(noise_library, opts.method, bulk.attrs["units"]),
         "cell_number_rule": {"rule": rule, "description": fr.CELL_RULES[rule]},
         "groups": {
-            g: {"n_samples": int((groups["group"] == g).sum()),
+            g: {"n_samples": int((groups[GROUP] == g).sum()),
                 "estimated_total_cells": round(totals[g], 3),
-                "target_cells": int(targets.loc[targets["group"] == g, "n_cells"].sum())}
+                "target_cells": int(targets.loc[targets[GROUP] == g, N_CELLS].sum())}
             for g in group_fr.index
         },
     }, params=params)
     print(f"fractions done in {seconds:.1f} s; targets: "
-          + ", ".join(f"{g}={int(n)}" for g, n in targets.groupby("group", sort=False)["n_cells"].sum().items()),
+          + ", ".join(f"{g}={int(n)}" for g, n in targets.groupby(GROUP, sort=False)[N_CELLS].sum().items()),
           flush=True)

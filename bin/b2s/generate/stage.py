@@ -15,6 +15,16 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
+from b2s._constants import (
+    BULK_SHIFT_KEY,
+    CELLTYPE,
+    CELLTYPE_SHIFTS_SUFFIX,
+    COUNTS_LAYER,
+    GENERATED_SUFFIX,
+    GROUP,
+    IDENTIFIABILITY_SUFFIX,
+    N_CELLS,
+)
 from b2s.errors import InputError
 from b2s.generate.bulkshift import DEFAULT_SHIFT
 from b2s.generate.rates import DEFAULTS
@@ -55,7 +65,7 @@ def read_targets(path: str, group: str) -> dict[str, int]:
     from b2s.qc.metrics import read_targets as read_target_rows
 
     rows = read_target_rows(path, group)
-    return dict(zip(rows["celltype"], rows["n_cells"]))
+    return dict(zip(rows[CELLTYPE], rows[N_CELLS]))
 
 
 def bulk_shifts(opts: GenerateOptions, model_input, cohort: dict | None = None) -> dict:
@@ -63,24 +73,24 @@ def bulk_shifts(opts: GenerateOptions, model_input, cohort: dict | None = None) 
     ``<group>.celltype_shifts.csv`` (``cohort``: :func:`contrast_cohort` of the task, for ``--bulk_shift contrast``)."""
     import b2s.generate.bulkshift as bulkshift
     import b2s.qc.bulk as bulkqc
+    from b2s.qc.metrics import read_targets as read_target_rows
+
     if opts.bulk_shift == "contrast":
         res = bulkshift.contrast_shifts(cohort or contrast_cohort(opts, model_input), opts.group)
     else:
         bulk, groups = bulkqc.read_bulk_inputs(opts.bulk, opts.groups)
-        rows = pd.read_csv(opts.targets, dtype={"group": str, "celltype": str})
-        rows = rows[rows["group"] == opts.group]
-        types = list(pd.unique(model_input.obs["celltype"].astype(str)))
-        fractions = bulkqc.fractions_of(rows, types)
+        types = list(pd.unique(model_input.obs[CELLTYPE].astype(str)))
+        fractions = bulkqc.fractions_of(read_target_rows(opts.targets, opts.group), types)
         res = bulkshift.estimate_shifts(bulkqc.group_bulk(bulk, groups, opts.group), model_input, types, fractions,
                                         mode=opts.bulk_shift)
-    path = os.path.join(opts.outdir, f"{opts.group}.celltype_shifts.csv")
+    path = os.path.join(opts.outdir, opts.group + CELLTYPE_SHIFTS_SUFFIX)
     res["table"].to_csv(path, index=False, float_format="%.6g")
     n = {t: f"+{v['n_up']}/-{v['n_down']}" for t, v in res["summary"].items()}
     print(f"[generate] {opts.group}: bulk shifts ({opts.bulk_shift}) genes up/down per type: "
           f"{', '.join(f'{k} {v}' for k, v in n.items())}; wrote {path}", flush=True)
     if opts.bulk_shift == "contrast":
-        ident = pd.DataFrame.from_dict(res["summary"], orient="index").rename_axis("celltype")
-        ident.to_csv(os.path.join(opts.outdir, f"{opts.group}.celltype_identifiability.csv"), float_format="%.6g")
+        ident = pd.DataFrame.from_dict(res["summary"], orient="index").rename_axis(CELLTYPE)
+        ident.to_csv(os.path.join(opts.outdir, opts.group + IDENTIFIABILITY_SUFFIX), float_format="%.6g")
         off = {t: v["reason"] for t, v in res["summary"].items() if not v["identifiable"]}
         print(f"[generate] {opts.group}: vs {res['centre']}; not identifiable (left unshifted): "
               f"{'; '.join(f'{t}: {r}' for t, r in off.items()) or 'none'}", flush=True)
@@ -105,7 +115,7 @@ def resolve_shift(opts: GenerateOptions) -> tuple[str, str]:
     elif not opts.bulk or not opts.groups:
         mode, why = "none", "auto: no --bulk/--groups"
     else:
-        n = len(pd.unique(bulkqc.read_bulk_inputs(opts.bulk, opts.groups)[1]["group"]))
+        n = len(pd.unique(bulkqc.read_bulk_inputs(opts.bulk, opts.groups)[1][GROUP]))
         if n >= 2:
             mode, why = DEFAULT_SHIFT, f"auto: {n} groups, each compared with the cohort per cell type"
         else:
@@ -120,11 +130,11 @@ def contrast_cohort(opts: GenerateOptions, model_input) -> dict:
     """:func:`b2s.generate.bulkshift.contrast_model` of the whole cohort (every group's bulk and fractions), once per task."""
     import b2s.generate.bulkshift as bulkshift
     import b2s.qc.bulk as bulkqc
+    from b2s.qc.metrics import read_all_targets
 
     bulk, groups = bulkqc.read_bulk_inputs(opts.bulk, opts.groups)
-    rows = pd.read_csv(opts.targets, dtype={"group": str, "celltype": str})
-    types = list(pd.unique(model_input.obs["celltype"].astype(str)))
-    fractions = {str(g): bulkqc.fractions_of(r, types) for g, r in rows.groupby("group", sort=False)}
+    types = list(pd.unique(model_input.obs[CELLTYPE].astype(str)))
+    fractions = {g: bulkqc.fractions_of(rows, types) for g, rows in read_all_targets(opts.targets).items()}
     return bulkshift.contrast_model(bulk, groups, model_input, types, fractions, reference_group=opts.reference_group)
 
 
@@ -169,7 +179,7 @@ def shared_rates(opts: GenerateOptions, model, model_input, device):
     with ``--decode mean`` decoding the reference is deterministic, so every group would compute the same."""
     from b2s.generate.rates import rate_model
 
-    if opts.engine != "native" or opts.decode != "mean" or opts.counts == "none" or "counts" not in model_input.layers:
+    if opts.engine != "native" or opts.decode != "mean" or opts.counts == "none" or COUNTS_LAYER not in model_input.layers:
         return None
     return rate_model(model, model_input, counts=opts.counts, calibrate=opts.calibrate, decode=opts.decode,
                       dispersion=opts.dispersion,
@@ -184,7 +194,7 @@ def generate_group(opts: GenerateOptions, decision: str, targets: dict[str, int]
     from b2s.generate.cells import generate_cells, group_seed
     from b2s.io.artifacts import write_h5ad
 
-    known = set(model_input.obs["celltype"].astype(str))
+    known = set(model_input.obs[CELLTYPE].astype(str))
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise InputError(
@@ -211,9 +221,9 @@ def generate_group(opts: GenerateOptions, decision: str, targets: dict[str, int]
         if "centre" in shift:
             record["centre"] = shift["centre"]
             record["not_identifiable"] = {t: v["reason"] for t, v in shift["summary"].items() if not v["identifiable"]}
-    adata.uns["bulk_shift"] = json.dumps(record)
+    adata.uns[BULK_SHIFT_KEY] = json.dumps(record)
     adata.obs_names = [f"{opts.group}_{name}" for name in adata.obs_names]
-    out = os.path.join(opts.outdir, f"{opts.group}.generated.h5ad")
+    out = os.path.join(opts.outdir, opts.group + GENERATED_SUFFIX)
     write_h5ad(adata, out, params={**asdict(opts), "shift_decision": decision, "generation_seed": seed})
-    counts = adata.obs["celltype"].value_counts().reindex(list(targets)).fillna(0).astype(int)
+    counts = adata.obs[CELLTYPE].value_counts().reindex(list(targets)).fillna(0).astype(int)
     print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes ({', '.join(f'{k}={v}' for k, v in counts.items())})", flush=True)

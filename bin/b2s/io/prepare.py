@@ -11,6 +11,7 @@ from pathlib import Path
 
 import b2s.io as bio
 import b2s.io.reference as refio
+from b2s._constants import BULK_COUNTS_FILE, GROUP, GROUPS_FILE, PREPARE_SUMMARY_FILE, REFERENCE_FILE, SAMPLE
 from b2s.errors import WARNINGS, InputError
 
 
@@ -45,8 +46,8 @@ def run_prepare(opts: PrepareOptions) -> None:
     opts = resolve_options(opts)
     params = bio.params_from_args(asdict(opts))
     outdir = Path(opts.outdir)
-    outputs = {name: outdir / name for name in ("bulk_counts.tsv", "groups.csv", "reference.h5ad",
-                                                 "prepare_summary.json")}
+    outputs = {name: outdir / name for name in (BULK_COUNTS_FILE, GROUPS_FILE, REFERENCE_FILE,
+                                                 PREPARE_SUMMARY_FILE)}
     bio.guard_inputs(outputs.values(), [opts.bulk, opts.reference, opts.gene_map, opts.samplesheet])
 
     # The reference first: its genes decide which gene column of the bulk is used.
@@ -74,12 +75,12 @@ def run_prepare(opts: PrepareOptions) -> None:
 
     groups = bio.read_groups(counts, samplesheet=opts.samplesheet, bulk_group=opts.bulk_group)
     decisions += groups.attrs.get("decisions", [])
-    unused = [s for s in counts.columns if s not in set(groups["sample"])]
+    unused = [s for s in counts.columns if s not in set(groups[SAMPLE])]
     if unused:
         # Kept in bulk_counts.tsv: DESeq2 size factors use every sample, as in the seed.
         bio.log(f"note: {len(unused)} bulk samples are in no group ({bio.examples(unused)}); "
                 "they are kept for normalisation only")
-    n_groups = groups["group"].nunique()
+    n_groups = groups[GROUP].nunique()
     bio.log(f"groups: {n_groups} ({bio.examples(groups['name'].unique())})")
 
     shared = bio.check_shared_genes(counts.index, ref.var_names, f"--bulk {opts.bulk}",
@@ -87,9 +88,9 @@ def run_prepare(opts: PrepareOptions) -> None:
                                     gene_map=opts.gene_map)
     bio.log(f"shared genes: {len(shared)}")
 
-    bio.write_counts(counts, outputs["bulk_counts.tsv"])
-    bio.write_groups(groups, outputs["groups.csv"])
-    bio.write_h5ad(ref, outputs["reference.h5ad"], params=params)
+    bio.write_counts(counts, outputs[BULK_COUNTS_FILE])
+    bio.write_groups(groups, outputs[GROUPS_FILE])
+    bio.write_h5ad(ref, outputs[REFERENCE_FILE], params=params)
     summary = {
         "bulk": {
             "n_genes_input": int(n_genes_input),
@@ -108,9 +109,9 @@ def run_prepare(opts: PrepareOptions) -> None:
         "groups": {
             "n_groups": int(n_groups),
             "source": "samplesheet" if opts.samplesheet else ("bulk_group" if opts.bulk_group else "each_sample"),
-            "members": {g: list(s) for g, s in groups.groupby("group", sort=False)["sample"]},
+            "members": {g: list(s) for g, s in groups.groupby(GROUP, sort=False)[SAMPLE]},
             # display name as given per group ID (the file-name-safe slug); renamed: only those that differ
-            "names": dict(zip(groups["group"], groups["name"])),
+            "names": dict(zip(groups[GROUP], groups["name"])),
             "renamed_for_files": groups.attrs.get("slugs", {}),
         },
         "reference": {
@@ -129,5 +130,5 @@ def run_prepare(opts: PrepareOptions) -> None:
         "n_shared_genes": len(shared),
         **bio.provenance(params, "PREPARE_INPUTS"),
     }
-    bio.write_json(outputs["prepare_summary.json"], summary)
+    bio.write_json(outputs[PREPARE_SUMMARY_FILE], summary)
     bio.log(f"wrote {', '.join(str(p) for p in outputs.values())}")

@@ -8,7 +8,9 @@ loss_plot.png and train_summary.json (its ``params``: :class:`TrainOptions` as r
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -16,7 +18,9 @@ import b2s.model.checkpoint as bckpt
 import b2s.model.config as bconfig
 import b2s.model.device as bdevice
 import b2s.model.train as btrain
+from b2s._constants import LOSS_HISTORY_FILE, LOSS_PLOT_FILE, TRAIN_SUMMARY_FILE, VAE_WEIGHTS_FILE
 from b2s.errors import InputError
+from b2s.files import atomic_write
 from b2s.io.artifacts import write_json
 from b2s.model.weights import write_sidecar
 
@@ -63,6 +67,20 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     return opts
 
 
+def save_weights(state: dict, path: str) -> None:
+    """``torch.save(state, path)`` through :func:`b2s.files.atomic_write`, with the bytes of a save to
+    ``<path>.tmp``: torch names the archive inside the file after the file it writes (``vae.pth/data.pkl``;
+    ``archive/...`` for a file object), so ``state`` is saved as ``<name>.tmp`` in a private folder
+    beside ``path`` and that file becomes atomic_write's temporary."""
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=tmp.name) as folder:
+            staged = Path(folder) / (Path(path).name + ".tmp")
+            torch.save(state, staged)
+            os.replace(staged, tmp)
+
+    atomic_write(path, write)
+
+
 def run_train(opts: TrainOptions) -> None:
     """Train, then write the four TRAIN_VAE outputs."""
     opts = resolve_options(opts)
@@ -74,7 +92,7 @@ def run_train(opts: TrainOptions) -> None:
         except OSError as err:
             raise InputError(f"--checkpoint_dir {opts.checkpoint_dir} cannot be created ({err.strerror}); pass a writable folder") from None
         ckpt = os.path.join(opts.checkpoint_dir, CHECKPOINT_NAME)
-    history_path = os.path.join(opts.outdir, "loss_history.csv")
+    history_path = os.path.join(opts.outdir, LOSS_HISTORY_FILE)
     adata = btrain.read_model_input(opts.input)
     epoch_num_rule = None
     if opts.epoch_num is None:
@@ -118,9 +136,8 @@ def run_train(opts: TrainOptions) -> None:
     else:
         result = btrain.train_vae(adata.X, config)
 
-    weights = os.path.join(opts.outdir, "vae.pth")
-    torch.save({k: v.detach().cpu() for k, v in result.state_dict.items()}, weights + ".tmp")
-    os.replace(weights + ".tmp", weights)
+    weights = os.path.join(opts.outdir, VAE_WEIGHTS_FILE)
+    save_weights({k: v.detach().cpu() for k, v in result.state_dict.items()}, weights)
     # the genes and settings the weights belong to, readable without torch (b2s.model.weights)
     import b2s
 
@@ -136,7 +153,7 @@ def run_train(opts: TrainOptions) -> None:
     btrain.write_history(result.history, history_path)
     from b2s.plots import plot_loss
 
-    plot_loss(result.history, os.path.join(opts.outdir, "loss_plot.png"), best_epoch=result.best_epoch)
+    plot_loss(result.history, os.path.join(opts.outdir, LOSS_PLOT_FILE), best_epoch=result.best_epoch)
     params = asdict(opts)
     if epoch_num_rule is not None:
         params["epoch_num_rule"] = epoch_num_rule
@@ -153,5 +170,5 @@ def run_train(opts: TrainOptions) -> None:
         "extra": {k: v for k, v in (getattr(result, "extra", None) or {}).items() if k != "config"},
         "params": params,
     }
-    write_json(os.path.join(opts.outdir, "train_summary.json"), summary)
+    write_json(os.path.join(opts.outdir, TRAIN_SUMMARY_FILE), summary)
     print(f"wrote {weights} (best epoch {result.best_epoch}, device {result.device})", flush=True)

@@ -224,8 +224,8 @@ def read_cells(path: str, arg: str, producer: str, need_celltype: bool = True) -
     return adata
 
 
-def read_targets(path: str, group: str) -> pd.DataFrame:
-    """Rows ``celltype, fraction, n_cells`` of ``group`` from cell_targets.csv, checked (GENERATE and QC)."""
+def read_target_table(path: str) -> pd.DataFrame:
+    """cell_targets.csv as read (``group`` and ``celltype`` as text), its columns checked."""
     import os
 
     if not os.path.isfile(path):
@@ -239,10 +239,15 @@ def read_targets(path: str, group: str) -> pd.DataFrame:
     if missing:
         raise InputError(f"--targets {path} lacks column(s) {', '.join(missing)} (found: "
                          f"{', '.join(map(str, df.columns))}); it must have group,celltype,fraction,n_cells")
+    return df
+
+
+def group_targets(df: pd.DataFrame, path: str, group: str) -> pd.DataFrame:
+    """Rows ``celltype, fraction, n_cells`` of ``group`` in ``df`` (:func:`read_target_table` of ``path``), checked."""
     rows = df[df[GROUP] == group]
     if rows.empty:
         raise InputError(f"--group '{group}' is not in --targets {path} (groups: "
-                         f"{', '.join(pd.unique(df['group']).astype(str))}); pass one of them")
+                         f"{', '.join(pd.unique(df[GROUP]).astype(str))}); pass one of them")
     n = pd.to_numeric(rows[N_CELLS], errors="coerce")
     if n.isna().any() or (n < 0).any() or (n != n.round()).any():
         raise InputError(f"--targets {path} has non-integer or negative n_cells for group '{group}'; "
@@ -252,3 +257,14 @@ def read_targets(path: str, group: str) -> pd.DataFrame:
         raise InputError(f"--targets {path} lists cell type(s) {dup} twice for group '{group}'; keep one row per "
                          "group and cell type")
     return rows.assign(**{N_CELLS: n.astype(int)}).drop(columns=GROUP).reset_index(drop=True)
+
+
+def read_targets(path: str, group: str) -> pd.DataFrame:
+    """Rows ``celltype, fraction, n_cells`` of ``group`` from cell_targets.csv, checked (GENERATE and QC)."""
+    return group_targets(read_target_table(path), path, group)
+
+
+def read_all_targets(path: str) -> dict[str, pd.DataFrame]:
+    """:func:`read_targets` of every group of cell_targets.csv, in file order (GENERATE's cohort)."""
+    df = read_target_table(path)
+    return {str(g): group_targets(df, path, str(g)) for g in df[GROUP].dropna().unique()}

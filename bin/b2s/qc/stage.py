@@ -12,6 +12,22 @@ import os
 import sys
 from dataclasses import asdict, dataclass, replace
 
+from b2s._constants import (
+    BULK_QC_SUFFIX,
+    BULK_RESIDUALS_SUFFIX,
+    BULK_SCATTER_SUFFIX,
+    BULK_SHIFT_KEY,
+    CELLPROP_PLOT_SUFFIX,
+    CELLPROP_SUFFIX,
+    CELLTYPE,
+    CORRELATION_MATRIX_SUFFIX,
+    CORRELATION_PLOT_SUFFIX,
+    CORRELATION_SUFFIX,
+    MDE_PLOT_SUFFIX,
+    METRICS_SUFFIX,
+    N_CELLS,
+)
+
 #: defaults of the options the pipeline does not pass: cells per source (reference, filtered) drawn
 #: for the MDE plot; genes with the largest generated-vs-bulk residuals in <group>.bulk_residuals.csv
 MDE_MAX_CELLS = 3000
@@ -50,9 +66,9 @@ def bulk_section(opts: QcOptions, g: str, out: dict[str, str], reference, genera
     types = ordered_types(reference)
     res = bulkqc.bulk_qc(bulkqc.group_bulk(bulk, groups, g), generated, filtered, reference,
                          bulkqc.fractions_of(targets, types), types, top_n=opts.bulk_top_genes)
-    res["summary"].to_csv(out["bulk_qc.csv"], index=False, float_format="%.6g")
-    res["residuals"].to_csv(out["bulk_residuals.csv"], float_format="%.6g")
-    plots.plot_bulk_scatter(res["log_cpm"], out["bulk_scatter.png"], scores=res["summary"],
+    res["summary"].to_csv(out[BULK_QC_SUFFIX], index=False, float_format="%.6g")
+    res["residuals"].to_csv(out[BULK_RESIDUALS_SUFFIX], float_format="%.6g")
+    plots.plot_bulk_scatter(res["log_cpm"], out[BULK_SCATTER_SUFFIX], scores=res["summary"],
                             title=f"Pseudo-bulk vs bulk: {g}")
     m = res["metrics"]
     fmt = lambda v: "NA" if v is None else f"{v:.3f}"  # noqa: E731
@@ -61,7 +77,7 @@ def bulk_section(opts: QcOptions, g: str, out: dict[str, str], reference, genera
           f"{fmt(m['composition_expected']['pearson_r'])}, R2 {fmt(m['composition_expected']['var_explained'])}",
           flush=True)
     try:
-        m["bulk_shift"] = str(json.loads(generated.uns.get("bulk_shift", "{}")).get("mode", "none"))
+        m["bulk_shift"] = str(json.loads(generated.uns.get(BULK_SHIFT_KEY, "{}")).get("mode", "none"))
     except (TypeError, ValueError, AttributeError):
         m["bulk_shift"] = "none"
     return m
@@ -75,9 +91,9 @@ def run_qc(opts: QcOptions) -> None:
     from b2s.errors import InputError, warning_group
 
     if opts.top_markers < 1:
-        raise InputError(f"--top_markers {opts.top_markers}: must be >= 1 (default 200)")
+        raise InputError(f"--top_markers {opts.top_markers}: must be >= 1")
     if opts.mde_max_cells < 3:
-        raise InputError(f"--mde_max_cells {opts.mde_max_cells}: must be >= 3 (default {MDE_MAX_CELLS})")
+        raise InputError(f"--mde_max_cells {opts.mde_max_cells}: must be >= 3")
     if bool(opts.bulk) != bool(opts.groups):
         raise InputError("--bulk and --groups go together (QC against the bulk); pass both or neither")
     if not len(opts.group) == len(opts.generated) == len(opts.filtered):
@@ -85,7 +101,7 @@ def run_qc(opts: QcOptions) -> None:
                          f"{len(opts.group)} --group name(s); pass one of each per group, in the same order")
     reference = qc.read_cells(opts.reference, "--reference", "PREPROCESS")
     # what depends on the reference alone, computed once for every group of the task
-    shared = {"reference": reference, "palette": plots.celltype_palette(reference.obs["celltype"].astype(str)),
+    shared = {"reference": reference, "palette": plots.celltype_palette(reference.obs[CELLTYPE].astype(str)),
               "markers": None, "typer": None}
     for gen, filt, g in zip(opts.generated, opts.filtered, opts.group):
         # the recorded params are those of a one-group run: outputs do not depend on batching
@@ -104,12 +120,13 @@ def qc_group(opts: QcOptions, shared: dict) -> None:
     from b2s.errors import InputError, warn
 
     g = opts.group
-    out = {k: os.path.join(opts.outdir, f"{g}.{k}") for k in (
-        "cellprop.png", "cellprop.csv", "correlation.png", "correlation.csv",
-        "correlation_matrix.csv", "mde.png", "metrics.json")}
+    # the output paths by their suffix (b2s._constants), in the order of the console's "wrote" line
+    out = {k: os.path.join(opts.outdir, g + k) for k in (
+        CELLPROP_PLOT_SUFFIX, CELLPROP_SUFFIX, CORRELATION_PLOT_SUFFIX, CORRELATION_SUFFIX,
+        CORRELATION_MATRIX_SUFFIX, MDE_PLOT_SUFFIX, METRICS_SUFFIX)}
     if opts.bulk:
-        out.update({k: os.path.join(opts.outdir, f"{g}.{k}") for k in (
-            "bulk_qc.csv", "bulk_residuals.csv", "bulk_scatter.png")})
+        out.update({k: os.path.join(opts.outdir, g + k) for k in (
+            BULK_QC_SUFFIX, BULK_RESIDUALS_SUFFIX, BULK_SCATTER_SUFFIX)})
     io.guard_inputs(out.values(), [opts.generated, opts.filtered, opts.reference, opts.targets,
                                    opts.bulk, opts.groups])
     os.makedirs(opts.outdir, exist_ok=True)
@@ -120,15 +137,15 @@ def qc_group(opts: QcOptions, shared: dict) -> None:
     filtered = qc.read_cells(opts.filtered, "--filtered", "FILTER")
     targets = qc.read_targets(opts.targets, g)
     print(f"[qc] {g}: reference {reference.n_obs} cells, generated {generated.n_obs}, "
-          f"filtered {filtered.n_obs}, targets {int(targets['n_cells'].sum())}", flush=True)
+          f"filtered {filtered.n_obs}, targets {int(targets[N_CELLS].sum())}", flush=True)
     if filtered.n_obs and not set(filtered.obs_names) <= set(generated.obs_names):
         raise InputError(f"--filtered {opts.filtered} has cells not in --generated "
                          f"{opts.generated}; pass files of the same group and run")
     palette = shared["palette"]
 
     props = qc.celltype_proportions(reference, targets, generated, filtered)
-    props.to_csv(out["cellprop.csv"], float_format="%.6g")
-    plots.plot_cellprop(props, out["cellprop.png"], title=f"Cell-type proportions: {g}",
+    props.to_csv(out[CELLPROP_SUFFIX], float_format="%.6g")
+    plots.plot_cellprop(props, out[CELLPROP_PLOT_SUFFIX], title=f"Cell-type proportions: {g}",
                         palette=palette)
 
     if shared["markers"] is None:
@@ -139,9 +156,9 @@ def qc_group(opts: QcOptions, shared: dict) -> None:
     assessed = filtered if filtered.n_obs else generated
     summary, matrix = qc.marker_correlation(reference, assessed, opts.top_markers, markers=markers)
     summary_unf, _ = qc.marker_correlation(reference, generated, opts.top_markers, markers=markers)
-    summary.to_csv(out["correlation.csv"], index=False, float_format="%.6g")
-    matrix.to_csv(out["correlation_matrix.csv"], float_format="%.6g")
-    plots.plot_correlation(matrix, out["correlation.png"],
+    summary.to_csv(out[CORRELATION_SUFFIX], index=False, float_format="%.6g")
+    matrix.to_csv(out[CORRELATION_MATRIX_SUFFIX], float_format="%.6g")
+    plots.plot_correlation(matrix, out[CORRELATION_PLOT_SUFFIX],
                            title=f"Marker expression correlation: {g}")
     r = summary["pearson_r"]
     print(f"[qc] {g}: marker r over {int(summary['n_markers'].max())} genes: mean "
@@ -151,10 +168,10 @@ def qc_group(opts: QcOptions, shared: dict) -> None:
     gen_s = qc.subsample(assessed, opts.mde_max_cells, opts.seed + 1)
     print(f"[qc] {g}: MDE of {ref_s.n_obs} reference + {gen_s.n_obs} generated cells", flush=True)
     coords = qc.embed(ref_s, gen_s, seed=opts.seed)
-    labels = list(ref_s.obs["celltype"].astype(str)) + list(gen_s.obs["celltype"].astype(str))
+    labels = list(ref_s.obs[CELLTYPE].astype(str)) + list(gen_s.obs[CELLTYPE].astype(str))
     sources = ["reference"] * ref_s.n_obs + [
         "filtered generated" if filtered.n_obs else "generated"] * gen_s.n_obs
-    plots.plot_embedding(coords, labels, out["mde.png"], title=f"MDE of joint PCA: {g}",
+    plots.plot_embedding(coords, labels, out[MDE_PLOT_SUFFIX], title=f"MDE of joint PCA: {g}",
                          sources=sources, palette=palette)
 
     if shared["typer"] is None and assessed.n_obs and reference.n_obs >= 3:
@@ -184,5 +201,5 @@ def qc_group(opts: QcOptions, shared: dict) -> None:
     if opts.bulk:
         metrics["bulk_qc"] = bulk_section(opts, g, out, reference, generated, filtered, targets)
     metrics["mde_cells"] = {"reference": int(ref_s.n_obs), "generated": int(gen_s.n_obs)}
-    io.write_json(out["metrics.json"], {"group": g, **metrics}, params=params)
+    io.write_json(out[METRICS_SUFFIX], {"group": g, **metrics}, params=params)
     print(f"[qc] {g}: wrote {', '.join(os.path.basename(p) for p in out.values())}", flush=True)
