@@ -288,3 +288,20 @@ def test_params_warn_bulk_shift_with_omicverse():
     assert validate_params({**base, "bulk_shift": "weighted"}, schema, check_samplesheet=False).ok
     assert any("bulk_shift" in e for e in validate_params({**base, "bulk_shift": "x"}, schema,
                                                           check_samplesheet=False).errors)
+
+
+@pytest.mark.parametrize(("engine", "given", "used"), [
+    ("omicverse", "contrast", "none"), ("omicverse", "weighted", "none"), ("omicverse", "auto", "none"),
+    ("native", "weighted", "weighted"), ("native", "none", "none")])
+def test_bulk_shift_with_the_omicverse_engine_is_none_and_says_so(capsys, engine, given, used):
+    """omicverse's generation never reads the bulk: GENERATE itself runs a given --bulk_shift as
+    none (one console line, recorded), so the pipeline passes --bulk_shift as the user gave it."""
+    from b2s.generate.stage import GenerateOptions, resolve_shift
+
+    opts = GenerateOptions(input="i", weights="w", targets="t", group="g", hidden_size=8, seed=0, device="cpu",
+                           engine=engine, bulk_shift=given, bulk="b", groups="g", outdir=".")
+    mode, why = resolve_shift(opts)
+    assert mode == used
+    if engine == "omicverse":
+        assert "--engine omicverse ignores the bulk" in why
+        assert capsys.readouterr().out == f"[generate] --bulk_shift none ({why})\n"
