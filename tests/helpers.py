@@ -64,7 +64,11 @@ def ext_args(process: str) -> list[tuple[str, str, bool]]:
     if f"withName: '{process}'" not in text:
         return []
     start = text.index(f"withName: '{process}'")
-    block = text[text.index("ext.args = { [", start) + len("ext.args = { ["):]
+    after = text.find("withName:", start + 1)
+    section = text[start:after if after >= 0 else len(text)]  # this process' block only
+    if "ext.args = { [" not in section:
+        return []
+    block = section[section.index("ext.args = { [") + len("ext.args = { ["):]
     block = block[:block.index("].join")]
     out = []
     for line in block.splitlines():
@@ -96,16 +100,12 @@ def module_args(process: str) -> tuple[str, list[str], list[str]]:
 
 
 def _default_of(expr: str, defaults: dict) -> str:
-    """The value of a ``${...}`` expression of ext.args with the pipeline's defaults: ``params.x``, or
-    ``params.a == 'v' ? 'w' : params.b``."""
+    """The value of a ``${...}`` expression of ext.args with the pipeline's defaults: ``params.x``."""
     import re
 
     m = re.fullmatch(r"params\.(\w+)", expr.strip())
     if m:
         return str(defaults[m.group(1)])
-    m = re.fullmatch(r"params\.(\w+) == '([^']*)' \? '([^']*)' : params\.(\w+)", expr.strip())
-    if m:
-        return m.group(3) if str(defaults[m.group(1)]) == m.group(2) else str(defaults[m.group(4)])
     raise ValueError(f"cannot evaluate ext.args expression {expr!r}")
 
 

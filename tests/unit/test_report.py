@@ -125,15 +125,21 @@ def test_make_report_script(tmp_path):
     _write_run(inputs)
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"outdir": "results", "leiden_size": 25}))
+    versions = tmp_path / "versions.yml"
+    versions.write_text("QC:\n  scanpy: 1.10.0\n")
     script = load_script("bin/make_report.py")
-    script.main(["--inputs", str(inputs), "--params", str(params), "--outdir", str(tmp_path / "o")])
+    argv = ["--inputs", str(inputs), "--params", str(params), "--versions", str(versions),
+            "--params_out", str(tmp_path / "o" / "pipeline_info" / "params.json"), "--outdir", str(tmp_path / "o")]
+    script.main(argv)
     text = (tmp_path / "o" / "bulk2single_report.html").read_text()
-    assert "leiden_size" in text and ">Group ctrl</h2>" in text
+    assert "leiden_size" in text and ">Group ctrl</h2>" in text and "scanpy" in text
     params.write_text("{not json")
     with pytest.raises(InputError, match="--params .* is not valid JSON"):
-        script.main(["--inputs", str(inputs), "--params", str(params)])
+        script.main(argv)
     with pytest.raises(InputError, match="--inputs .* is not a folder"):
-        script.main(["--inputs", str(tmp_path / "missing")])
+        script.main(["--inputs", str(tmp_path / "missing")] + argv[2:])
+    with pytest.raises(InputError, match="--versions .* does not exist; pass the collected versions.yml"):
+        script.main(argv[:4] + ["--versions", str(tmp_path / "none.yml")] + argv[6:])
 
 
 def test_report_with_stub_files(tmp_path):

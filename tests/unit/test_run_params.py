@@ -169,17 +169,20 @@ def test_make_report_writes_the_used_params(tmp_path):
     _summaries(inputs)
     given = tmp_path / "params.json"
     given.write_text(json.dumps({"params": GIVEN, **WORKFLOW}))
+    versions = tmp_path / "versions.yml"
+    versions.write_text("REPORT:\n  pandas: 2.2.0\n")
     script = load_script("bin/make_report.py")
-    script.main(["--inputs", str(inputs), "--params", str(given), "--outdir", str(tmp_path / "o")])
+    script.main(["--inputs", str(inputs), "--params", str(given), "--versions", str(versions),
+                 "--params_out", str(tmp_path / "o" / "pipeline_info" / "params.json"), "--outdir", str(tmp_path / "o")])
     written = json.loads((tmp_path / "o" / "pipeline_info" / "params.json").read_text())
     decided = json.loads((tmp_path / "o" / "pipeline_info" / "params_decided.json").read_text())
     assert written["fraction_method"] == "wls" and written["groups_per_task"] == 8 and "decided" not in written
     assert decided["epoch_num"]["given"] is None and decided["epoch_num"]["used"] == 2286
     assert "wls <span class='muted'>(auto" in (tmp_path / "o" / "bulk2single_report.html").read_text()
-    # --params_out, and a plain object of params (the nf-test's): read as given
+    # another --params_out, and a plain object of params (the nf-test's): read as given
     given.write_text(json.dumps({"seed": 42, "epoch_num": 2}))
-    script.main(["--inputs", str(inputs), "--params", str(given), "--outdir", str(tmp_path / "p"),
-                 "--params_out", str(tmp_path / "p" / "used.json")])
+    script.main(["--inputs", str(inputs), "--params", str(given), "--versions", str(versions),
+                 "--params_out", str(tmp_path / "p" / "used.json"), "--outdir", str(tmp_path / "p")])
     assert json.loads((tmp_path / "p" / "used.json").read_text()) == {"seed": 42, "epoch_num": 2286}
     assert json.loads((tmp_path / "p" / "params_decided.json").read_text()) == {"epoch_num": {
         "given": 2, "used": 2286, "by": "TRAIN_VAE", "from": "train_summary.json: params.epoch_num"}}

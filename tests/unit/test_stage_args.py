@@ -17,8 +17,7 @@ import pytest
 
 from tests.helpers import REPO, ext_args, load_script, module_args, pipeline_args
 
-# REPORT (make_report.py) is left out: its arguments are owned elsewhere
-PROCESSES = ["PREPARE_INPUTS", "ESTIMATE_FRACTIONS", "PREPROCESS", "TRAIN_VAE", "GENERATE", "FILTER", "QC"]
+PROCESSES = ["PREPARE_INPUTS", "ESTIMATE_FRACTIONS", "PREPROCESS", "TRAIN_VAE", "GENERATE", "FILTER", "QC", "REPORT"]
 
 
 def passed(process: str) -> tuple[str, set[str], set[str]]:

@@ -13,9 +13,11 @@ b2s.report.groups (per group) from the inputs read by b2s.report.inputs.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from b2s._constants import REPORT_FILE
 from b2s.errors import InputError
 from b2s.files import atomic_write_text
 from b2s.report.groups import section_group
@@ -40,29 +42,35 @@ from b2s.report.sections import (
 )
 
 
-def make_report(inputs_dir: str, outdir: str, params_path: str | None = None,
-                versions_yaml: str | None = None, params_out: str | None = None) -> None:
+@dataclass(kw_only=True)
+class ReportOptions:
+    """REPORT's options, in the order of its command line."""
+
+    inputs: str
+    params: str
+    versions: str
+    params_out: str
+    outdir: str
+
+
+def run_report(opts: ReportOptions) -> None:
     """REPORT (bin/make_report.py): the parameters the run used (b2s.report.run_params) written to
-    ``params_out`` (default ``<outdir>/pipeline_info/params.json``, published as
-    ``pipeline_info/params.json``), ``<outdir>/bulk2single_report.html`` and the MultiQC custom
-    content in ``<outdir>/multiqc``."""
-    if not os.path.isdir(inputs_dir):
-        raise InputError(f"--inputs {inputs_dir} is not a folder; pass the folder holding the "
-                         "stage outputs")
-    if versions_yaml and not os.path.isfile(versions_yaml):
-        raise InputError(f"--versions {versions_yaml} does not exist; pass the collected "
-                         "versions.yml or omit --versions")
-    given, workflow = read_given(params_path)
-    params = resolve_params(given, index_files(Path(inputs_dir)), workflow) if given else {}
-    if params_path:
-        params_out = params_out or os.path.join(outdir, "pipeline_info", "params.json")
-        decided = write_params(params_out, params)
-        print(f"[report] wrote {params_out} and {decided} ({len(params.get('decided', {}))} value(s) decided by "
-              "the run)", flush=True)
-    out = os.path.join(outdir, "bulk2single_report.html")
-    build_report(inputs_dir, out, params, versions_yaml)
+    ``opts.params_out`` (published as ``pipeline_info/params.json``) and ``params_decided.json``
+    beside it, ``<outdir>/bulk2single_report.html`` and the MultiQC custom content in
+    ``<outdir>/multiqc``."""
+    if not os.path.isdir(opts.inputs):
+        raise InputError(f"--inputs {opts.inputs} is not a folder; pass the folder holding the stage outputs")
+    if not os.path.isfile(opts.versions):
+        raise InputError(f"--versions {opts.versions} does not exist; pass the collected versions.yml")
+    given, workflow = read_given(opts.params)
+    params = resolve_params(given, index_files(Path(opts.inputs)), workflow) if given else {}
+    decided = write_params(opts.params_out, params)
+    print(f"[report] wrote {opts.params_out} and {decided} ({len(params.get('decided', {}))} value(s) decided by "
+          "the run)", flush=True)
+    out = os.path.join(opts.outdir, REPORT_FILE)
+    build_report(opts.inputs, out, params, opts.versions)
     print(f"[report] wrote {out} ({os.path.getsize(out) / 1024:.0f} KB)", flush=True)
-    mqc = write_multiqc(inputs_dir, os.path.join(outdir, "multiqc"), params)
+    mqc = write_multiqc(opts.inputs, os.path.join(opts.outdir, "multiqc"), params)
     print(f"[report] MultiQC custom content: {', '.join(os.path.basename(p) for p in mqc)}", flush=True)
 
 
