@@ -4,7 +4,8 @@ task...) replaced by the value used, read from the stage summaries REPORT receiv
 
 :data:`DECIDED` is the one table of those parameters: which stage decides, and in which file and
 key the value it used is recorded. :func:`resolve_params` applies it and returns what REPORT
-writes to ``pipeline_info/params.json`` (docs/output.md) and shows in the report's parameter table::
+shows in the report's parameter table and :func:`write_params` writes to
+``pipeline_info/params.json`` and ``params_decided.json`` (docs/output.md)::
 
     {"bulk": "...", "fraction_method": "wls", "epoch_num": 600, ...,   # the values used
      "decided": {"fraction_method": {"given": null, "used": "wls", "by": "ESTIMATE_FRACTIONS",
@@ -29,8 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from b2s._constants import FRACTIONS_SUMMARY_FILE, METRICS_SUFFIX, PREPARE_SUMMARY_FILE, TRAIN_SUMMARY_FILE
 from b2s.errors import InputError
 from b2s.files import atomic_write_text
+
+#: the source of the values the workflow decided: REPORT's --params
+WORKFLOW_SOURCE = "params.json"
+#: the source of a value every group's file records
+GROUP_METRICS = "<group>" + METRICS_SUFFIX
 
 NOT_FOUND = object()
 
@@ -51,8 +58,8 @@ def _amp(v: Any) -> Any:
 class Decided:
     """One parameter whose value a stage (or the workflow) decides.
 
-    ``source`` is the file name among REPORT's inputs (``<group>.metrics.json``: every group's;
-    ``params.json``: REPORT's ``--params``), ``key`` the path of keys inside it. ``is_value``: the
+    ``source`` is the file name among REPORT's inputs (:data:`GROUP_METRICS`: every group's;
+    :data:`WORKFLOW_SOURCE`: REPORT's ``--params``), ``key`` the path of keys inside it. ``is_value``: the
     recorded value is a value of the parameter (it replaces the given one at the top level of
     params.json); False for a rule (e.g. cell numbers from library sizes), recorded in ``decided``
     only, and only when the parameter was left unset.
@@ -71,21 +78,21 @@ class Decided:
 
 
 DECIDED: tuple[Decided, ...] = (
-    Decided("bulk_units", "PREPARE_INPUTS", "prepare_summary.json", ("bulk", "units")),
-    Decided("fraction_method", "ESTIMATE_FRACTIONS", "fractions_summary.json", ("method",)),
-    Decided("cells_per_group", "ESTIMATE_FRACTIONS", "fractions_summary.json", ("cell_number_rule", "rule"),
+    Decided("bulk_units", "PREPARE_INPUTS", PREPARE_SUMMARY_FILE, ("bulk", "units")),
+    Decided("fraction_method", "ESTIMATE_FRACTIONS", FRACTIONS_SUMMARY_FILE, ("method",)),
+    Decided("cells_per_group", "ESTIMATE_FRACTIONS", FRACTIONS_SUMMARY_FILE, ("cell_number_rule", "rule"),
             is_value=False),
-    Decided("reference_group", "ESTIMATE_FRACTIONS", "fractions_summary.json", ("composition_contrast", "versus"),
+    Decided("reference_group", "ESTIMATE_FRACTIONS", FRACTIONS_SUMMARY_FILE, ("composition_contrast", "versus"),
             is_value=False),
-    Decided("batch_size", "TRAIN_VAE", "train_summary.json", ("params", "batch_size")),
-    Decided("learning_rate", "TRAIN_VAE", "train_summary.json", ("params", "learning_rate")),
-    Decided("epoch_num", "TRAIN_VAE", "train_summary.json", ("params", "epoch_num")),
-    Decided("vae_genes", "TRAIN_VAE", "train_summary.json", ("params", "vae_genes")),
-    Decided("checkpoint_dir", "TRAIN_VAE", "train_summary.json", ("params", "checkpoint_dir")),
-    Decided("device", "TRAIN_VAE", "train_summary.json", ("device",), convert=_device),
-    Decided("amp", "TRAIN_VAE", "train_summary.json", ("extra", "precision"), convert=_amp),
-    Decided("bulk_shift", "GENERATE", "<group>.metrics.json", ("bulk_qc", "bulk_shift")),
-    Decided("groups_per_task", "workflow", "params.json", ("workflow", "groups_per_task")),
+    Decided("batch_size", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("params", "batch_size")),
+    Decided("learning_rate", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("params", "learning_rate")),
+    Decided("epoch_num", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("params", "epoch_num")),
+    Decided("vae_genes", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("params", "vae_genes")),
+    Decided("checkpoint_dir", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("params", "checkpoint_dir")),
+    Decided("device", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("device",), convert=_device),
+    Decided("amp", "TRAIN_VAE", TRAIN_SUMMARY_FILE, ("extra", "precision"), convert=_amp),
+    Decided("bulk_shift", "GENERATE", GROUP_METRICS, ("bulk_qc", "bulk_shift")),
+    Decided("groups_per_task", "workflow", WORKFLOW_SOURCE, ("workflow", "groups_per_task")),
 )
 
 
@@ -95,8 +102,7 @@ def read_given(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     if not path:
         return {}, {}
     if not os.path.isfile(path):
-        raise InputError(f"--params {path} does not exist; pass the params.json written by the "
-                         "pipeline or omit --params")
+        raise InputError(f"--params {path} does not exist; pass the params.json written by the pipeline")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
     except ValueError as err:
@@ -128,11 +134,11 @@ def _read(path: Path | None) -> Any:
 
 def _recorded(d: Decided, files: dict[str, Path], workflow: dict[str, Any]) -> tuple[Any, str | None]:
     """The value ``d`` records, or (NOT_FOUND, why)."""
-    if d.source == "params.json":
+    if d.source == WORKFLOW_SOURCE:
         value = _lookup(workflow, d.key)
         return (value, None) if value is not NOT_FOUND else (NOT_FOUND, f"{d.where} not given to REPORT")
-    if "<group>" in d.source:
-        suffix = d.source.replace("<group>", "")
+    if d.source == GROUP_METRICS:
+        suffix = METRICS_SUFFIX
         names = sorted(n for n in files if n.endswith(suffix) and len(n) > len(suffix))
         if not names:
             return NOT_FOUND, f"no {d.source} found"
@@ -162,6 +168,7 @@ def resolve_params(given: dict[str, Any], files: dict[str, Path],
     from :func:`read_given`. A missing or unreadable file leaves the given value, noted."""
     used = dict(given)
     decided: dict[str, dict[str, Any]] = {}
+    executor = (workflow or {}).get("workflow", {}).get("executor")
     for d in table:
         if d.param not in given:
             continue  # a parameter this run does not have (e.g. a plain --params of a few keys)
@@ -169,10 +176,7 @@ def resolve_params(given: dict[str, Any], files: dict[str, Path],
         if not d.is_value and not is_unset(value):
             continue  # a rule is recorded only where it replaced an unset parameter
         recorded, why = _recorded(d, files, workflow or {})
-        by = d.by
-        executor = (workflow or {}).get("workflow", {}).get("executor")
-        if d.source == "params.json" and executor:
-            by = f"{d.by}, {executor} executor"
+        by = f"{d.by}, {executor} executor" if d.source == WORKFLOW_SOURCE and executor else d.by
         entry = {"given": value, "used": None, "by": by, "from": d.where}
         if recorded is not NOT_FOUND and d.convert is not None and not isinstance(recorded, dict):
             recorded = d.convert(recorded)
@@ -196,7 +200,6 @@ def write_params(path: str | os.PathLike, resolved: dict[str, Any]) -> Path:
     """Write the values used (``resolved`` without ``decided``) to ``path`` and ``decided`` to
     :data:`DECIDED_FILE` beside it, as pretty JSON (atomically); the second file's path."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     used = {k: v for k, v in resolved.items() if k != "decided"}
     atomic_write_text(out, json.dumps(used, indent=4, default=str) + "\n")
     decided = out.with_name(DECIDED_FILE)
