@@ -25,7 +25,6 @@ from b2s.io.artifacts import write_json
 from b2s.model.weights import write_sidecar
 
 CHECKPOINT_NAME = "vae_checkpoint.pt"
-_D = bconfig.TrainConfig()
 
 
 @dataclass(kw_only=True)
@@ -49,9 +48,9 @@ class TrainOptions:
     checkpoint_every: int
     log_every: int
     amp: str
-    free_bits: float = _D.free_bits
-    kl_warmup: int = _D.kl_warmup
-    reparam: str = _D.reparam
+    free_bits: float = bconfig.TrainConfig.free_bits
+    kl_warmup: int = bconfig.TrainConfig.kl_warmup
+    reparam: str = bconfig.TrainConfig.reparam
     engine: str
     outdir: str
 
